@@ -1,0 +1,103 @@
+"""Every Sentinel workflow is a nox session: `nox -l` lists them.
+
+The README's two set-up commands are `nox -s build-eif` and `nox -s tests`; both must work on a
+fresh Debian machine as root, so sessions install what they need (apt, npm) when it is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "tests"]
+
+ROOT = Path(__file__).parent
+BUILD = ROOT / "build"
+NODE_DIR = ROOT / "tests" / "node"
+
+# Debian packages the test suite drives for real (see README "What the tests use").
+TEST_APT_PACKAGES = ["qemu-system-x86", "podman", "busybox-static", "cpio", "xz-utils"]
+
+
+def ensure_apt(session: nox.Session, packages: list[str]) -> None:
+    """Install missing Debian packages; the sessions run as root on a fresh machine."""
+    missing = [
+        p
+        for p in packages
+        if subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True
+        ).stdout.strip()
+        != "install ok installed"
+    ]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        session.error(f"missing Debian packages {missing}: install them (needs root)")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run("apt-get", "update", "-q", external=True, env=env)
+    session.run(
+        "apt-get", "install", "-y", "-q", "--no-install-recommends", *missing, external=True, env=env
+    )
+
+
+def ensure_anvil(session: nox.Session) -> Path:
+    """Install the pinned `@foundry-rs/anvil` npm package (tests/node/package-lock.json)."""
+    binary = NODE_DIR / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
+    if not binary.exists():
+        if shutil.which("npm") is None:
+            ensure_apt(session, ["npm"])
+        session.run("npm", "ci", "--no-audit", "--no-fund", external=True, cwd=str(NODE_DIR))
+    if not binary.exists():
+        session.error(f"npm did not install anvil at {binary}")
+    return binary
+
+
+def install_project(session: nox.Session, extras: str = "test") -> None:
+    session.install("-e", f".[{extras}]")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite, with every real part it needs (anvil, moto, QEMU, podman)."""
+    ensure_apt(session, TEST_APT_PACKAGES)
+    anvil = ensure_anvil(session)
+    install_project(session)
+    session.run(
+        "pytest", *(session.posargs or ["-q"]), env={"SENTINEL_ANVIL": str(anvil)}
+    )
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the whole tree."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Every benchmark; writes build/bench.json and prints a table (ratios against baselines)."""
+    ensure_apt(session, TEST_APT_PACKAGES)
+    anvil = ensure_anvil(session)
+    install_project(session)
+    session.run(
+        "python",
+        "tests/bench/run.py",
+        "--out",
+        str(BUILD / "bench.json"),
+        *session.posargs,
+        env={"SENTINEL_ANVIL": str(anvil)},
+    )
+
+
+@nox.session(name="build-eif")
+def build_eif(session: nox.Session) -> None:
+    """The main job: build build/sentinel.eif and build/measurements.json deterministically."""
+    install_project(session, "build")
+    session.run("python", "-m", "reproducible", "build", "--out", str(BUILD), *session.posargs)

@@ -1,0 +1,73 @@
+"""Shared pieces of the benchmark harness: timing loops, percentiles and the report record.
+
+Every benchmark compares itself with a baseline measured in the same process and the same run, so
+that the ratio, not the absolute figure, is what we track on a noisy 2-core machine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Record:
+    name: str
+    unit: str
+    p50: float
+    p99: float
+    n: int
+    baseline_name: str | None = None
+    baseline_p50: float | None = None
+    ratio: float | None = None
+    extra: dict[str, float] | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sample list."""
+    if not samples:
+        raise ValueError("no samples")
+    ordered = sorted(samples)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def time_calls(fn: Callable[[], object], n: int, warmup: int = 100) -> list[float]:
+    """Wall time of each of n calls of fn, in microseconds."""
+    for _ in range(warmup):
+        fn()
+    clock = time.perf_counter_ns
+    out = []
+    for _ in range(n):
+        t0 = clock()
+        fn()
+        out.append((clock() - t0) / 1000.0)
+    return out
+
+
+def compare(
+    name: str,
+    samples: list[float],
+    baseline_name: str,
+    baseline: list[float],
+    unit: str = "us",
+    extra: dict[str, float] | None = None,
+) -> Record:
+    """A record whose ratio is p50(samples) / p50(baseline) (lower is better for times)."""
+    p50 = percentile(samples, 50)
+    b50 = percentile(baseline, 50)
+    return Record(
+        name=name,
+        unit=unit,
+        p50=p50,
+        p99=percentile(samples, 99),
+        n=len(samples),
+        baseline_name=baseline_name,
+        baseline_p50=b50,
+        ratio=p50 / b50 if b50 else None,
+        extra=extra,
+    )
