@@ -6,6 +6,7 @@ that the ratio, not the absolute figure, is what we track on a noisy 2-core mach
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -32,7 +33,7 @@ def percentile(samples: list[float], q: float) -> float:
     if not samples:
         raise ValueError("no samples")
     ordered = sorted(samples)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    rank = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
     return ordered[rank]
 
 
