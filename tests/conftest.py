@@ -4,7 +4,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from anvil_support import Anvil, start_anvil
 
 ASSETS = Path(__file__).parent / "assets"
