@@ -1,0 +1,30 @@
+"""`python -m router address --signer ADDR`: print the signer's EVM address (and public key)."""
+
+from __future__ import annotations
+
+import argparse
+
+from router._cli import emit_json
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("address", help="print the signer's EVM address")
+    parser.add_argument(
+        "--signer", required=True, metavar="ADDR", help="unix:PATH | tcp:127.0.0.1:PORT | vsock:CID:PORT"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print {address, public_key} as JSON on stdout"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from router.signer_client import SignerClient
+
+    with SignerClient.connect(args.signer) as client:
+        info = client.address()
+    if args.json:
+        emit_json({"address": info.address, "public_key": "0x" + info.public_key.hex()})
+    else:
+        print(info.address)
+    return 0

@@ -1,0 +1,53 @@
+"""`python -m router sign-tx --signer ADDR --tx TX.json`: print the raw signed transaction as 0x-hex.
+
+TX.json uses the Ethereum JSON-RPC field names (chainId, nonce, to, value, gas, maxFeePerGas,
+maxPriorityFeePerGas, data, or gasPrice for legacy EIP-155); see `router.txjson`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from router._cli import emit_json
+from router.errors import MalformedInput
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("sign-tx", help="have the signer sign a transaction (JSON-RPC fields)")
+    parser.add_argument(
+        "--signer", required=True, metavar="ADDR", help="unix:PATH | tcp:127.0.0.1:PORT | vsock:CID:PORT"
+    )
+    parser.add_argument(
+        "--tx", required=True, metavar="TX.json", help="transaction file ('-' reads stdin)"
+    )
+    parser.add_argument("--json", action="store_true", help="print {raw, hash} as JSON on stdout")
+    parser.set_defaults(func=run)
+
+
+def _read_tx(path: str) -> object:
+    import sys
+
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise MalformedInput(f"{path}: cannot read transaction file ({e})") from e
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise MalformedInput(f"{path}: not JSON ({e})") from e
+
+
+def run(args: argparse.Namespace) -> int:
+    from router.signer_client import SignerClient
+    from router.txjson import parse_tx
+
+    tx = parse_tx(_read_tx(args.tx))
+    with SignerClient.connect(args.signer) as client:
+        signed = client.sign_tx(tx)
+    if args.json:
+        emit_json({"raw": "0x" + signed.raw.hex(), "hash": "0x" + signed.hash.hex()})
+    else:
+        print("0x" + signed.raw.hex())
+    return 0
