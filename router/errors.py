@@ -39,3 +39,72 @@ class SignerError(RouterError):
 
 class TransportError(RouterError):
     """The signer is unreachable, or the connection broke or desynchronised."""
+
+
+# --- chain side (router helper): node answers, nonces, reorgs, configuration ---------------------
+
+
+class ConfigError(RouterError):
+    """The router's configuration file or options are unusable (exit 2)."""
+
+    exit_code = 2
+
+
+class MalformedResponse(RouterError):
+    """A node answered, but not with well-formed JSON-RPC of the expected shape (a broken or lying
+    node, told apart from `TransportError`, a network hiccup, and `RpcError`, a rejection)."""
+
+
+class MalformedHeader(MalformedResponse):
+    """A block header whose fields are missing, mistyped or impossible (e.g. parentHash == hash)."""
+
+
+class RpcError(RouterError):
+    """A well-formed JSON-RPC error answer; `kind` is its classification (see `router.rpc.classify`)."""
+
+    kind = "rpc-error"
+
+    def __init__(self, message: str, *, code: int | None = None, endpoint: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.endpoint = endpoint
+
+    def diagnostics(self) -> str:
+        where = f" from {self.endpoint}" if self.endpoint else ""
+        return f"{self.kind} (JSON-RPC code {self.code}){where}: {self}"
+
+
+class NonceTooLow(RpcError):
+    kind = "nonce-too-low"
+
+
+class AlreadyKnown(RpcError):
+    kind = "already-known"
+
+
+class ReplacementUnderpriced(RpcError):
+    kind = "replacement-underpriced"
+
+
+class InsufficientFunds(RpcError):
+    kind = "insufficient-funds"
+
+
+class FeeTooLow(RpcError):
+    kind = "fee-too-low"
+
+
+class InvalidTransaction(RpcError):
+    kind = "invalid-transaction"
+
+
+class NonceSourceError(RouterError):
+    """The account nonce reported by the endpoints is inconsistent or impossible."""
+
+
+class ReorgTooDeep(RouterError):
+    """No common ancestor within the header ring; the chain view has to be rebuilt."""
+
+
+class IntentFailed(RouterError):
+    """An intent can no longer be landed (e.g. the signer's policy refused it); cause is chained."""
