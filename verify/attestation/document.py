@@ -1,0 +1,277 @@
+"""Parse an AWS Nitro Enclaves attestation document into a frozen, typed model.
+
+The document is a COSE_Sign1 structure (RFC 9052 §4.2), untagged or with CBOR tag 18, whose payload
+is a CBOR map with exactly the fields AWS documents (aws-nitro-enclaves-nsm-api,
+docs/attestation_process.md)::
+
+    AttestationDocument = {
+        module_id: text, digest: "SHA384", timestamp: uint (ms since the epoch),
+        pcrs: { + uint(0..31) => bstr .size 48 }, certificate: bstr (DER), cabundle: [+ bstr],
+        ? public_key: bstr / nil, ? user_data: bstr / nil, ? nonce: bstr / nil,
+    }
+
+Parsing checks shape only; nothing here says the document can be trusted (that is `verifier.py`).
+Input is hostile: sizes are bounded by `Limits`, and every decoding failure becomes
+`MalformedAttestation` naming the field.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
+from typing import Any
+
+import cbor2
+
+from verify.attestation.errors import MalformedAttestation
+
+__all__ = [
+    "ALG_ES384",
+    "AttestationDocument",
+    "CoseSign1",
+    "Limits",
+    "SignedAttestation",
+    "decode_document_text",
+    "parse_document",
+]
+
+#: COSE algorithm identifier of ECDSA with SHA-384 (RFC 9053 §2.1).
+ALG_ES384 = -35
+#: COSE header label of the algorithm (RFC 9052 §3.1).
+_HEADER_ALG = 1
+#: CBOR tag of COSE_Sign1 (RFC 9052 §2).
+_TAG_COSE_SIGN1 = 18
+_PCR_LENGTH = 48  # SHA-384, the only digest Nitro uses
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds applied before and while decoding; the defaults are AWS's documented maxima."""
+
+    max_document: int = 64 * 1024  # bytes; real documents are ~5 KiB
+    max_certificate: int = 1024  # bytes, per certificate (AWS: cert = bstr .size (1..1024))
+    max_cabundle: int = 16  # certificates
+    max_user_field: int = 1024  # bytes of public_key, user_data, nonce
+    max_pcrs: int = 32  # indices 0..31
+
+
+@dataclass(frozen=True)
+class CoseSign1:
+    """The four members of a COSE_Sign1, with the protected header kept as its signed bytes."""
+
+    protected: bytes
+    unprotected: Mapping[Any, Any]
+    payload: bytes = field(repr=False)
+    signature: bytes = field(repr=False)
+
+    def sig_structure(self) -> bytes:
+        """The bytes the signature covers: Sig_structure for "Signature1" with empty external_aad."""
+        return cbor2.dumps(["Signature1", self.protected, b"", self.payload])
+
+
+@dataclass(frozen=True)
+class AttestationDocument:
+    """The payload of an attestation document, fields exactly as AWS names them."""
+
+    module_id: str
+    digest: str
+    timestamp_ms: int
+    pcrs: Mapping[int, bytes]
+    certificate: bytes = field(repr=False)
+    cabundle: tuple[bytes, ...] = field(repr=False)
+    public_key: bytes | None = None
+    user_data: bytes | None = None
+    nonce: bytes | None = None
+
+    @property
+    def timestamp(self) -> datetime:
+        """The document's creation time, UTC, with millisecond precision."""
+        return _EPOCH + timedelta(milliseconds=self.timestamp_ms)
+
+
+@dataclass(frozen=True)
+class SignedAttestation:
+    """A parsed document: the COSE envelope, its algorithm and the decoded payload."""
+
+    cose: CoseSign1
+    alg: int | None
+    document: AttestationDocument
+
+
+def decode_document_text(data: bytes) -> bytes:
+    """Raw CBOR as is; otherwise the text is taken as (URL-safe or standard) base64 of the CBOR.
+
+    Raises:
+        MalformedAttestation: neither CBOR-looking bytes nor valid base64.
+    """
+    # A COSE_Sign1 starts with 0x84 (array of 4) or 0xd2 (tag 18); base64 text never does.
+    if not data or data[:1] in (b"\x84", b"\xd2"):
+        return data
+    text = b"".join(data.split())
+    text += b"=" * (-len(text) % 4)  # tolerate unpadded base64
+    try:
+        return base64.b64decode(text.replace(b"-", b"+").replace(b"_", b"/"), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise MalformedAttestation("neither raw CBOR nor base64 text", field="document") from e
+
+
+def _decode_one(data: bytes, field: str) -> Any:
+    """Decode exactly one CBOR item; trailing bytes are an error (cbor2.loads would ignore them)."""
+    stream = io.BytesIO(data)
+    try:
+        item = cbor2.CBORDecoder(stream).decode()
+    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as e:
+        # CBORDecodeError covers truncation and bad encodings; the others come from semantic tags
+        # (dates, bignums, sets) that a corrupted byte can conjure up.
+        raise MalformedAttestation(f"not valid CBOR: {e}", field=field) from e
+    if stream.tell() != len(data):
+        raise MalformedAttestation(
+            f"{len(data) - stream.tell()} trailing bytes after the CBOR item", field=field
+        )
+    return item
+
+
+def _bstr(value: Any, field: str, *, min_len: int, max_len: int) -> bytes:
+    if not isinstance(value, bytes):
+        raise MalformedAttestation(f"expected a byte string, got {type(value).__name__}", field=field)
+    if not min_len <= len(value) <= max_len:
+        raise MalformedAttestation(
+            f"length {len(value)} outside {min_len}..{max_len} bytes", field=field
+        )
+    return value
+
+
+def _optional_bstr(payload: Mapping[Any, Any], field: str, max_len: int) -> bytes | None:
+    value = payload.get(field)
+    if value is None:
+        return None
+    return _bstr(value, field, min_len=0, max_len=max_len)
+
+
+_FIELDS = frozenset(
+    {"module_id", "digest", "timestamp", "pcrs", "certificate", "cabundle"}
+    | {"public_key", "user_data", "nonce"}
+)
+_REQUIRED = ("module_id", "digest", "timestamp", "pcrs", "certificate", "cabundle")
+
+
+def _parse_payload(raw: bytes, limits: Limits) -> AttestationDocument:
+    payload = _decode_one(raw, "payload")
+    if not isinstance(payload, dict):
+        raise MalformedAttestation(f"expected a map, got {type(payload).__name__}", field="payload")
+    unknown = sorted(repr(k) for k in payload if k not in _FIELDS)
+    if unknown:
+        raise MalformedAttestation(f"unknown fields {', '.join(unknown)}", field="payload")
+    missing = [k for k in _REQUIRED if k not in payload]
+    if missing:
+        raise MalformedAttestation(f"missing fields {', '.join(missing)}", field="payload")
+
+    module_id = payload["module_id"]
+    if not isinstance(module_id, str) or not module_id:
+        raise MalformedAttestation("expected non-empty text", field="module_id")
+    digest = payload["digest"]
+    if digest != "SHA384":
+        raise MalformedAttestation(f"got {digest!r}, expected 'SHA384'", field="digest")
+    timestamp = payload["timestamp"]
+    # bool is an int in Python; CBOR true/false must not pass as a time.
+    if type(timestamp) is not int or not 0 < timestamp < 2**64:
+        raise MalformedAttestation(f"expected a positive uint, got {timestamp!r}", field="timestamp")
+
+    pcrs_in = payload["pcrs"]
+    if not isinstance(pcrs_in, dict) or not 1 <= len(pcrs_in) <= limits.max_pcrs:
+        raise MalformedAttestation(f"expected a map of 1..{limits.max_pcrs} entries", field="pcrs")
+    pcrs: dict[int, bytes] = {}
+    for index, value in pcrs_in.items():
+        if type(index) is not int or not 0 <= index < limits.max_pcrs:
+            raise MalformedAttestation(f"index {index!r} not in 0..{limits.max_pcrs - 1}", field="pcrs")
+        pcrs[index] = _bstr(value, f"pcrs[{index}]", min_len=_PCR_LENGTH, max_len=_PCR_LENGTH)
+
+    certificate = _bstr(
+        payload["certificate"], "certificate", min_len=1, max_len=limits.max_certificate
+    )
+    cabundle_in = payload["cabundle"]
+    if not isinstance(cabundle_in, list) or not 1 <= len(cabundle_in) <= limits.max_cabundle:
+        raise MalformedAttestation(
+            f"expected an array of 1..{limits.max_cabundle} certificates", field="cabundle"
+        )
+    cabundle = tuple(
+        _bstr(c, f"cabundle[{i}]", min_len=1, max_len=limits.max_certificate)
+        for i, c in enumerate(cabundle_in)
+    )
+    return AttestationDocument(
+        module_id=module_id,
+        digest=digest,
+        timestamp_ms=timestamp,
+        pcrs=MappingProxyType(dict(sorted(pcrs.items()))),
+        certificate=certificate,
+        cabundle=cabundle,
+        public_key=_optional_bstr(payload, "public_key", limits.max_user_field),
+        user_data=_optional_bstr(payload, "user_data", limits.max_user_field),
+        nonce=_optional_bstr(payload, "nonce", limits.max_user_field),
+    )
+
+
+def _parse_cose(data: bytes, limits: Limits) -> CoseSign1:
+    if not data:
+        raise MalformedAttestation("empty input", field="document")
+    if len(data) > limits.max_document:
+        raise MalformedAttestation(
+            f"{len(data)} bytes, more than the {limits.max_document}-byte limit", field="document"
+        )
+    item = _decode_one(data, "COSE_Sign1")
+    if isinstance(item, cbor2.CBORTag):
+        if item.tag != _TAG_COSE_SIGN1:
+            raise MalformedAttestation(f"CBOR tag {item.tag}, expected 18 or none", field="COSE_Sign1")
+        item = item.value
+    if not isinstance(item, list) or len(item) != 4:
+        raise MalformedAttestation("expected an array of 4 members", field="COSE_Sign1")
+    protected, unprotected, payload, signature = item
+    if not isinstance(protected, bytes):
+        raise MalformedAttestation("protected header is not a byte string", field="COSE_Sign1")
+    if not isinstance(unprotected, dict):
+        raise MalformedAttestation("unprotected header is not a map", field="COSE_Sign1")
+    if not isinstance(payload, bytes):
+        # nil would mean a detached payload, which attestation documents never use.
+        raise MalformedAttestation("payload is not a byte string", field="COSE_Sign1")
+    if not isinstance(signature, bytes):
+        raise MalformedAttestation("signature is not a byte string", field="COSE_Sign1")
+    return CoseSign1(
+        protected=protected,
+        unprotected=MappingProxyType(unprotected),
+        payload=payload,
+        signature=signature,
+    )
+
+
+def _protected_alg(protected: bytes) -> int | None:
+    if not protected:
+        return None
+    header = _decode_one(protected, "protected header")
+    if not isinstance(header, dict):
+        raise MalformedAttestation("expected a map", field="protected header")
+    alg = header.get(_HEADER_ALG)
+    if alg is not None and type(alg) is not int:
+        raise MalformedAttestation(f"alg is {alg!r}, not an integer", field="protected header")
+    return alg
+
+
+def parse_document(data: bytes, *, limits: Limits | None = None) -> SignedAttestation:
+    """Parse raw COSE_Sign1 bytes (untagged or tag 18) into a `SignedAttestation`.
+
+    Args:
+        data: the document as the NSM returns it (raw CBOR, not base64).
+        limits: size bounds; AWS's documented maxima by default.
+
+    Raises:
+        MalformedAttestation: the bytes are not a well-formed attestation document; names the field.
+    """
+    limits = limits or Limits()
+    cose = _parse_cose(data, limits)
+    alg = _protected_alg(cose.protected)
+    return SignedAttestation(cose=cose, alg=alg, document=_parse_payload(cose.payload, limits))
