@@ -1,0 +1,59 @@
+"""The Enclave Image File (EIF) format of AWS Nitro Enclaves: model, reader and writer.
+
+Byte-compatible with nitro-cli (aws-nitro-enclaves-image-format). PCRs live in `verify.pcr`,
+signatures in `verify.eif_sign`.
+"""
+
+from __future__ import annotations
+
+from verify.eif._format import (
+    CURRENT_VERSION,
+    EIF_MAGIC,
+    FLAG_ARCH_ARM64,
+    HEADER_SIZE,
+    MAX_SECTIONS,
+    SECTION_HEADER_SIZE,
+    EifHeader,
+    EifImage,
+    EifLimits,
+    EifSection,
+    SectionType,
+)
+from verify.eif._metadata import decode_metadata, default_identity, encode_metadata
+from verify.eif._reader import (
+    EifReader,
+    copy_section,
+    iter_section_chunks,
+    open_eif,
+    read_eif,
+    read_section_bytes,
+)
+from verify.eif._writer import DEFAULT_METADATA, write_eif
+from verify.eif_sign import EifSigner, LocalEifSigner
+
+__all__ = [
+    "CURRENT_VERSION",
+    "DEFAULT_METADATA",
+    "EIF_MAGIC",
+    "FLAG_ARCH_ARM64",
+    "HEADER_SIZE",
+    "MAX_SECTIONS",
+    "SECTION_HEADER_SIZE",
+    "EifHeader",
+    "EifImage",
+    "EifLimits",
+    "EifReader",
+    "EifSection",
+    "EifSigner",
+    "LocalEifSigner",
+    "SectionType",
+    "copy_section",
+    "decode_metadata",
+    "default_identity",
+    "encode_metadata",
+    "iter_section_chunks",
+    "open_eif",
+    "read_eif",
+    "read_section_bytes",
+    "write_eif",
+]
