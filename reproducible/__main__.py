@@ -1,0 +1,3 @@
+from reproducible._cli import main
+
+raise SystemExit(main())

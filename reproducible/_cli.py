@@ -1,0 +1,101 @@
+"""`python -m reproducible`: build the enclave image, refresh the lock."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from reproducible.errors import BuildError
+
+log = logging.getLogger("reproducible")
+
+
+def _cmd_lock(args: argparse.Namespace, console: Console) -> int:
+    from reproducible.cache import Cache
+    from reproducible.fetch import refresh
+    from reproducible.lock import LOCK_PATH, diff_locks, dump_lock, load_lock
+
+    path = Path(args.lock or LOCK_PATH)
+    old = load_lock(path)
+    with console.status("resolving pins (apt-get update, pip resolve)"):
+        new = refresh(old, Cache())
+    changes = diff_locks(old if old.debs or old.wheels else None, new)
+    text = dump_lock(new)
+    if not args.dry_run:
+        path.write_text(text, encoding="utf-8")
+    for line in changes:
+        console.print(line, markup=False)
+    console.print(f"{len(changes)} change(s){' (dry run)' if args.dry_run else ''} in {path}")
+    if args.json:
+        print(json.dumps({"lock": str(path), "changes": changes}))
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace, console: Console) -> int:
+    from reproducible.build import BuildOptions, run_build
+
+    opts = BuildOptions(
+        out=Path(args.out),
+        lock_path=Path(args.lock) if args.lock else None,
+        offline=args.offline,
+        blobs=Path(args.blobs) if args.blobs else None,
+        from_oci=Path(args.from_oci) if args.from_oci else None,
+        from_image=args.from_image,
+        check=args.check,
+        measurements_dir=Path(args.measurements_dir) if args.measurements_dir else None,
+    )
+    result = run_build(opts, console)
+    if args.json:
+        print(json.dumps(result.summary(), indent=2, sort_keys=True))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m reproducible", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logs; re-raise errors")
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build sentinel.eif and measurements.json")
+    b.add_argument("--out", default="build", help="output directory (default: build)")
+    b.add_argument("--lock", help="lock file (default: reproducible/lock.toml)")
+    b.add_argument("--offline", action="store_true", help="use the cache only")
+    b.add_argument("--blobs", help="production mode: AWS blobs dir (bzImage, cmdline, init, nsm.ko)")
+    src = b.add_mutually_exclusive_group()
+    src.add_argument("--from-oci", help="payload from an OCI layout or `docker save` tarball")
+    src.add_argument("--from-image", help="payload from an image of a Docker-compatible API")
+    b.add_argument("--check", action="store_true",
+                   help="compare PCRs with measurements/<version>.json; exit 1 on a difference")
+    b.add_argument("--measurements-dir", help=argparse.SUPPRESS)
+    b.add_argument("--json", action="store_true", help="build summary as JSON on stdout")
+    b.set_defaults(func=_cmd_build)
+    lk = sub.add_parser("lock", help="refresh the lock's pins and print what changed")
+    lk.add_argument("--lock", help="lock file (default: reproducible/lock.toml)")
+    lk.add_argument("--dry-run", action="store_true", help="print changes, do not write")
+    lk.add_argument("--json", action="store_true", help="changes as JSON on stdout")
+    lk.set_defaults(func=_cmd_lock)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    console = Console(file=sys.stderr)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0) if e.code in (0, None) else 2
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(name)s: %(message)s")
+    try:
+        return int(args.func(args, console))
+    except BuildError as e:
+        if args.verbose:
+            raise
+        console.print(f"[red]error:[/red] {e.diagnostics()}", highlight=False)
+        return e.exit_code
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
