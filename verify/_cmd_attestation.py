@@ -1,0 +1,190 @@
+"""`python -m verify attestation DOC`: is this document from Nitro hardware, running our image?
+
+Every check is reported by name (rich table on stderr, `--json` on stdout). The chain is validated as
+of the document's own timestamp unless `--at` says otherwise; freshness is `--max-age`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from verify._cli import emit_json, stderr_console
+from verify.attestation import (
+    DOCUMENT_TIME,
+    AllOf,
+    AttestationVerifier,
+    Check,
+    MaxAge,
+    NonceEquals,
+    UnsafeNoOp,
+    UserDataEquals,
+    VerificationReport,
+    aws_nitro_root,
+    decode_document_text,
+    load_root_pem,
+    pcrs_equal,
+)
+from verify.attestation.roots import fingerprint
+from verify.errors import MalformedInput
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "attestation",
+        help="verify a Nitro attestation document (chain, signature, PCRs, nonce, freshness)",
+        description=__doc__,
+    )
+    parser.add_argument("document", metavar="DOC", help="raw CBOR or base64 file, or - for stdin")
+    parser.add_argument("--measurements", metavar="FILE", help="published measurements to compare")
+    parser.add_argument(
+        "--pcrs",
+        metavar="LIST",
+        help="PCR indices to compare, e.g. 0,1,2,8 (default: every PCR in --measurements)",
+    )
+    parser.add_argument("--nonce", metavar="HEX", help="the nonce the document must carry")
+    parser.add_argument("--user-data", metavar="HEX", help="the user_data the document must carry")
+    parser.add_argument("--max-age", metavar="SECONDS", type=float, help="freshness bound")
+    parser.add_argument(
+        "--at",
+        metavar="ISO8601",
+        help="validation time (default: the document's own timestamp); also 'now' for --max-age",
+    )
+    parser.add_argument(
+        "--root", metavar="PEM", help="trust this root instead of the AWS Nitro root (emulator CA)"
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+    parser.set_defaults(func=run)
+
+
+def _hex(value: str, option: str) -> bytes:
+    try:
+        return bytes.fromhex(value.removeprefix("0x"))
+    except ValueError as e:
+        raise MalformedInput(f"{option}: not hex: {value!r}") from e
+
+
+def parse_time(value: str, option: str = "--at") -> datetime:
+    """An ISO 8601 instant; 'Z' accepted, naive times refused (time zones are never guessed)."""
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError as e:
+        raise MalformedInput(f"{option}: not an ISO 8601 time: {value!r}") from e
+    if at.utcoffset() is None:
+        raise MalformedInput(f"{option}: {value!r} has no time zone; add Z or +00:00")
+    return at.astimezone(UTC)
+
+
+def _pcr_indices(text: str) -> list[int]:
+    try:
+        indices = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as e:
+        raise MalformedInput(f"--pcrs: expected comma-separated indices, got {text!r}") from e
+    if not indices or any(not 0 <= i <= 31 for i in indices):
+        raise MalformedInput(f"--pcrs: indices must be in 0..31, got {text!r}")
+    return indices
+
+
+def read_input(path: str) -> bytes:
+    """Bytes of a file argument, or of stdin for '-'."""
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise MalformedInput(f"cannot read {path}: {e.strerror}") from e
+
+
+def build_policy(args: argparse.Namespace, now: datetime | None) -> Check:
+    checks: list[Check] = []
+    if args.measurements:
+        from verify.measurements import load_measurements
+
+        published = load_measurements(Path(args.measurements))
+        indices = _pcr_indices(args.pcrs) if args.pcrs else None
+        try:
+            checks.extend(pcrs_equal(published.pcrs, indices))
+        except ValueError as e:
+            raise MalformedInput(f"{args.measurements}: {e}") from e
+    elif args.pcrs:
+        raise MalformedInput("--pcrs needs --measurements (the values to compare against)")
+    if args.nonce is not None:
+        checks.append(NonceEquals(_hex(args.nonce, "--nonce")))
+    if args.user_data is not None:
+        checks.append(UserDataEquals(_hex(args.user_data, "--user-data")))
+    if args.max_age is not None:
+        if args.max_age < 0:
+            raise MalformedInput("--max-age must not be negative")
+        checks.append(MaxAge(args.max_age, now=now))
+    return AllOf(checks) if checks else UnsafeNoOp()
+
+
+def report_json(source: str, report: VerificationReport, root_sha256: str) -> dict[str, Any]:
+    doc = report.attestation.document if report.attestation else None
+    return {
+        "document": source,
+        "verified": bool(report),
+        "root_sha256": root_sha256,
+        "validated_at": report.validated_at.isoformat() if report.validated_at else None,
+        "checks": [
+            {
+                "name": r.name,
+                "ok": r.ok,
+                "error": None if r.error is None else type(r.error).__name__,
+                "message": None if r.error is None else r.error.diagnostics(),
+            }
+            for r in report.results
+        ],
+        "attestation": None
+        if doc is None
+        else {
+            "module_id": doc.module_id,
+            "timestamp": doc.timestamp.isoformat(),
+            "digest": doc.digest,
+            "pcrs": {str(i): v.hex() for i, v in doc.pcrs.items()},
+            "public_key": None if doc.public_key is None else doc.public_key.hex(),
+            "user_data": None if doc.user_data is None else doc.user_data.hex(),
+            "nonce": None if doc.nonce is None else doc.nonce.hex(),
+        },
+    }
+
+
+def _print_report(source: str, report: VerificationReport) -> None:
+    console = stderr_console()
+    table = Table(title=escape(f"attestation {source}"))
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("detail", overflow="fold")
+    for r in report.results:
+        if r.error is None:
+            table.add_row(r.name, "[green]pass[/]", "")
+        else:
+            table.add_row(r.name, "[bold red]FAIL[/]", escape(r.error.diagnostics()))
+    console.print(table)
+    if report.attestation is not None:
+        doc = report.attestation.document
+        console.print(f"module {doc.module_id}, made {doc.timestamp.isoformat()}")
+        for index, value in doc.pcrs.items():
+            if any(value):
+                console.print(f"  PCR{index:<2} {value.hex()}")
+    console.print("[green]OK[/]" if report else "[bold red]FAILED[/]", escape(source))
+
+
+def run(args: argparse.Namespace) -> int:
+    at = parse_time(args.at) if args.at else None
+    root = load_root_pem(args.root) if args.root else aws_nitro_root()
+    policy = build_policy(args, at)
+    data = decode_document_text(read_input(args.document))
+    verifier = AttestationVerifier(root=root, now=at or DOCUMENT_TIME)
+    report = verifier.report(data, policy)
+    source = "<stdin>" if args.document == "-" else args.document
+    if args.json:
+        emit_json(report_json(source, report, fingerprint(root)))
+    _print_report(source, report)
+    return report.exit_code
