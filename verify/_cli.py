@@ -30,7 +30,7 @@ from rich.console import Console
 from verify.errors import VerifyError
 
 #: Subcommand modules, `verify._cmd_<name>`; order is the order of `--help`.
-COMMANDS: tuple[str, ...] = ("pcr", "attestation")
+COMMANDS: tuple[str, ...] = ("pcr", "attestation", "audit")
 
 logger = logging.getLogger(__name__)
 
