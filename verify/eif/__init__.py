@@ -7,6 +7,7 @@ signatures in `verify.eif_sign`.
 from __future__ import annotations
 
 from verify.eif._format import (
+    CRC_OFFSET,
     CURRENT_VERSION,
     EIF_MAGIC,
     FLAG_ARCH_ARM64,
@@ -32,6 +33,7 @@ from verify.eif._writer import DEFAULT_METADATA, write_eif
 from verify.eif_sign import EifSigner, LocalEifSigner
 
 __all__ = [
+    "CRC_OFFSET",
     "CURRENT_VERSION",
     "DEFAULT_METADATA",
     "EIF_MAGIC",

@@ -1,0 +1,304 @@
+"""PCR0/1/2/8 of an EIF, exactly as nitro-cli computes them, streamed with bounded memory.
+
+Each PCR is a TPM-style extend of one SHA-384 stream from 48 zero bytes:
+``PCR = SHA384(0^48 || SHA384(data))`` where data is, in file order,
+
+- PCR0: kernel || cmdline || every ramdisk (metadata and signature bodies are not measured),
+- PCR1: kernel || cmdline || the first ramdisk,
+- PCR2: the remaining ramdisks (the hash of nothing when there is only one),
+- PCR8: the DER of the signing certificate, when a signature section exists.
+
+Bytes are read once into a small pool of reusable buffers; the PCR0 stream and the PCR1/PCR2
+stream are hashed on two threads (hashlib drops the GIL on large buffers): this one, which also
+reads and keeps the CRC-32 (ISO-HDLC, i.e. zlib's) over everything but the header's CRC field,
+and one worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from verify._crc import crc32
+from verify.eif import (
+    CRC_OFFSET,
+    EifImage,
+    EifLimits,
+    EifReader,
+    EifSection,
+    SectionType,
+    decode_metadata,
+    open_eif,
+)
+from verify.eif_sign import SignatureSection, parse_signature_section, verify_pcr_signature
+from verify.errors import MalformedEif, SignatureInvalid
+
+__all__ = [
+    "HASH_ALGORITHM",
+    "EifMeasurements",
+    "extend",
+    "measure_eif",
+]
+
+logger = logging.getLogger(__name__)
+
+#: How nitro-cli names the algorithm (Rust `Debug` of `Sha384`); kept verbatim in JSON output.
+HASH_ALGORITHM = "Sha384 { ... }"
+PCR_SIZE = 48
+CHUNK_SIZE = 4 << 20
+PIPELINE_DEPTH = 4  # buffers in flight: memory is PIPELINE_DEPTH * CHUNK_SIZE, whatever the file
+
+
+def extend(digest: bytes) -> bytes:
+    """One TPM extend of a zeroed SHA-384 PCR with `digest`."""
+    return hashlib.sha384(bytes(PCR_SIZE) + digest).digest()
+
+
+@dataclass(frozen=True)
+class EifMeasurements:
+    """What `measure_eif` found. `crc_ok` is None for version-1 images, which had no CRC."""
+
+    image: EifImage
+    pcrs: dict[int, bytes]
+    crc_expected: int
+    crc_computed: int
+    crc_ok: bool | None
+    metadata: dict[str, Any] | None
+    cmdline: bytes
+    signature: SignatureSection | None
+    signature_ok: bool | None
+    signature_error: str | None
+
+    @property
+    def version(self) -> int:
+        return self.image.version
+
+    @property
+    def is_signed(self) -> bool:
+        return self.signature is not None
+
+    def check_sound(self) -> None:
+        """Raise unless the CRC matches and any signature verifies.
+
+        Raises:
+            MalformedEif: CRC mismatch (names the header's CRC field offset).
+            SignatureInvalid: a signature section that parses but does not verify.
+        """
+        if self.crc_ok is False:
+            raise MalformedEif(
+                f"CRC32 mismatch: header says {self.crc_expected:08x}, contents give "
+                f"{self.crc_computed:08x}",
+                offset=CRC_OFFSET,
+                section="header",
+            )
+        if self.signature_ok is False:
+            section = self.image.signature
+            assert section is not None
+            raise SignatureInvalid(
+                f"signature section ({section.label}, at byte offset {section.offset}) does not "
+                f"verify: {self.signature_error}"
+            )
+
+    def describe(self) -> dict[str, Any]:
+        """The shape of `nitro-cli describe-eif` (plus nothing it lacks that tools rely on)."""
+        measurements: dict[str, Any] = {"HashAlgorithm": HASH_ALGORITHM}
+        for index in sorted(self.pcrs):
+            measurements[f"PCR{index}"] = self.pcrs[index].hex()
+        out: dict[str, Any] = {
+            "EifVersion": self.version,
+            "Measurements": measurements,
+            "IsSigned": self.is_signed,
+            "CheckCRC": self.crc_ok,
+        }
+        if self.signature is not None:
+            cert = self.signature.certificate
+            out["SignatureCheck"] = bool(self.signature_ok)
+            out["SigningCertificate"] = {
+                "Subject": cert.subject.rfc4514_string(),
+                "IssuerName": cert.issuer.rfc4514_string(),
+                "NotBefore": cert.not_valid_before_utc.isoformat(),
+                "NotAfter": cert.not_valid_after_utc.isoformat(),
+                "Sha384Der": hashlib.sha384(self.signature.certificate_der).hexdigest(),
+            }
+        if self.metadata is not None:
+            md = self.metadata
+            out["ImageName"] = md.get("ImageName")
+            out["ImageVersion"] = md.get("ImageVersion")
+            build = md.get("BuildMetadata")
+            details: dict[str, Any] = dict(build) if isinstance(build, dict) else {}
+            for key in ("DockerInfo", "CustomMetadata"):
+                if key in md:
+                    details[key] = md[key]
+            out["Metadata"] = details
+        return out
+
+
+class _Lanes:
+    """Two ordered hashing lanes over a bounded pool of read buffers.
+
+    Lane A runs on the calling thread right after the read; lane B is one worker thread. Two
+    threads, not three, because the machines this runs on often have two cores, and a third
+    thread only adds hand-offs.
+    """
+
+    def __init__(self, chunk_size: int, depth: int) -> None:
+        self._free = [bytearray(chunk_size) for _ in range(depth)]
+        self._inflight: deque[tuple[bytearray, Future[None] | None]] = deque()
+        self._lane_b = ThreadPoolExecutor(1, thread_name_prefix="pcr-b")
+
+    def buffer(self) -> bytearray:
+        if self._free:
+            return self._free.pop()
+        buf, fut = self._inflight.popleft()
+        if fut is not None:
+            fut.result()
+        return buf
+
+    def submit(
+        self,
+        buf: bytearray,
+        view: memoryview,
+        lane_a: Callable[[memoryview], None] | None,
+        lane_b: Callable[[memoryview], None] | None,
+    ) -> None:
+        fut = self._lane_b.submit(lane_b, view) if lane_b is not None else None
+        self._inflight.append((buf, fut))
+        if lane_a is not None:
+            lane_a(view)
+
+    def close(self) -> None:
+        try:
+            while self._inflight:
+                fut = self._inflight.popleft()[1]
+                if fut is not None:
+                    fut.result()
+        finally:
+            self._lane_b.shutdown(wait=True)
+
+
+def _read_into(f: BinaryIO, view: memoryview, section: EifSection | None, pos: int) -> None:
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])  # type: ignore[attr-defined]
+        if not n:
+            raise MalformedEif(
+                f"truncated: the file ended {len(view) - got} bytes early (did it change while "
+                "being read?)",
+                offset=pos + got,
+                section=section.label if section else "header",
+            )
+        got += n
+
+
+def measure_eif(
+    path: str | os.PathLike[str],
+    *,
+    limits: EifLimits | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> EifMeasurements:
+    """Parse the EIF at `path`, stream every byte once, and compute PCRs, CRC and signature check.
+
+    A CRC mismatch or a signature that does not verify is reported in the result (`crc_ok`,
+    `signature_ok`); call `check_sound()` to turn them into errors.
+
+    Raises:
+        MalformedEif: missing file, structure that is not a sound EIF, or a metadata or signature
+            section that does not parse (names section and byte offset).
+    """
+    with open_eif(path) as f:
+        image = EifReader(limits).read(f, os.fstat(f.fileno()).st_size)
+        return _measure_open(f, image, chunk_size)
+
+
+def _measure_open(f: BinaryIO, image: EifImage, chunk_size: int) -> EifMeasurements:
+    pcr0 = hashlib.sha384()
+    pcr1 = hashlib.sha384()
+    pcr2 = hashlib.sha384()
+    small: dict[int, bytearray] = {}
+    lanes = _Lanes(chunk_size, PIPELINE_DEPTH)
+    try:
+        f.seek(0)
+        head = bytearray(CRC_OFFSET + 4)
+        _read_into(f, memoryview(head), None, 0)
+        crc = crc32(memoryview(head)[:CRC_OFFSET])
+        ramdisk_seen = 0
+        for section in image.sections:
+            sh = bytearray(section.body_offset - section.offset)
+            _read_into(f, memoryview(sh), section, section.offset)
+            crc = crc32(sh, crc)
+            t = section.type
+            lane_a = pcr0.update if t in _MEASURED else None
+            if t is SectionType.RAMDISK:
+                lane_b = pcr1.update if ramdisk_seen == 0 else pcr2.update
+                ramdisk_seen += 1
+            else:
+                lane_b = pcr1.update if t in _MEASURED else None
+            keep = t in (SectionType.CMDLINE, SectionType.METADATA, SectionType.SIGNATURE)
+            if keep:
+                small[section.index] = bytearray()
+            remaining, pos = section.size, section.body_offset
+            while remaining:
+                buf = lanes.buffer()
+                n = min(remaining, len(buf))
+                view = memoryview(buf)[:n]
+                _read_into(f, view, section, pos)
+                if keep:
+                    small[section.index] += view
+                lanes.submit(buf, view, lane_a, lane_b)
+                crc = crc32(view, crc)
+                remaining -= n
+                pos += n
+    finally:
+        lanes.close()
+
+    pcrs = {0: extend(pcr0.digest()), 1: extend(pcr1.digest()), 2: extend(pcr2.digest())}
+    header = image.header
+    crc_ok = None if header.version < 2 else crc == header.crc32
+
+    metadata = None
+    if (section := image.metadata) is not None:
+        try:
+            metadata = decode_metadata(bytes(small[section.index]))
+        except ValueError as e:
+            raise MalformedEif(str(e), offset=section.body_offset, section=section.label) from e
+
+    signature = None
+    signature_ok = None
+    signature_error = None
+    if (section := image.signature) is not None:
+        try:
+            signature = parse_signature_section(bytes(small[section.index]))
+        except ValueError as e:
+            raise MalformedEif(
+                f"signature section does not parse: {e}",
+                offset=section.body_offset,
+                section=section.label,
+            ) from e
+        pcrs[8] = extend(hashlib.sha384(signature.certificate_der).digest())
+        try:
+            verify_pcr_signature(signature, pcrs)
+            signature_ok = True
+        except SignatureInvalid as e:
+            signature_ok, signature_error = False, str(e)
+    logger.debug("measured %s: crc %08x, pcrs %s", image, crc, {k: v.hex() for k, v in pcrs.items()})
+    return EifMeasurements(
+        image=image,
+        pcrs=pcrs,
+        crc_expected=header.crc32,
+        crc_computed=crc,
+        crc_ok=crc_ok,
+        metadata=metadata,
+        cmdline=bytes(small[image.cmdline.index]),
+        signature=signature,
+        signature_ok=signature_ok,
+        signature_error=signature_error,
+    )
+
+
+_MEASURED = frozenset({SectionType.KERNEL, SectionType.CMDLINE, SectionType.RAMDISK})
