@@ -54,7 +54,9 @@ def _make_fast() -> Callable[[bytes | bytearray | memoryview], bytes]:
         except AttributeError:
             st = local.st = _State()
         s = st.state
-        if reset(s) or absorb(s, raw_ffi.from_buffer(data), len(data)) or digest(
+        # cffi passes bytes as a const pointer directly; other buffers need a (cheap) view object.
+        buf = data if type(data) is bytes else raw_ffi.from_buffer(data)
+        if reset(s) or absorb(s, buf, len(data)) or digest(
             s, st.out_ptr, 32, _RATE_PADDING
         ):
             raise RuntimeError("keccak C core failed")

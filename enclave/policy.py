@@ -1,0 +1,290 @@
+"""The signing policy: a TOML file baked into the image (so PCR2 covers it) and checked before every
+signature. A denied request is never signed; it gets a `PolicyDenied` naming the rule.
+
+Schema (every key is required unless marked optional; unknown keys are an error, so a typo cannot
+silently loosen or tighten a rule)::
+
+    schema = 1
+    mode = "production"            # or "development"; production refuses development keys
+    chain_ids = [1]                # allowed EIP-155 chain ids (non-empty)
+    max_value = "5000000000000000000"      # wei; integer or decimal string (TOML ints stop at 2**63)
+    max_fee_per_gas = "300000000000"       # wei; caps maxFeePerGas, and gasPrice for legacy txs
+    max_gas = 3000000
+    sign_digest = false            # optional: allow SIGN_DIGEST (raw digests bypass every tx rule)
+    allow_create = false           # optional: allow contract creation (no `to`)
+    any_destination = false        # optional: development only; skips the destination list
+
+    [rate_limit]                   # token bucket over all signing operations
+    per_second = 50
+    burst = 100
+
+    [[destinations]]               # optional, repeatable
+    address = "0x..."              # 20-byte hex
+    selectors = ["0xa9059cbb"]     # optional: calldata must start with one of these 4-byte selectors
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from enclave.errors import PolicyDenied, PolicyFileError, RateLimited
+from enclave.keys import KeyOrigin, SigningKey
+from enclave.tx import UINT256_MAX, UnsignedTx
+
+__all__ = ["DEFAULT_POLICY", "Destination", "Policy", "RateLimiter", "load_policy"]
+
+#: The production policy shipped inside the package (and so inside the EIF).
+DEFAULT_POLICY = Path(__file__).with_name("policy.toml")
+_MAX_POLICY_FILE = 1 << 20
+
+_TOP_KEYS = {
+    "schema", "mode", "chain_ids", "max_value", "max_fee_per_gas", "max_gas", "sign_digest",
+    "allow_create", "any_destination", "rate_limit", "destinations",
+}  # fmt: skip
+_REQUIRED = {"schema", "mode", "chain_ids", "max_value", "max_fee_per_gas", "max_gas", "rate_limit"}
+
+
+@dataclass(frozen=True)
+class Destination:
+    """An allowed `to` address; `selectors` None means any calldata (including none)."""
+
+    address: bytes
+    selectors: frozenset[bytes] | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A parsed policy; build it with `load_policy` / `Policy.from_toml`."""
+
+    mode: Literal["production", "development"]
+    chain_ids: frozenset[int]
+    max_value: int
+    max_fee_per_gas: int
+    max_gas: int
+    rate_per_second: float
+    rate_burst: int
+    destinations: Mapping[bytes, Destination] = field(default_factory=dict)
+    sign_digest: bool = False
+    allow_create: bool = False
+    any_destination: bool = False
+
+    @classmethod
+    def from_toml(cls, text: str | bytes, *, source: str = "policy") -> Policy:
+        """Parse and validate a policy document.
+
+        Raises:
+            PolicyFileError: not TOML, unknown/missing keys, wrong types, out-of-range values.
+        """
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError:
+                raise PolicyFileError(f"{source}: not UTF-8") from None
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise PolicyFileError(f"{source}: not TOML ({e})") from e
+        return _parse(doc, source)
+
+    def check_key(self, key: SigningKey) -> None:
+        """Refuse keys this policy may not sign with (production: no development keys).
+
+        Raises:
+            PolicyDenied: rule `key_origin`.
+        """
+        if self.mode == "production" and key.origin is KeyOrigin.DEV:
+            raise PolicyDenied(
+                "key_origin", "a production policy refuses development keys (use the KMS key)"
+            )
+
+    def check_digest(self) -> None:
+        """Raises PolicyDenied (rule `sign_digest`) unless raw digest signing is enabled."""
+        if not self.sign_digest:
+            raise PolicyDenied("sign_digest", "raw digest signing is disabled by this policy")
+
+    def check_tx(self, tx: UnsignedTx) -> None:
+        """Check every transaction rule; the first failing rule is raised.
+
+        Raises:
+            PolicyDenied: rule named in the message (chain_ids, allow_create, destinations,
+                selectors, max_value, max_fee_per_gas, max_gas).
+        """
+        if tx.chain_id not in self.chain_ids:
+            raise PolicyDenied(
+                "chain_ids", f"chain id {tx.chain_id} not allowed (allowed: {sorted(self.chain_ids)})"
+            )
+        if tx.to is None:
+            if not self.allow_create:
+                raise PolicyDenied("allow_create", "contract creation is not allowed")
+        elif not self.any_destination:
+            dest = self.destinations.get(tx.to)
+            if dest is None:
+                raise PolicyDenied("destinations", f"destination 0x{tx.to.hex()} is not allowed")
+            if dest.selectors is not None and bytes(tx.data[:4]) not in dest.selectors:
+                got = "no calldata" if not tx.data else f"selector 0x{bytes(tx.data[:4]).hex()}"
+                raise PolicyDenied(
+                    "selectors", f"{got} not allowed for destination 0x{tx.to.hex()}"
+                )
+        if tx.value > self.max_value:
+            raise PolicyDenied("max_value", f"value {tx.value} wei above {self.max_value}")
+        if tx.max_fee_per_gas > self.max_fee_per_gas:
+            raise PolicyDenied(
+                "max_fee_per_gas",
+                f"fee per gas {tx.max_fee_per_gas} wei above {self.max_fee_per_gas}",
+            )
+        if tx.gas > self.max_gas:
+            raise PolicyDenied("max_gas", f"gas {tx.gas} above {self.max_gas}")
+
+
+def load_policy(path: str | os.PathLike[str] = DEFAULT_POLICY) -> Policy:
+    """Read and parse a policy file.
+
+    Raises:
+        PolicyFileError: unreadable, too large, or invalid (see `Policy.from_toml`).
+    """
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            raw = f.read(_MAX_POLICY_FILE + 1)
+    except OSError as e:
+        raise PolicyFileError(f"policy file {p}: cannot read ({e.strerror or e})") from e
+    if len(raw) > _MAX_POLICY_FILE:
+        raise PolicyFileError(f"policy file {p}: larger than {_MAX_POLICY_FILE} bytes")
+    return Policy.from_toml(raw, source=f"policy file {p}")
+
+
+class RateLimiter:
+    """Token bucket shared by every connection; time is injected for tests (`now_ns`)."""
+
+    def __init__(self, per_second: float, burst: int) -> None:
+        self._rate = per_second / 1e9  # tokens per nanosecond
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._last = time.monotonic_ns()
+        self._lock = threading.Lock()
+
+    def take(self, now_ns: int | None = None) -> None:
+        """Consume one token.
+
+        Raises:
+            RateLimited: the bucket is empty.
+        """
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        with self._lock:
+            tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+            self._last = max(self._last, now)
+            if tokens < 1.0:
+                self._tokens = tokens
+                raise RateLimited(
+                    f"more than {self._rate * 1e9:g}/s (burst {self._burst:g}); retry later"
+                )
+            self._tokens = tokens - 1.0
+
+
+# --- parsing ----------------------------------------------------------------------------------------
+
+
+def _err(source: str, message: str) -> PolicyFileError:
+    return PolicyFileError(f"{source}: {message}")
+
+
+def _uint(source: str, name: str, v: Any, *, limit: int = UINT256_MAX) -> int:
+    if isinstance(v, bool):
+        raise _err(source, f"{name} must be an integer (got a boolean)")
+    if isinstance(v, str):
+        if not v.isdecimal() or not v.isascii():
+            raise _err(source, f"{name} must be a decimal integer (got {v!r})")
+        v = int(v)
+    if not isinstance(v, int):
+        raise _err(source, f"{name} must be an integer (got {type(v).__name__})")
+    if not 0 <= v <= limit:
+        raise _err(source, f"{name} must be in 0..{limit} (got {v})")
+    return v
+
+
+def _bool(source: str, name: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _err(source, f"{name} must be true or false (got {type(v).__name__})")
+    return v
+
+
+def _hex_bytes(source: str, name: str, v: Any, size: int) -> bytes:
+    if not isinstance(v, str) or not v.startswith(("0x", "0X")) or len(v) != 2 + 2 * size:
+        raise _err(source, f"{name} must be 0x followed by {2 * size} hex digits (got {v!r})")
+    try:
+        return bytes.fromhex(v[2:])
+    except ValueError:
+        raise _err(source, f"{name} is not hexadecimal (got {v!r})") from None
+
+
+def _parse(doc: dict[str, Any], source: str) -> Policy:
+    unknown = sorted(set(doc) - _TOP_KEYS)
+    if unknown:
+        raise _err(source, f"unknown keys {unknown}")
+    missing = sorted(_REQUIRED - set(doc))
+    if missing:
+        raise _err(source, f"missing keys {missing}")
+    if doc["schema"] != 1 or isinstance(doc["schema"], bool):
+        raise _err(source, f"schema {doc['schema']!r} (supported: 1)")
+    mode = doc["mode"]
+    if mode not in ("production", "development"):
+        raise _err(source, f"mode must be 'production' or 'development' (got {mode!r})")
+    chain_ids = doc["chain_ids"]
+    if not isinstance(chain_ids, list) or not chain_ids:
+        raise _err(source, "chain_ids must be a non-empty list of integers")
+    chains = frozenset(
+        _uint(source, "chain_ids[]", c, limit=(1 << 64) - 1) for c in chain_ids
+    )
+    if 0 in chains:
+        raise _err(source, "chain id 0 is not a chain (EIP-155)")
+    rate = doc["rate_limit"]
+    if not isinstance(rate, dict) or set(rate) != {"per_second", "burst"}:
+        raise _err(source, "[rate_limit] must have exactly per_second and burst")
+    per_second = rate["per_second"]
+    if isinstance(per_second, bool) or not isinstance(per_second, int | float) or per_second <= 0:
+        raise _err(source, f"rate_limit.per_second must be a positive number (got {per_second!r})")
+    burst = _uint(source, "rate_limit.burst", rate["burst"], limit=1 << 32)
+    if burst < 1:
+        raise _err(source, "rate_limit.burst must be at least 1")
+    any_destination = _bool(source, "any_destination", doc.get("any_destination", False))
+    if mode == "production" and any_destination:
+        raise _err(source, "any_destination is for development policies only")
+    destinations: dict[bytes, Destination] = {}
+    raw_dests = doc.get("destinations", [])
+    if not isinstance(raw_dests, list):
+        raise _err(source, "destinations must be an array of tables ([[destinations]])")
+    for i, d in enumerate(raw_dests):
+        where = f"destinations[{i}]"
+        if not isinstance(d, dict) or "address" not in d or set(d) - {"address", "selectors"}:
+            raise _err(source, f"{where} must have address and optional selectors only")
+        address = _hex_bytes(source, f"{where}.address", d["address"], 20)
+        if address in destinations:
+            raise _err(source, f"{where}.address 0x{address.hex()} listed twice")
+        selectors = None
+        if "selectors" in d:
+            if not isinstance(d["selectors"], list) or not d["selectors"]:
+                raise _err(source, f"{where}.selectors must be a non-empty list (omit it for any)")
+            selectors = frozenset(
+                _hex_bytes(source, f"{where}.selectors[]", s, 4) for s in d["selectors"]
+            )
+        destinations[address] = Destination(address, selectors)
+    return Policy(
+        mode=mode,
+        chain_ids=chains,
+        max_value=_uint(source, "max_value", doc["max_value"]),
+        max_fee_per_gas=_uint(source, "max_fee_per_gas", doc["max_fee_per_gas"]),
+        max_gas=_uint(source, "max_gas", doc["max_gas"], limit=(1 << 64) - 1),
+        rate_per_second=float(per_second),
+        rate_burst=burst,
+        destinations=destinations,
+        sign_digest=_bool(source, "sign_digest", doc.get("sign_digest", False)),
+        allow_create=_bool(source, "allow_create", doc.get("allow_create", False)),
+        any_destination=any_destination,
+    )
