@@ -1,0 +1,359 @@
+"""Head watching: parse newHeads headers, keep a ring of recent canonical headers, detect reorgs.
+
+`ChainView` is the pure, synchronous part (what the reorg benchmark times): a header that does not
+extend our tip is a reorg when its parent is a header we know; it is a gap (or a deeper reorg)
+when its parent is unknown, and then `HeadTracker` fetches the missing ancestors by hash until it
+reaches a header of our canonical chain. Duplicates (e.g. re-sent after a reconnect) change nothing.
+`HeadWatcher` keeps an `eth_subscribe("newHeads")` WebSocket open across drops and restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import websockets
+
+from . import _hex
+from .errors import MalformedHeader, MalformedResponse, ReorgTooDeep, RouterError, TransportError
+from .rpc import RpcClient, redact
+
+log = logging.getLogger(__name__)
+
+_MAX_NUMBER = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    number: int
+    hash: bytes
+    parent_hash: bytes
+    timestamp: int
+    gas_limit: int
+    gas_used: int
+    base_fee: int | None
+
+    def __repr__(self) -> str:
+        return f"Header(#{self.number} {self.hash.hex()[:10]} parent {self.parent_hash.hex()[:10]})"
+
+
+def parse_header(obj: object, where: str = "header") -> Header:
+    """Validate a JSON-RPC header (newHeads payload or block object) into a Header.
+
+    Raises:
+        MalformedHeader: a field is missing, mistyped, or the header is impossible on its own.
+    """
+    if not isinstance(obj, dict):
+        raise MalformedHeader(f"{where}: expected an object, got {type(obj).__name__}")
+    try:
+        base = obj.get("baseFeePerGas")
+        h = Header(
+            number=_hex.quantity(obj.get("number"), f"{where}.number", max_value=_MAX_NUMBER),
+            hash=_hex.fixed_bytes(obj.get("hash"), f"{where}.hash", 32),
+            parent_hash=_hex.fixed_bytes(obj.get("parentHash"), f"{where}.parentHash", 32),
+            timestamp=_hex.quantity(obj.get("timestamp"), f"{where}.timestamp", max_value=2**64 - 1),
+            gas_limit=_hex.quantity(obj.get("gasLimit"), f"{where}.gasLimit", max_value=2**64 - 1),
+            gas_used=_hex.quantity(obj.get("gasUsed"), f"{where}.gasUsed", max_value=2**64 - 1),
+            base_fee=None if base is None else _hex.quantity(base, f"{where}.baseFeePerGas"),
+        )
+    except MalformedHeader:
+        raise
+    except MalformedResponse as e:
+        raise MalformedHeader(str(e)) from e
+    if h.hash == h.parent_hash:
+        raise MalformedHeader(f"{where} #{h.number}: parentHash equals the block's own hash")
+    if h.gas_used > h.gas_limit:
+        raise MalformedHeader(
+            f"{where} #{h.number}: gasUsed {h.gas_used} is above gasLimit {h.gas_limit}"
+        )
+    if h.number == 0 and any(h.parent_hash):
+        raise MalformedHeader(f"{where}: genesis header with a non-zero parentHash")
+    return h
+
+
+@dataclass(frozen=True)
+class ChainUpdate:
+    """The result of one header: blocks that left and joined our canonical chain (both in
+    ascending order). `removed` non-empty means a reorg."""
+
+    header: Header
+    added: tuple[Header, ...]
+    removed: tuple[Header, ...] = ()
+    ancestor: Header | None = None
+
+    @property
+    def is_reorg(self) -> bool:
+        return bool(self.removed)
+
+
+@dataclass(frozen=True)
+class NeedParent:
+    """The header's ancestry leaves the known window at `block_hash`; fetch it and retry."""
+
+    block_hash: bytes
+
+
+DUPLICATE = None
+
+
+@dataclass
+class ChainView:
+    """A ring of the last `depth` canonical headers plus side headers seen recently."""
+
+    depth: int = 128
+    tip: Header | None = None
+    _canon: dict[int, bytes] = field(default_factory=dict)
+    _known: dict[bytes, Header] = field(default_factory=dict)
+
+    def canonical(self, number: int) -> Header | None:
+        block_hash = self._canon.get(number)
+        return None if block_hash is None else self._known[block_hash]
+
+    def is_canonical(self, block_hash: bytes) -> bool:
+        h = self._known.get(block_hash)
+        return h is not None and self._canon.get(h.number) == block_hash
+
+    def remember(self, header: Header) -> None:
+        """Keep a fetched (not yet canonical) ancestor so the next `ingest` can walk through it."""
+        self._known.setdefault(header.hash, header)
+
+    def reset(self, header: Header) -> ChainUpdate:
+        """Forget everything and start over from `header` (start-up, or a reorg past the ring)."""
+        removed = tuple(self._known[self._canon[n]] for n in sorted(self._canon))
+        self._canon.clear()
+        self._known.clear()
+        self._known[header.hash] = header
+        self._canon[header.number] = header.hash
+        self.tip = header
+        return ChainUpdate(header=header, added=(header,), removed=removed)
+
+    def ingest(self, header: Header) -> ChainUpdate | NeedParent | None:
+        """Apply one header. Returns the update, NeedParent, or None for a duplicate.
+
+        Raises:
+            MalformedHeader: the header contradicts its known parent (number or timestamp).
+            ReorgTooDeep: its ancestry leaves the ring without meeting our canonical chain.
+        """
+        tip = self.tip
+        if tip is None:
+            return self.reset(header)
+        # Fast path (every ordinary block): extends our tip.
+        if header.parent_hash == tip.hash:
+            self._check_link(tip, header)
+            self._known[header.hash] = header
+            self._canon[header.number] = header.hash
+            self.tip = header
+            self._prune()
+            return ChainUpdate(header=header, added=(header,), ancestor=tip)
+        if self._canon.get(header.number) == header.hash:
+            return DUPLICATE
+        # Walk back through known headers until one is canonical: that is the common ancestor.
+        branch = [header]
+        cursor = header
+        while True:
+            parent = self._known.get(cursor.parent_hash)
+            if parent is None:
+                if tip.number - cursor.number >= self.depth or len(branch) > self.depth:
+                    raise ReorgTooDeep(
+                        f"header #{header.number}: no common ancestor within {self.depth} blocks"
+                    )
+                return NeedParent(cursor.parent_hash)
+            self._check_link(parent, cursor)
+            if self._canon.get(parent.number) == parent.hash:
+                break
+            branch.append(parent)
+            cursor = parent
+            if len(branch) > self.depth:
+                raise ReorgTooDeep(f"header #{header.number}: side branch longer than {self.depth}")
+        branch.reverse()
+        ancestor = parent
+        removed = tuple(
+            self._known[self._canon[n]]
+            for n in range(ancestor.number + 1, tip.number + 1)
+            if n in self._canon
+        )
+        for n in range(ancestor.number + 1, tip.number + 1):
+            self._canon.pop(n, None)
+        for h in branch:
+            self._known[h.hash] = h
+            self._canon[h.number] = h.hash
+        self.tip = header
+        self._prune()
+        return ChainUpdate(header=header, added=tuple(branch), removed=removed, ancestor=ancestor)
+
+    @staticmethod
+    def _check_link(parent: Header, child: Header) -> None:
+        if child.number != parent.number + 1:
+            raise MalformedHeader(
+                f"header #{child.number}: its parent {parent.hash.hex()[:10]} is "
+                f"#{parent.number} (expected #{child.number - 1})"
+            )
+        if child.timestamp < parent.timestamp:
+            raise MalformedHeader(
+                f"header #{child.number}: timestamp {child.timestamp} is before its parent's "
+                f"{parent.timestamp}"
+            )
+
+    def _prune(self) -> None:
+        assert self.tip is not None
+        floor = self.tip.number - self.depth
+        if len(self._known) <= 2 * self.depth + 8:
+            return
+        for n in [n for n in self._canon if n < floor]:
+            del self._canon[n]
+        for k in [k for k, h in self._known.items() if h.number < floor]:
+            del self._known[k]
+
+
+FetchHeader = Callable[[bytes], Awaitable[Header | None]]
+
+
+class HeadTracker:
+    """ChainView plus ancestor fetching: turns any header into a ChainUpdate (or None)."""
+
+    def __init__(self, view: ChainView, fetch: FetchHeader) -> None:
+        self.view = view
+        self._fetch = fetch
+
+    async def ingest(self, header: Header) -> ChainUpdate | None:
+        """Raises MalformedHeader, ReorgTooDeep, or the fetch's RouterError."""
+        for _ in range(self.view.depth + 2):
+            result = self.view.ingest(header)
+            if not isinstance(result, NeedParent):
+                return result
+            parent = await self._fetch(result.block_hash)
+            if parent is None:
+                raise MalformedResponse(
+                    f"header #{header.number}: ancestor {result.block_hash.hex()[:10]} is unknown "
+                    "to the node"
+                )
+            if parent.hash != result.block_hash:
+                raise MalformedHeader(
+                    f"asked for block {result.block_hash.hex()[:10]}, got {parent.hash.hex()[:10]}"
+                )
+            self.view.remember(parent)
+        raise ReorgTooDeep(f"header #{header.number}: ancestry not resolved")
+
+
+def rpc_header_fetcher(rpc: RpcClient) -> FetchHeader:
+    async def fetch(block_hash: bytes) -> Header | None:
+        obj = await rpc.call("eth_getBlockByHash", _hex.to_hex(block_hash), False)
+        return None if obj is None else parse_header(obj, "eth_getBlockByHash")
+
+    return fetch
+
+
+@dataclass
+class WatcherStats:
+    connects: int = 0
+    disconnects: int = 0
+    heads: int = 0
+    malformed: int = 0
+
+
+OnHeader = Callable[[Header, int], Awaitable[None]]
+OnConnect = Callable[[], Awaitable[None]]
+
+
+class HeadWatcher:
+    """Keeps an `eth_subscribe("newHeads")` subscription alive and hands every valid header
+    (with its receive time, ns) to `on_header`. Malformed messages are logged, counted and
+    skipped; a dropped connection is re-opened with backoff and `on_connect` runs after each
+    (re)subscription so the owner can catch up on what it missed."""
+
+    def __init__(
+        self,
+        ws_url: str,
+        on_header: OnHeader,
+        *,
+        on_connect: OnConnect | None = None,
+        backoff: tuple[float, float] = (0.05, 2.0),
+    ) -> None:
+        self._url = ws_url
+        self.label = redact(ws_url)
+        self._on_header = on_header
+        self._on_connect = on_connect
+        self._backoff = backoff
+        self.stats = WatcherStats()
+        self.connected = asyncio.Event()
+        self._ws: Any = None
+
+    async def run(self) -> None:
+        delay = self._backoff[0]
+        while True:
+            try:
+                async with websockets.connect(
+                    self._url, max_size=8 * 1024 * 1024, open_timeout=5
+                ) as ws:
+                    self._ws = ws
+                    sub_id = await self._subscribe(ws)
+                    self.stats.connects += 1
+                    log.info("newHeads subscribed", extra={"endpoint": self.label})
+                    self.connected.set()
+                    delay = self._backoff[0]
+                    if self._on_connect is not None:
+                        await self._on_connect()
+                    async for message in ws:
+                        received = time.perf_counter_ns()
+                        header = self._decode(message, sub_id)
+                        if header is not None:
+                            self.stats.heads += 1
+                            await self._on_header(header, received)
+            except asyncio.CancelledError:
+                raise
+            except (OSError, websockets.WebSocketException, TransportError, TimeoutError) as e:
+                log.warning(
+                    "newHeads connection lost, reconnecting",
+                    extra={"endpoint": self.label, "error": f"{type(e).__name__}: {e}"},
+                )
+            finally:
+                self._ws = None
+                if self.connected.is_set():
+                    self.stats.disconnects += 1
+                self.connected.clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._backoff[1])
+
+    async def drop(self) -> None:
+        """Close the current connection (tests and operators use it to force a reconnect)."""
+        if self._ws is not None:
+            await self._ws.close()
+
+    async def _subscribe(self, ws: Any) -> str:
+        await ws.send(json.dumps(
+            {"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe", "params": ["newHeads"]}
+        ))
+        raw = await asyncio.wait_for(ws.recv(), 5)
+        try:
+            answer = json.loads(raw)
+        except (TypeError, ValueError) as e:
+            raise TransportError(f"eth_subscribe answer from {self.label} is not JSON") from e
+        if not isinstance(answer, dict) or not isinstance(answer.get("result"), str):
+            raise TransportError(f"eth_subscribe refused by {self.label}: {str(answer)[:120]}")
+        return answer["result"]
+
+    def _decode(self, message: str | bytes, sub_id: str) -> Header | None:
+        try:
+            msg = json.loads(message)
+            if (
+                not isinstance(msg, dict)
+                or msg.get("method") != "eth_subscription"
+                or not isinstance(msg.get("params"), dict)
+            ):
+                raise MalformedResponse("not an eth_subscription notification")
+            params = msg["params"]
+            if params.get("subscription") != sub_id:
+                raise MalformedResponse("notification for an unknown subscription")
+            return parse_header(params.get("result"), "newHeads")
+        except (ValueError, RouterError) as e:
+            self.stats.malformed += 1
+            log.warning(
+                "newHeads message rejected",
+                extra={"endpoint": self.label, "error": str(e)[:200]},
+            )
+            return None

@@ -1,0 +1,58 @@
+"""What the router needs from a signer, and how it turns an intent into an unsigned transaction.
+
+`TxSigner` is satisfied by `router.signer_client.SignerClient` (the enclave over vsock/unix/tcp)
+and by `InProcessSigner` (a key in this process: development and benchmarks only). Signing is a
+synchronous call on purpose: on the reorg path the router goes from a header to a signed
+transaction without yielding to the event loop.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from enclave.tx import TX_EIP1559, UnsignedTx
+from enclave.tx import sign_tx as _sign_tx
+
+from .fees import Fees
+from .intent import Intent
+
+
+class SignedLike(Protocol):
+    raw: bytes
+    hash: bytes
+
+
+class TxSigner(Protocol):
+    def sign_tx(self, tx: UnsignedTx) -> SignedLike: ...
+
+
+class _DigestSigner(Protocol):
+    def sign_digest(self, digest: bytes) -> bytes: ...
+
+
+class InProcessSigner:
+    """Signs with a key held in this process (e.g. `enclave.keys.SigningKey`). Not for production:
+    the point of Sentinel is that the key lives in the enclave."""
+
+    def __init__(self, key: _DigestSigner) -> None:
+        self._key = key
+
+    def __repr__(self) -> str:
+        return "InProcessSigner(<key hidden>)"
+
+    def sign_tx(self, tx: UnsignedTx) -> SignedLike:
+        return _sign_tx(self._key, tx)
+
+
+def build_tx(chain_id: int, nonce: int, intent: Intent, fees: Fees) -> UnsignedTx:
+    return UnsignedTx(
+        TX_EIP1559,
+        chain_id,
+        nonce,
+        intent.gas,
+        intent.to,
+        intent.value,
+        intent.data,
+        fees.max_fee_per_gas,
+        fees.max_priority_fee_per_gas,
+    )
