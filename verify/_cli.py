@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from verify.errors import VerifyError
 
@@ -82,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VerifyError as e:
         if args.verbose:
             raise
-        stderr_console().print(f"[bold red]error:[/] {e.diagnostics()}", markup=True)
+        stderr_console().print(f"[bold red]error:[/] {escape(e.diagnostics())}")
         return e.exit_code
     except KeyboardInterrupt:
         return 130

@@ -24,7 +24,7 @@ from verify.eif._format import (
     SectionType,
     unpack_section_header,
 )
-from verify.errors import MalformedEif
+from verify.errors import MalformedEif, MalformedInput
 
 __all__ = ["EifReader", "copy_section", "iter_section_chunks", "read_eif", "read_section_bytes"]
 
@@ -71,7 +71,8 @@ class EifReader:
         """Open and parse the EIF at `path`.
 
         Raises:
-            MalformedEif: missing or unreadable file, or not a sound EIF.
+            MalformedInput: missing or unreadable file.
+            MalformedEif: not a sound EIF.
         """
         with open_eif(path) as f:
             return self.read(f, os.fstat(f.fileno()).st_size)
@@ -202,15 +203,15 @@ class EifReader:
 
 
 def open_eif(path: str | os.PathLike[str]) -> BinaryIO:
-    """Open an EIF for reading, turning OS errors into `MalformedEif` (exit 2, one line)."""
+    """Open an EIF for reading, turning OS errors into `MalformedInput` (exit 2, one line)."""
     try:
         f = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
     except FileNotFoundError:
-        raise MalformedEif(f"no such file: {os.fspath(path)}") from None
+        raise MalformedInput(f"no such EIF file: {os.fspath(path)}") from None
     except IsADirectoryError:
-        raise MalformedEif(f"is a directory, not an EIF file: {os.fspath(path)}") from None
+        raise MalformedInput(f"{os.fspath(path)} is a directory, not an EIF file") from None
     except OSError as e:
-        raise MalformedEif(f"cannot open {os.fspath(path)}: {e.strerror}") from e
+        raise MalformedInput(f"cannot open EIF file {os.fspath(path)}: {e.strerror}") from e
     return f
 
 
@@ -218,7 +219,8 @@ def read_eif(path: str | os.PathLike[str], limits: EifLimits | None = None) -> E
     """Parse the EIF at `path` (header and section table only; bodies are not read).
 
     Raises:
-        MalformedEif: missing file or not a sound EIF.
+        MalformedInput: missing or unreadable file.
+        MalformedEif: not a sound EIF.
     """
     return EifReader(limits).read_path(path)
 
