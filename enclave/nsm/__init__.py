@@ -1,0 +1,111 @@
+"""The Nitro Secure Module: the `Nsm` interface, the /dev/nsm client and a development emulator.
+
+`open_nsm(allow_emulator)` is how the signer gets one: the device when /dev/nsm opens, otherwise the
+emulator only if the caller allows it (development images); a production image gets `NsmUnavailable`
+instead, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Protocol, runtime_checkable
+
+from enclave.nsm._client import PcrState
+from enclave.nsm._codec import DescribeNsmResponse as NsmDescription
+from enclave.nsm.errors import (
+    NsmConfigError,
+    NsmError,
+    NsmProtocolError,
+    NsmRequestRejected,
+    NsmTransportError,
+    NsmUnavailable,
+)
+
+__all__ = [
+    "Nsm",
+    "NsmConfigError",
+    "NsmDescription",
+    "NsmError",
+    "NsmProtocolError",
+    "NsmRequestRejected",
+    "NsmTransportError",
+    "NsmUnavailable",
+    "PcrState",
+    "open_nsm",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Nsm(Protocol):
+    """What the signer needs from a Nitro Secure Module (device or emulator)."""
+
+    def describe_nsm(self) -> NsmDescription: ...
+
+    def describe_pcr(self, index: int) -> PcrState: ...
+
+    def extend_pcr(self, index: int, data: bytes) -> bytes: ...
+
+    def lock_pcr(self, index: int) -> None: ...
+
+    def lock_pcrs(self, range: int) -> None: ...  # noqa: A002 - the NSM API's own name
+
+    def get_random(self, n: int) -> bytes: ...
+
+    def attestation(
+        self,
+        *,
+        user_data: bytes | None = None,
+        nonce: bytes | None = None,
+        public_key: bytes | None = None,
+    ) -> bytes: ...
+
+
+def open_nsm(
+    allow_emulator: bool,
+    *,
+    device_path: str | os.PathLike[str] | None = None,
+    emulator_pcrs: object | None = None,
+    emulator_ca_dir: str | os.PathLike[str] | None = None,
+) -> Nsm:
+    """The device at `device_path` (/dev/nsm), or the emulator when it is absent and allowed.
+
+    Args:
+        allow_emulator: True only for development images; production passes False.
+        device_path: the device node (default /dev/nsm).
+        emulator_pcrs: the emulator's PCR source (see `enclave.nsm.pcrs.load_pcrs`); by default the
+            file QEMU passes through fw_cfg when present, else all-zero PCRs.
+        emulator_ca_dir: a directory saved by `EmulatorCa.save` to pin the root (default: a new root).
+
+    Raises:
+        NsmUnavailable: no device, and the emulator is not allowed.
+        NsmConfigError: the emulator's PCR source or CA directory is malformed.
+    """
+    from enclave.nsm.device import DEFAULT_PATH, DeviceNsm
+
+    path = device_path if device_path is not None else DEFAULT_PATH
+    try:
+        return DeviceNsm(path)
+    except NsmUnavailable as e:
+        if not allow_emulator:
+            raise NsmUnavailable(f"{e}; the NSM emulator is not allowed in this image") from e
+        reason = str(e)
+
+    from enclave.nsm.ca import EmulatorCa
+    from enclave.nsm.emulator import EmulatedNsm
+    from enclave.nsm.pcrs import FW_CFG_PCRS_PATH
+
+    pcrs = emulator_pcrs
+    if pcrs is None and FW_CFG_PCRS_PATH.exists():
+        pcrs = FW_CFG_PCRS_PATH
+    ca = EmulatorCa.load(emulator_ca_dir) if emulator_ca_dir is not None else None
+    nsm = EmulatedNsm(ca=ca, pcrs=pcrs)  # type: ignore[arg-type]
+    logger.warning(
+        "no Nitro Secure Module (%s): using the NSM EMULATOR %s (development only; PCRs from %s)",
+        reason,
+        nsm.module_id,
+        pcrs if isinstance(pcrs, str | os.PathLike) else ("a mapping" if pcrs else "nowhere: zeros"),
+    )
+    return nsm
