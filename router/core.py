@@ -53,7 +53,7 @@ class RouterConfig:
     rpc_urls: tuple[str, ...]
     ws_url: str
     fees: FeePolicy = field(default_factory=FeePolicy)
-    rebroadcast_after_heads: int = 2
+    rebroadcast_after_heads: int = 3
     rebroadcast_after_seconds: float = 2.0
     head_ring: int = 128
     forget_after_blocks: int = 64
@@ -235,9 +235,10 @@ class Router:
     async def _send(self, flight: InFlight) -> None:
         """Broadcast the flight's current bytes and act on the classified outcome. Never raises
         for chain-side trouble: the flight stays pending and is re-sent later."""
-        if flight.nonce in self._sending:
+        key = id(flight)  # not the nonce: a flight may move to another nonce while being sent
+        if key in self._sending:
             return
-        self._sending.add(flight.nonce)
+        self._sending.add(key)
         try:
             for _ in range(self.config.max_resigns):
                 flight.last_sent_head = self.view.tip.number if self.view.tip else -1
@@ -261,7 +262,7 @@ class Router:
                                 extra={"nonce": flight.nonce, "error": e.diagnostics()})
                     return
         finally:
-            self._sending.discard(flight.nonce)
+            self._sending.discard(key)
 
     async def _send_in_order(self, flights: list[InFlight]) -> None:
         for f in sorted(flights, key=lambda f: f.nonce):
@@ -308,6 +309,16 @@ class Router:
                 return False
         if flight.state is not TxState.PENDING:
             return False
+        # No receipt: either a reorg took our transaction out after the node refused (the nonce
+        # is free again: send again), or the nonce went to a transaction we never signed.
+        try:
+            chain_nonce = await self._any(
+                lambda rpc: rpc.transaction_count(self.config.sender, "latest"))
+        except RouterError as e:
+            log.warning("nonce lookup failed", extra={"error": e.diagnostics()})
+            return False
+        if chain_nonce <= flight.nonce or flight.state is not TxState.PENDING:
+            return flight.state is TxState.PENDING
         self.counters["nonce_moved"] += 1
         old = flight.nonce
         self.nonces.move(flight)
@@ -426,7 +437,11 @@ class Router:
         stale = [
             f for f in self.nonces.pending()
             if force
-            or (by_heads and tip - f.last_sent_head >= self.config.rebroadcast_after_heads)
+            or (
+                by_heads
+                and tip - f.last_sent_head >= self.config.rebroadcast_after_heads
+                and now - f.last_sent_time >= min(0.5, self.config.rebroadcast_after_seconds)
+            )
             or now - f.last_sent_time >= self.config.rebroadcast_after_seconds
         ]
         if stale:
