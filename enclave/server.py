@@ -1,0 +1,389 @@
+"""The signer server: one thread per connection, pinned to a CPU, busy-polling its socket.
+
+Hot path, per frame: one non-blocking `recv_into` into a preallocated buffer (usually the whole frame),
+`struct.unpack_from` of the header on a memoryview, a table dispatch on the opcode, the operation, one
+`sendall`. A bounded spin of non-blocking reads (`spin_us`) keeps the thread on its CPU between
+requests that come close together, then it falls back to a blocking read so an idle connection costs
+nothing. Nothing on that path logs; connection open/close and internal errors do (without payloads).
+
+Every frame gets exactly one answer: the response, or an ERROR frame with a code from
+`enclave.errors.ErrorCode`. Malformed frames, policy denials and operation failures never close the
+connection; only EOF or a socket error does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from enclave import _wire
+from enclave._wire import HEADER, HEADER_SIZE, MAGIC, MAX_PAYLOAD, RESPONSE_BIT, VERSION, Op, Stats
+from enclave.errors import (
+    AttestationUnavailable,
+    EnclaveError,
+    ErrorCode,
+    PolicyDenied,
+    ProtocolError,
+)
+from enclave.keys import SigningKey
+from enclave.policy import Policy, RateLimiter
+from enclave.transport import Address, accept, listen, listening_address, parse_address
+from enclave.tx import sign_tx
+
+if TYPE_CHECKING:  # the NSM package is only needed by whoever builds the Nsm object
+    from enclave.nsm import Nsm
+
+__all__ = ["DEFAULT_SPIN_US", "SignerServer"]
+
+logger = logging.getLogger(__name__)
+
+#: Default busy-poll window before a blocking read, in microseconds.
+DEFAULT_SPIN_US = 200
+#: Receive buffer: the largest frame plus room for the start of a pipelined next frame.
+_BUFFER_SIZE = 2 * (HEADER_SIZE + MAX_PAYLOAD)
+_MAX_CONNECTIONS = 64
+
+# Per-connection counters (list indices), summed into `Stats` on demand: no lock on the hot path.
+_REQUESTS, _ERRORS, _DENIALS, _DIGESTS, _TXS, _ATTESTS = range(6)
+
+_Handler = Callable[[memoryview, list[int]], bytes]
+
+
+class _Closed(Exception):
+    """The peer closed the connection or the socket failed: leave the connection loop."""
+
+
+class SignerServer:
+    """Serve the Sentinel protocol for one key under one policy.
+
+    Args:
+        key: the signing key (held in memory; never sent anywhere but as signatures).
+        policy: the baked-in policy; checked against `key` here (production refuses dev keys).
+        nsm: the Nitro Secure Module for ATTEST, or None (ATTEST then answers UNAVAILABLE).
+        cpu: CPU to pin connection threads to (os.sched_setaffinity), or None.
+        spin_us: busy-poll window before blocking reads; 0 disables busy-polling.
+
+    Raises:
+        PolicyDenied: the policy refuses this key.
+    """
+
+    def __init__(
+        self,
+        key: SigningKey,
+        policy: Policy,
+        *,
+        nsm: Nsm | None = None,
+        cpu: int | None = None,
+        spin_us: int = DEFAULT_SPIN_US,
+    ) -> None:
+        policy.check_key(key)
+        if cpu is not None and cpu not in os.sched_getaffinity(0):
+            raise ValueError(f"cpu {cpu} is not available to this process ({os.sched_getaffinity(0)})")
+        if spin_us < 0:
+            raise ValueError("spin_us must be >= 0")
+        self._key = key
+        self._policy = policy
+        self._limiter = RateLimiter(policy.rate_per_second, policy.rate_burst)
+        self._nsm = nsm
+        self._cpu = cpu
+        self._spin_ns = spin_us * 1000
+        self._key_info = key.public_key + key.address_bytes
+        self._lock = threading.Lock()
+        self._live: dict[int, tuple[socket.socket, list[int]]] = {}
+        self._closed_totals = [0] * 6
+        self._connections_total = 0
+        self._listener: socket.socket | None = None
+        self._address: Address | None = None
+        self._closing = threading.Event()
+        self._accept_thread: threading.Thread | None = None
+        table: list[_Handler | None] = [None] * 256
+        table[Op.PING] = self._op_ping
+        table[Op.GET_KEY] = self._op_get_key
+        table[Op.SIGN_DIGEST] = self._op_sign_digest
+        table[Op.SIGN_TX] = self._op_sign_tx
+        table[Op.ATTEST] = self._op_attest
+        table[Op.STATS] = self._op_stats
+        self._table = tuple(table)
+
+    def __repr__(self) -> str:
+        return f"SignerServer(address={self._address}, key={self._key!r})"
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def bind(self, address: Address | str) -> Address:
+        """Listen on `address`; returns it with the kernel-chosen port if port 0 was asked.
+
+        Raises:
+            TransportError: malformed address or the socket could not listen.
+        """
+        addr = parse_address(address) if isinstance(address, str) else address
+        self._listener = listen(addr)
+        self._address = listening_address(self._listener, addr)
+        return self._address
+
+    @property
+    def address(self) -> Address | None:
+        return self._address
+
+    def serve_forever(self) -> None:
+        """Accept connections until `close()`; each gets its own thread."""
+        if self._listener is None or self._address is None:
+            raise RuntimeError("bind() first")
+        listener, addr = self._listener, self._address
+        logger.info("serving %s for %s", addr, self._key.address)
+        while not self._closing.is_set():
+            try:
+                conn = accept(listener, addr)
+            except OSError:
+                if self._closing.is_set():
+                    break
+                logger.warning("accept failed on %s; continuing", addr, exc_info=True)
+                time.sleep(0.01)
+                continue
+            with self._lock:
+                too_many = len(self._live) >= _MAX_CONNECTIONS
+            if too_many:
+                logger.warning("refusing a connection: %d already open", _MAX_CONNECTIONS)
+                conn.close()
+                continue
+            threading.Thread(
+                target=self._serve_connection, args=(conn,), name="sentinel-conn", daemon=True
+            ).start()
+
+    def start(self) -> threading.Thread:
+        """Run `serve_forever` in a background thread (tests, embedding)."""
+        t = threading.Thread(target=self.serve_forever, name="sentinel-accept", daemon=True)
+        t.start()
+        self._accept_thread = t
+        return t
+
+    def close(self) -> None:
+        """Stop accepting, disconnect every client, remove a Unix socket file."""
+        self._closing.set()
+        if self._listener is not None:
+            # shutdown() wakes a thread blocked in accept() on Linux; close() alone does not.
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+        with self._lock:
+            conns = [c for c, _ in self._live.values()]
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+        if self._accept_thread is not None:
+            self._accept_thread.join(5)
+        if self._address is not None and self._address.kind == "unix":
+            with contextlib.suppress(OSError):
+                os.unlink(self._address.path)
+
+    def __enter__(self) -> SignerServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stats(self) -> Stats:
+        """Current counters (approximate while connections are busy: no lock on their counters)."""
+        with self._lock:
+            totals = list(self._closed_totals)
+            for _, counters in self._live.values():
+                for i, v in enumerate(counters):
+                    totals[i] += v
+            open_now = len(self._live)
+            total = self._connections_total
+        return Stats(*totals, connections_open=open_now, connections_total=total)
+
+    # --- connection loop --------------------------------------------------------------------------
+
+    def _serve_connection(self, conn: socket.socket) -> None:
+        counters = [0] * 6
+        with self._lock:
+            self._live[id(conn)] = (conn, counters)
+            self._connections_total += 1
+        if self._cpu is not None:
+            try:
+                os.sched_setaffinity(0, {self._cpu})  # pid 0: this thread only
+            except OSError as e:
+                logger.warning("cannot pin connection thread to cpu %d: %s", self._cpu, e)
+        logger.debug("connection opened")
+        try:
+            self._loop(conn, counters)
+        except _Closed:
+            pass
+        finally:
+            with self._lock:
+                self._live.pop(id(conn), None)
+                for i, v in enumerate(counters):
+                    self._closed_totals[i] += v
+            with contextlib.suppress(OSError):
+                conn.close()
+            logger.debug("connection closed")
+
+    def _loop(self, conn: socket.socket, counters: list[int]) -> None:
+        buf = bytearray(_BUFFER_SIZE)
+        mv = memoryview(buf)
+        recv_into, sendall = conn.recv_into, conn.sendall
+        spin_ns = self._spin_ns
+        clock = time.monotonic_ns
+        dontwait = socket.MSG_DONTWAIT
+        unpack_header, pack_header = HEADER.unpack_from, HEADER.pack
+        table = self._table
+        start = end = 0
+
+        def fill() -> int:
+            """Read more bytes at `end`: spin on non-blocking reads, then block. 0 means EOF."""
+            room = mv[end:]
+            try:
+                try:
+                    return recv_into(room, 0, dontwait)
+                except BlockingIOError:
+                    pass
+                if spin_ns:
+                    deadline = clock() + spin_ns
+                    while True:
+                        try:
+                            return recv_into(room, 0, dontwait)
+                        except BlockingIOError:
+                            if clock() > deadline:
+                                break
+                return recv_into(room)
+            except OSError as e:
+                raise _Closed from e
+
+        while True:
+            # Frame boundary: keep at least one maximal frame of room after `start`.
+            if start == end:
+                start = end = 0
+            elif start > _BUFFER_SIZE // 2:
+                buf[: end - start] = buf[start:end]
+                end -= start
+                start = 0
+            while end - start < HEADER_SIZE:
+                got = fill()
+                if not got:
+                    raise _Closed
+                end += got
+            magic, version, op, rid, n = unpack_header(buf, start)
+            counters[_REQUESTS] += 1
+            if magic != MAGIC or version != VERSION or n > MAX_PAYLOAD:
+                start, end = self._reject_frame(conn, buf, mv, start, end, magic, version, n, rid)
+                counters[_ERRORS] += 1
+                continue
+            frame_end = start + HEADER_SIZE + n
+            while end < frame_end:
+                got = fill()
+                if not got:
+                    raise _Closed
+                end += got
+            payload = mv[start + HEADER_SIZE : frame_end]
+            start = frame_end
+            handler = table[op]
+            try:
+                if handler is None:
+                    raise ProtocolError(ErrorCode.UNKNOWN_OPCODE, f"unknown opcode 0x{op:02x}")
+                out = handler(payload, counters)
+                frame = pack_header(MAGIC, VERSION, op | RESPONSE_BIT, rid, len(out)) + out
+            except EnclaveError as e:
+                counters[_ERRORS] += 1
+                if isinstance(e, PolicyDenied):
+                    counters[_DENIALS] += 1
+                frame = _wire.encode_error(rid, e.code, str(e))
+            except Exception as e:  # a bug must cost one request, not the connection or the server
+                counters[_ERRORS] += 1
+                # Type name only: an exception text could quote request bytes.
+                logger.error("internal error on opcode 0x%02x: %s", op, type(e).__name__)
+                frame = _wire.encode_error(rid, ErrorCode.INTERNAL, "internal error")
+            finally:
+                payload.release()
+            try:
+                sendall(frame)
+            except OSError as e:
+                raise _Closed from e
+
+    def _reject_frame(
+        self,
+        conn: socket.socket,
+        buf: bytearray,
+        mv: memoryview,
+        start: int,
+        end: int,
+        magic: bytes,
+        version: int,
+        n: int,
+        rid: int,
+    ) -> tuple[int, int]:
+        """Consume a frame whose header is unacceptable (12 + n bytes, whatever they are), answer
+        it with an error frame, and return the new (start, end). Oversized payloads are read and
+        discarded in buffer-sized chunks, never stored."""
+        try:
+            _wire.check_header(magic, version, n)
+            raise AssertionError("unreachable: header was rejected")  # pragma: no cover
+        except ProtocolError as e:
+            error = _wire.encode_error(rid, e.code, str(e))
+        remaining = HEADER_SIZE + n
+        buffered = end - start
+        if buffered >= remaining:
+            start += remaining
+        else:
+            remaining -= buffered
+            start = end = 0
+            while remaining:
+                try:
+                    got = conn.recv_into(mv, min(remaining, len(buf)))
+                except OSError as exc:
+                    raise _Closed from exc
+                if not got:
+                    raise _Closed
+                remaining -= got
+        try:
+            conn.sendall(error)
+        except OSError as exc:
+            raise _Closed from exc
+        return start, end
+
+    # --- operations (payload is a view into the receive buffer, valid during the call) ------------
+
+    def _op_ping(self, p: memoryview, c: list[int]) -> bytes:
+        _wire.expect_length("ping", len(p), 0)
+        return b""
+
+    def _op_get_key(self, p: memoryview, c: list[int]) -> bytes:
+        _wire.expect_length("get-key", len(p), 0)
+        return self._key_info
+
+    def _op_sign_digest(self, p: memoryview, c: list[int]) -> bytes:
+        if len(p) != 32:
+            _wire.expect_length("sign-digest", len(p), 32)
+        self._policy.check_digest()
+        self._limiter.take()
+        sig = self._key.sign_digest(bytes(p))
+        c[_DIGESTS] += 1
+        return sig
+
+    def _op_sign_tx(self, p: memoryview, c: list[int]) -> bytes:
+        tx = _wire.decode_sign_tx(p)
+        self._policy.check_tx(tx)
+        self._limiter.take()
+        signed = sign_tx(self._key, tx)
+        c[_TXS] += 1
+        return signed.hash + signed.raw
+
+    def _op_attest(self, p: memoryview, c: list[int]) -> bytes:
+        nonce, user_data, public_key = _wire.decode_attest(p)
+        if self._nsm is None:
+            raise AttestationUnavailable("no Nitro Secure Module (device absent, emulator not allowed)")
+        doc = self._nsm.attestation(user_data=user_data, nonce=nonce, public_key=public_key)
+        if len(doc) > MAX_PAYLOAD:
+            raise EnclaveError(f"attestation document of {len(doc)} bytes exceeds the frame limit")
+        c[_ATTESTS] += 1
+        return doc
+
+    def _op_stats(self, p: memoryview, c: list[int]) -> bytes:
+        _wire.expect_length("stats", len(p), 0)
+        return self.stats().encode()
