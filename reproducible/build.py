@@ -1,0 +1,291 @@
+"""`python -m reproducible build`: pinned inputs -> sentinel.eif + measurements.json.
+
+Nothing here reads the clock, the host name, the user or the locale into the output: timestamps come
+from the lock's SOURCE_DATE_EPOCH, identity from the lock and pyproject. Every file is written under
+the output directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
+from reproducible import rootfs as rootfs_mod
+from reproducible.cache import Cache, sha256_file
+from reproducible.cpio import write_cpio
+from reproducible.errors import BuildError, LockError, MeasurementsDiffer
+from reproducible.fetch import Fetched, fetch_all
+from reproducible.lock import LOCK_PATH, Lock, load_lock
+from reproducible.tree import Tree
+
+log = logging.getLogger(__name__)
+
+ROOT = rootfs_mod.ROOT
+EIF_NAME = "sentinel.eif"
+MEASUREMENTS_NAME = "measurements.json"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    out: Path
+    lock_path: Path | None = None
+    offline: bool = False
+    blobs: Path | None = None
+    from_oci: Path | None = None
+    from_image: str | None = None
+    check: bool = False
+    measurements_dir: Path | None = None
+    enclave_dir: Path | None = None
+    policy: Path | None = None
+    cache_root: Path | None = None
+
+
+@dataclass
+class BuildResult:
+    eif: Path
+    measurements: Path
+    pcrs: dict[int, bytes]
+    eif_sha256: str
+    mode: str
+    sections: list[dict[str, Any]]
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "eif": str(self.eif),
+            "measurements": str(self.measurements),
+            "eif_sha256": self.eif_sha256,
+            "mode": self.mode,
+            "pcrs": {f"PCR{i}": v.hex() for i, v in sorted(self.pcrs.items())},
+            "sections": self.sections,
+            "stages_seconds": {k: round(v, 3) for k, v in self.stages.items()},
+        }
+
+
+def project_version() -> str:
+    try:
+        return str(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError) as e:
+        raise BuildError(f"cannot read the project version from {ROOT / 'pyproject.toml'}") from e
+
+
+def iso_time(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat()
+
+
+def payload_digest(src: Path) -> str:
+    """sha256 over the payload's files (sorted names and contents): the `enclave/` input's pin."""
+    h = hashlib.sha256()
+    for p in sorted(src.rglob("*"), key=lambda p: p.as_posix()):
+        rel = p.relative_to(src).as_posix()
+        if p.is_file() and "__pycache__" not in rel and p.suffix not in (".pyc", ".pyo"):
+            h.update(rel.encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+class _Stages:
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str, what: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        with self.console.status(what):
+            yield
+        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+
+
+def _write_ramdisk(tree: Tree, dest: Path, epoch: int, console: Console, label: str) -> dict[str, Any]:
+    total = tree.total_size()
+    with Progress(TextColumn(f"cpio {label}"), BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=console, transient=True) as prog:
+        task = prog.add_task(label, total=total)
+        with open(dest, "wb") as f:
+            stats = write_cpio(tree, f, mtime=epoch,
+                               progress=lambda done: prog.update(task, completed=done))
+    return {"file": dest.name, "size": stats.size, "entries": stats.entries, "sha256": stats.sha256}
+
+
+def _inputs(lock: Lock, fetched: Fetched | None, extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    for d in lock.debs:
+        items.append({"kind": "deb", "role": d.role, "name": d.name, "version": d.version,
+                      "sha256": d.sha256})
+    for w in lock.wheels:
+        items.append({"kind": "wheel", "name": w.name, "version": w.version,
+                      "filename": w.filename, "sha256": w.sha256})
+    return items + extra
+
+
+def run_build(opts: BuildOptions, console: Console) -> BuildResult:
+    """Build the image; see the module docstring.
+
+    Raises:
+        BuildError: any failure, with a specific subclass (see reproducible.errors).
+    """
+    from verify.eif import default_identity, write_eif
+    from verify.measurements import dump_measurements, measurements_document
+    from verify.pcr import measure_eif
+
+    st = _Stages(console)
+    t_start = time.perf_counter()
+    out = opts.out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BuildError(f"cannot create output directory {out}: {e.strerror}") from e
+    cache = Cache(opts.cache_root)
+    lock_path = opts.lock_path or LOCK_PATH
+    with st.stage("lock", "reading the lock"):
+        lock = load_lock(lock_path)
+        if not lock.debs or not lock.wheels:
+            raise LockError(f"{lock_path} has no pins; run `nox -s lock`")
+    epoch = lock.source_date_epoch
+    mode = "production" if opts.blobs else "development"
+    version = project_version()
+    extra_inputs: list[dict[str, Any]] = []
+
+    with st.stage("fetch", "fetching pinned inputs (cache first)"):
+        fetched = fetch_all(lock, cache, offline=opts.offline,
+                            progress=lambda msg: console.log(msg))
+
+    with st.stage("kernel", "unpacking kernel and modules"):
+        if opts.blobs:
+            blobs = rootfs_mod.load_blobs(opts.blobs)
+            kernel_path, cmdline = blobs.kernel, blobs.cmdline
+            kernel_version = "aws-nitro-blobs"
+            bootstrap = rootfs_mod.blobs_bootstrap(blobs)
+            for name in rootfs_mod.BLOB_FILES.values():
+                extra_inputs.append({"kind": "blob", "name": name,
+                                     "sha256": sha256_file(opts.blobs / name)})
+        else:
+            parts = rootfs_mod.kernel_parts(lock, fetched, cache)
+            kernel_path, cmdline = parts.image, lock.kernel.cmdline.encode()
+            kernel_version = parts.version
+            bootstrap = rootfs_mod.dev_bootstrap(lock, fetched, cache, parts)
+
+    with st.stage("rootfs", "assembling the payload root filesystem"):
+        if opts.from_oci or opts.from_image:
+            from reproducible import oci
+
+            if opts.from_oci:
+                image = oci.load_oci(opts.from_oci)
+            else:
+                image = oci.load_from_docker(opts.from_image or "", scratch=out)
+            rootfs, cmd, env = image.tree, image.cmd, image.env
+            extra_inputs.append({"kind": "image", "name": image.name, "sha256": image.digest})
+        else:
+            enclave_dir = opts.enclave_dir or ROOT / "enclave"
+            policy = opts.policy or enclave_dir / "policy.toml"
+            rootfs = rootfs_mod.sentinel_rootfs(lock, fetched, cache, enclave_dir, policy)
+            cmd, env = rootfs_mod.PAYLOAD_CMD, rootfs_mod.PAYLOAD_ENV
+            extra_inputs.append({"kind": "source", "name": "enclave/",
+                                 "sha256": payload_digest(enclave_dir)})
+        customer = rootfs_mod.customer_ramdisk(rootfs, cmd, env)
+
+    with st.stage("cpio", "writing ramdisks"):
+        ramdisks = [
+            _write_ramdisk(bootstrap, out / "bootstrap.cpio", epoch, console, "bootstrap"),
+            _write_ramdisk(customer, out / "customer.cpio", epoch, console, "customer"),
+        ]
+
+    eif_path = out / EIF_NAME
+    with st.stage("eif", "writing the EIF"):
+        identity = default_identity(
+            image_name="sentinel", image_version=version, build_time=iso_time(epoch),
+            build_tool="sentinel-reproducible", build_tool_version=version,
+            operating_system="Linux", kernel_version=kernel_version,
+            custom_metadata={"mode": mode, "source_date_epoch": epoch,
+                             "lock_sha256": sha256_file(lock_path)},
+        )
+        image_struct = write_eif(eif_path, kernel=kernel_path, cmdline=cmdline,
+                                 ramdisks=[out / "bootstrap.cpio", out / "customer.cpio"],
+                                 metadata=identity)
+
+    with st.stage("measure", "measuring PCRs"):
+        m = measure_eif(eif_path)
+        eif_sha = sha256_file(eif_path)
+    sections = [{"type": s.type.label, "offset": s.offset, "size": s.size}
+                for s in image_struct.sections]
+    doc = measurements_document(m.pcrs, sentinel={
+        "version": version, "mode": mode, "source_date_epoch": epoch, "eif_sha256": eif_sha,
+        "kernel_version": kernel_version, "cmdline": cmdline.decode("utf-8", "replace"),
+        "sections": sections, "ramdisks": ramdisks,
+        "inputs": _inputs(lock, fetched, extra_inputs),
+    })
+    meas_path = out / MEASUREMENTS_NAME
+    dump_measurements(doc, meas_path)
+    st.times["total"] = time.perf_counter() - t_start
+    result = BuildResult(eif_path, meas_path, dict(m.pcrs), eif_sha, mode, sections, st.times)
+    report(result, console)
+    if opts.check:
+        check(result, version, opts.measurements_dir or ROOT / "measurements",
+              custom=bool(opts.from_oci or opts.from_image), console=console)
+    return result
+
+
+def published_path(measurements_dir: Path, version: str, mode: str) -> Path:
+    suffix = "" if mode == "development" else f"-{mode}"
+    return measurements_dir / f"{version}{suffix}.json"
+
+
+def check(result: BuildResult, version: str, measurements_dir: Path, *, custom: bool,
+          console: Console) -> None:
+    """Compare the built PCRs with the published ones.
+
+    Raises:
+        BuildError: nothing published for this version and mode, or a custom image.
+        MeasurementsDiffer: a PCR differs (every differing PCR is named).
+    """
+    from verify.errors import VerifyError
+    from verify.measurements import diff_pcrs, load_measurements
+
+    if custom:
+        raise BuildError("--check compares Sentinel's own image; an imported image has no "
+                         "published measurements")
+    path = published_path(measurements_dir, version, result.mode)
+    if not path.is_file():
+        raise BuildError(f"--check: no published measurements at {path}")
+    try:
+        published = load_measurements(path)
+    except VerifyError as e:
+        raise BuildError(f"--check: {e.diagnostics()}") from e
+    diffs = diff_pcrs(published.pcrs, result.pcrs)
+    if diffs:
+        raise MeasurementsDiffer(
+            f"built image differs from {path}:\n" + "\n".join("  " + d.describe() for d in diffs)
+        )
+    console.print(f"[green]check:[/green] PCRs equal {path}", highlight=False)
+
+
+def report(result: BuildResult, console: Console) -> None:
+    t = Table(title=f"sentinel.eif ({result.mode})", show_header=True)
+    t.add_column("section")
+    t.add_column("offset", justify="right")
+    t.add_column("size", justify="right")
+    for s in result.sections:
+        t.add_row(s["type"], str(s["offset"]), f"{s['size']:,}")
+    console.print(t)
+    for i, v in sorted(result.pcrs.items()):
+        console.print(f"PCR{i} {v.hex()}", highlight=False)
+    console.print(f"sha256 {result.eif_sha256}  {result.eif}", highlight=False)
+    console.print("stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.stages.items()),
+                  highlight=False)
+
+
+def dumps_summary(result: BuildResult) -> str:
+    return json.dumps(result.summary(), indent=2, sort_keys=True)

@@ -1,0 +1,150 @@
+"""Deterministic newc ("070701") cpio archives, the format the Linux kernel unpacks as initramfs.
+
+Same tree in, same bytes out: entries sorted by path bytes, inode numbers assigned 1..n in that
+order, uid/gid 0, modes normalised (directories 0755, files 0755 if any execute bit else 0644,
+symlinks 0777, device nodes keep their bits), every mtime = SOURCE_DATE_EPOCH, nlink 1 (2 for
+directories), no device numbers of the build host, and the `TRAILER!!!` record. Uncompressed, like
+nitro-cli's ramdisks, so the EIF's bytes are the cpio bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from reproducible.tree import CHARDEV, DIR, FILE, SYMLINK, Tree
+
+MAGIC = b"070701"
+TRAILER = "TRAILER!!!"
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class CpioStats:
+    size: int
+    entries: int
+    sha256: str
+
+
+def normalized_mode(kind: str, mode: int) -> int:
+    if kind == DIR:
+        return stat.S_IFDIR | 0o755
+    if kind == SYMLINK:
+        return stat.S_IFLNK | 0o777
+    if kind == CHARDEV:
+        return stat.S_IFCHR | (mode & 0o777)
+    return stat.S_IFREG | (0o755 if mode & 0o111 else 0o644)
+
+
+def _header(ino: int, mode: int, nlink: int, mtime: int, size: int, rdev: tuple[int, int],
+            namesize: int) -> bytes:
+    fields = (ino, mode, 0, 0, nlink, mtime, size, 0, 0, rdev[0], rdev[1], namesize, 0)
+    return MAGIC + b"".join(b"%08X" % f for f in fields)
+
+
+def _pad(n: int) -> bytes:
+    return b"\0" * (-n % 4)
+
+
+class _Out:
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.n = 0
+        self.h = hashlib.sha256()
+
+    def write(self, b: bytes) -> None:
+        self.f.write(b)
+        self.h.update(b)
+        self.n += len(b)
+
+
+def write_cpio(
+    tree: Tree, dest: BinaryIO, *, mtime: int, progress: Callable[[int], None] | None = None
+) -> CpioStats:
+    """Serialise `tree` as a newc archive into `dest`.
+
+    Args:
+        progress: called with the number of payload bytes written so far (for rich progress).
+
+    Raises:
+        OSError: reading a file source or writing `dest` failed.
+        ValueError: a file source changed size since it was added.
+    """
+    out = _Out(dest)
+    if not 0 <= mtime <= 0xFFFFFFFF:
+        raise ValueError(f"mtime {mtime} does not fit newc's 32-bit field")
+    count = 0
+    done = 0
+    for ino, (path, e) in enumerate(tree.items(), start=1):
+        name = path.encode() + b"\0"
+        mode = normalized_mode(e.kind, e.mode)
+        if e.kind == SYMLINK:
+            body: bytes | None = e.target.encode()
+            size = len(body)
+        elif e.kind == FILE:
+            body = e.data
+            size = e.size
+        else:
+            body, size = b"", 0
+        out.write(_header(ino, mode, 2 if e.kind == DIR else 1, mtime, size, e.rdev, len(name)))
+        out.write(name + _pad(110 + len(name)))
+        if body is not None:
+            out.write(body)
+        else:
+            assert e.source is not None
+            written = 0
+            with open(e.source, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    out.write(chunk)
+                    written += len(chunk)
+            if written != size:
+                raise ValueError(f"{path}: source {e.source} changed size ({written} != {size})")
+        out.write(_pad(size))
+        done += size
+        count += 1
+        if progress is not None and e.kind == FILE:
+            progress(done)
+    name = TRAILER.encode() + b"\0"
+    out.write(_header(0, 0, 1, 0, 0, (0, 0), len(name)))
+    out.write(name + _pad(110 + len(name)))
+    return CpioStats(out.n, count, out.h.hexdigest())
+
+
+@dataclass(frozen=True)
+class CpioMember:
+    name: str
+    mode: int
+    mtime: int
+    uid: int
+    gid: int
+    ino: int
+    data: bytes
+
+
+def read_cpio(blob: bytes) -> list[CpioMember]:
+    """Parse a newc archive (for tests and inspection); stops at the trailer.
+
+    Raises:
+        ValueError: not a newc archive or truncated.
+    """
+    members = []
+    off = 0
+    while True:
+        hdr = blob[off : off + 110]
+        if len(hdr) < 110 or hdr[:6] != MAGIC:
+            raise ValueError(f"bad newc header at offset {off}")
+        f = [int(hdr[6 + 8 * i : 14 + 8 * i], 16) for i in range(13)]
+        namesize, size = f[11], f[6]
+        name_end = off + 110 + namesize
+        name = blob[off + 110 : name_end - 1].decode()
+        data_off = name_end + (-(110 + namesize) % 4)
+        data = blob[data_off : data_off + size]
+        if len(data) != size:
+            raise ValueError(f"truncated member {name!r}")
+        off = data_off + size + (-size % 4)
+        if name == TRAILER:
+            return members
+        members.append(CpioMember(name, f[1], f[5], f[2], f[3], f[0], data))
