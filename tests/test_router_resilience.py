@@ -1,0 +1,70 @@
+"""The router survives its WebSocket dropping and the node restarting without losing an intent."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from anvil_support import Anvil, free_port
+from router_support import balance, mined_nonces, running_router, transfers, wait_for
+
+from router.nonces import TxState
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_websocket_drop_with_missed_heads(anvil) -> None:
+    intents = transfers(6, tag="wsdrop")
+
+    async def main() -> None:
+        async with running_router(anvil) as router:
+            handles = [await router.submit(i) for i in intents[:3]]
+            for h in handles:
+                await h.receipt(timeout=20)
+            await router.watcher.drop()
+            # heads produced while we are not listening: a gap the router must close by hash
+            for _ in range(3):
+                anvil.rpc("evm_mine")
+            handles += [await router.submit(i) for i in intents[3:]]
+            await wait_for(lambda: router.watcher.stats.connects >= 2, what="re-subscription")
+            for h in handles:
+                await h.receipt(timeout=20)
+            assert all(h.state is TxState.LANDED for h in handles)
+            assert router.watcher.stats.disconnects >= 1
+            assert router.view.tip.number == int(str(anvil.rpc("eth_blockNumber")), 16)
+
+    asyncio.run(main())
+    assert sorted(mined_nonces(anvil)) == list(range(6))
+    for i in intents:
+        assert balance(anvil, i.to) == i.value
+
+
+def test_node_restart_loses_no_intent(tmp_path) -> None:
+    state = tmp_path / "anvil-state.json"
+    node = Anvil(port=free_port(), chain_id=31337, args=["--state", str(state)]).start()
+    intents = transfers(5, tag="restart")
+    try:
+
+        async def main() -> None:
+            nonlocal node
+            async with running_router(node) as router:
+                handles = [await router.submit(i) for i in intents[:2]]
+                for h in handles:
+                    await h.receipt(timeout=20)
+                node.stop()
+                # submitted while the node is down: signed, tracked, broadcast deferred
+                handles += [await router.submit(i) for i in intents[2:]]
+                assert [h.state for h in handles[2:]] == [TxState.PENDING] * 3
+                assert router.counters["send_deferred"] >= 3
+                await asyncio.sleep(0.5)
+                node = Anvil(port=node.port, chain_id=31337, args=["--state", str(state)]).start()
+                for h in handles:
+                    await h.receipt(timeout=30)
+                assert router.watcher.stats.connects >= 2
+
+        asyncio.run(main())
+        assert sorted(mined_nonces(node)) == list(range(5))
+        for i in intents:
+            assert balance(node, i.to) == i.value
+    finally:
+        node.stop()
