@@ -48,6 +48,8 @@ _HEADER_ALG = 1
 _TAG_COSE_SIGN1 = 18
 _PCR_LENGTH = 48  # SHA-384, the only digest Nitro uses
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# AWS allows any uint64; Python datetimes end in year 9999, and no real document comes near it.
+_MAX_TIMESTAMP_MS = int((datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC) - _EPOCH).total_seconds() * 1000)
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,7 @@ def _parse_payload(raw: bytes, limits: Limits) -> AttestationDocument:
         raise MalformedAttestation(f"got {digest!r}, expected 'SHA384'", field="digest")
     timestamp = payload["timestamp"]
     # bool is an int in Python; CBOR true/false must not pass as a time.
-    if type(timestamp) is not int or not 0 < timestamp < 2**64:
+    if type(timestamp) is not int or not 0 < timestamp <= _MAX_TIMESTAMP_MS:
         raise MalformedAttestation(f"expected a positive uint, got {timestamp!r}", field="timestamp")
 
     pcrs_in = payload["pcrs"]
@@ -229,13 +231,17 @@ def _parse_cose(data: bytes, limits: Limits) -> CoseSign1:
         if item.tag != _TAG_COSE_SIGN1:
             raise MalformedAttestation(f"CBOR tag {item.tag}, expected 18 or none", field="COSE_Sign1")
         item = item.value
-    if not isinstance(item, list) or len(item) != 4:
+    # Inside a tag cbor2 hands back immutable containers (tuple, frozendict).
+    if not isinstance(item, list | tuple) or len(item) != 4:
         raise MalformedAttestation("expected an array of 4 members", field="COSE_Sign1")
     protected, unprotected, payload, signature = item
     if not isinstance(protected, bytes):
         raise MalformedAttestation("protected header is not a byte string", field="COSE_Sign1")
-    if not isinstance(unprotected, dict):
+    if not isinstance(unprotected, Mapping):
         raise MalformedAttestation("unprotected header is not a map", field="COSE_Sign1")
+    if unprotected:
+        # The NSM leaves it empty; anything there would be unauthenticated, so it is refused.
+        raise MalformedAttestation("unprotected header is not empty", field="COSE_Sign1")
     if not isinstance(payload, bytes):
         # nil would mean a detached payload, which attestation documents never use.
         raise MalformedAttestation("payload is not a byte string", field="COSE_Sign1")
@@ -243,7 +249,7 @@ def _parse_cose(data: bytes, limits: Limits) -> CoseSign1:
         raise MalformedAttestation("signature is not a byte string", field="COSE_Sign1")
     return CoseSign1(
         protected=protected,
-        unprotected=MappingProxyType(unprotected),
+        unprotected=MappingProxyType(dict(unprotected)),
         payload=payload,
         signature=signature,
     )

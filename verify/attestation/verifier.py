@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,10 +28,12 @@ from typing import Any, Final, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import UnsupportedAlgorithm as CryptoUnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509 import verification as x509v
 
 from verify.attestation.document import (
@@ -163,8 +166,12 @@ _CA_POLICY = x509v.ExtensionPolicy.webpki_defaults_ca()
 def _load_certificates(doc: AttestationDocument) -> tuple[x509.Certificate, list[x509.Certificate]]:
     def load(der: bytes, field: str) -> x509.Certificate:
         try:
-            return x509.load_der_x509_certificate(der)
-        except ValueError as e:
+            with warnings.catch_warnings():
+                # cryptography still loads what RFC 5280 forbids (e.g. non-positive serials) with
+                # a deprecation warning; for hostile input that is a refusal, not a warning.
+                warnings.simplefilter("error", CryptographyDeprecationWarning)
+                return x509.load_der_x509_certificate(der)
+        except (ValueError, x509.InvalidVersion, CryptographyDeprecationWarning) as e:
             raise MalformedAttestation(f"not a DER X.509 certificate: {e}", field=field) from e
 
     leaf = load(doc.certificate, "certificate")
@@ -185,7 +192,10 @@ def _check_timestamp(leaf: x509.Certificate, made: datetime) -> None:
 
 
 def _check_signature(leaf: x509.Certificate, cose: CoseSign1) -> None:
-    key = leaf.public_key()
+    try:
+        key = leaf.public_key()
+    except (ValueError, CryptoUnsupportedAlgorithm) as e:
+        raise MalformedAttestation(f"unusable public key: {e}", field="certificate") from e
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
         raise SignatureInvalid("signing certificate's key is not EC P-384, which ES384 requires")
     sig = cose.signature
