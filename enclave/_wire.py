@@ -92,6 +92,7 @@ ATTEST_FIXED = struct.Struct("<HHHH")
 _ERROR_CODE = struct.Struct("<H")
 _pack_header = HEADER.pack
 _unpack_tx = TX_FIXED.unpack_from
+_pack_tx = TX_FIXED.pack
 _from_bytes = int.from_bytes
 
 
@@ -148,44 +149,52 @@ def decode_error(payload: bytes | memoryview) -> tuple[int, str]:
 # --- sign-tx ----------------------------------------------------------------------------------------
 
 
-def _u256(name: str, v: int) -> bytes:
-    if not 0 <= v <= UINT256_MAX:
-        raise ValueError(f"{name} must be in 0..2**256-1 (got {v})")
-    return v.to_bytes(32, "little")
-
-
-def _u64(name: str, v: int) -> int:
-    if not 0 <= v <= _U64_MAX:
-        raise ValueError(f"{name} must be in 0..2**64-1 (got {v})")
-    return v
-
-
 def encode_sign_tx(tx: UnsignedTx) -> bytes:
     """The SIGN_TX request payload for `tx`.
 
     Raises:
         ValueError: a field out of its wire range, `to` not 20 bytes, data too large.
     """
+    to = tx.to
+    data = tx.data
+    try:
+        # Fast path (this is on the client's hot path): struct and int.to_bytes enforce the ranges.
+        if (tx.tx_type != TX_EIP1559 and tx.tx_type != TX_LEGACY) or (to is not None and len(to) != 20):
+            raise ValueError
+        if len(data) > MAX_PAYLOAD - TX_FIXED_SIZE:
+            raise ValueError
+        return _pack_tx(
+            tx.tx_type,
+            TX_FLAG_HAS_TO if to is not None else 0,
+            0,
+            len(data),
+            tx.chain_id,
+            tx.nonce,
+            tx.gas,
+            tx.value.to_bytes(32, "little"),
+            tx.max_fee_per_gas.to_bytes(32, "little"),
+            tx.max_priority_fee_per_gas.to_bytes(32, "little"),
+            to if to is not None else _NO_TO,
+        ) + bytes(data)
+    except (ValueError, OverflowError, struct.error, TypeError, AttributeError):
+        _explain_sign_tx(tx)
+        raise
+
+
+def _explain_sign_tx(tx: UnsignedTx) -> None:
+    """Raise the ValueError that says which field of `tx` cannot be encoded."""
     if tx.tx_type not in (TX_LEGACY, TX_EIP1559):
         raise ValueError(f"tx_type must be 0 (legacy) or 2 (EIP-1559), got {tx.tx_type}")
     if tx.to is not None and len(tx.to) != 20:
         raise ValueError(f"to must be 20 bytes or None (got {len(tx.to)} bytes)")
     if len(tx.data) > MAX_PAYLOAD - TX_FIXED_SIZE:
         raise ValueError(f"data of {len(tx.data)} bytes (limit {MAX_PAYLOAD - TX_FIXED_SIZE})")
-    fixed = TX_FIXED.pack(
-        tx.tx_type,
-        TX_FLAG_HAS_TO if tx.to is not None else 0,
-        0,
-        len(tx.data),
-        _u64("chain_id", tx.chain_id),
-        _u64("nonce", tx.nonce),
-        _u64("gas", tx.gas),
-        _u256("value", tx.value),
-        _u256("max_fee_per_gas", tx.max_fee_per_gas),
-        _u256("max_priority_fee_per_gas", tx.max_priority_fee_per_gas),
-        tx.to if tx.to is not None else _NO_TO,
-    )
-    return fixed + bytes(tx.data)
+    for name, limit in (("chain_id", _U64_MAX), ("nonce", _U64_MAX), ("gas", _U64_MAX),
+                        ("value", UINT256_MAX), ("max_fee_per_gas", UINT256_MAX),
+                        ("max_priority_fee_per_gas", UINT256_MAX)):  # fmt: skip
+        v = getattr(tx, name)
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= limit:
+            raise ValueError(f"{name} must be an integer in 0..{limit} (got {v!r})")
 
 
 def _malformed(message: str) -> ProtocolError:

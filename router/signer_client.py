@@ -170,7 +170,7 @@ class SignerClient:
         out = self._call(Op.SIGN_TX, payload)
         if len(out) <= 32:
             raise TransportError(f"sign-tx answer of {len(out)} bytes is too short")
-        return SignedTx(raw=bytes(out[32:]), hash=bytes(out[:32]))
+        return SignedTx(bytes(out[32:]), bytes(out[:32]))
 
     def attest(
         self,
