@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         # A signature that does not verify makes the file unsound: exit 2, like a CRC error.
         section = measured.image.signature
         raise MalformedEif(
-            e.diagnostics(),
+            f"signature does not verify: {measured.signature_error}",
             offset=section.offset if section else None,
             section=section.label if section else None,
         ) from e

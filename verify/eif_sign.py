@@ -235,5 +235,13 @@ def verify_pcr_signature(section: SignatureSection, pcrs: dict[int, bytes]) -> N
     if section.cose.payload != expected:
         raise SignatureInvalid(
             "the signature is valid but signs a different PCR0 than this image's "
-            f"(signed payload {section.cose.payload.hex()}, expected {expected.hex()})"
+            f"(signed {_describe_payload(section.cose.payload)}, image PCR0 {pcrs[0].hex()})"
         )
+
+
+def _describe_payload(payload: bytes) -> str:
+    try:
+        info = cbor2.loads(payload)
+        return f"PCR{info['register_index']} = {bytes(info['register_value']).hex()}"
+    except Exception:  # any undecodable payload is simply shown raw
+        return f"payload {payload[:64].hex()}"
