@@ -190,7 +190,7 @@ def run_build(opts: BuildOptions, console: Console) -> BuildResult:
             extra_inputs.append({"kind": "image", "name": image.name, "sha256": image.digest})
         else:
             enclave_dir = opts.enclave_dir or ROOT / "enclave"
-            policy = opts.policy or enclave_dir / "policy.toml"
+            policy = opts.policy or enclave_dir / "policy.dev.toml"
             rootfs = rootfs_mod.sentinel_rootfs(lock, fetched, cache, enclave_dir, policy)
             cmd, env = rootfs_mod.PAYLOAD_CMD, rootfs_mod.PAYLOAD_ENV
             extra_inputs.append({"kind": "source", "name": "enclave/",

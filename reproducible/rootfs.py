@@ -29,12 +29,17 @@ ROOT = Path(__file__).resolve().parent.parent
 INIT_SCRIPT = Path(__file__).with_name("init") / "init.sh"
 SITE = "usr/lib/python3/dist-packages"
 POLICY_DEST = "etc/sentinel/policy.toml"
+DEV_KEY_SRC = Path(__file__).with_name("payload") / "dev-key.hex"
+DEV_KEY_DEST = "etc/sentinel/dev-key.hex"
 SIGNER_PORT = 5000
-# VMADDR_CID_ANY: the signer listens on every CID the guest has (the parent's and loopback).
+# The 0.1.0 image is a development build: public dev key, development policy, NSM emulator allowed
+# when /dev/nsm is absent (QEMU); on Nitro hardware /dev/nsm exists and the device is used.
+# CID "any" (VMADDR_CID_ANY): the signer answers the parent's CID and vsock_loopback alike.
 PAYLOAD_CMD = ("/usr/bin/python3", "-m", "enclave", "serve",
-               "--listen", f"vsock:4294967295:{SIGNER_PORT}", "--policy", "/" + POLICY_DEST)
+               "--listen", f"vsock:any:{SIGNER_PORT}", "--policy", "/" + POLICY_DEST,
+               "--dev-key-file", "/" + DEV_KEY_DEST, "--allow-nsm-emulator")
 PAYLOAD_ENV = ("PATH=/usr/bin:/bin", "HOME=/", "LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1",
-               "PYTHONUNBUFFERED=1")
+               "PYTHONUNBUFFERED=1", "PYTHON_COLORS=0")
 MOUNT_POINTS = ("dev", "proc", "sys", "tmp", "run")
 # nitro-cli's bootstrap ramdisk (enclave_build's yaml): init, nsm.ko and these directories.
 NITRO_BOOTSTRAP_DIRS = ("dev", "proc", "run", "sys", "tmp", "var")
@@ -211,6 +216,7 @@ def sentinel_rootfs(lock: Lock, fetched: Fetched, cache: Cache, enclave_dir: Pat
     if not policy.is_file():
         raise BuildError(f"signer policy {policy} is missing")
     tree.add_file(POLICY_DEST, policy.read_bytes())
+    tree.add_file(DEV_KEY_DEST, DEV_KEY_SRC.read_bytes(), mode=0o600)
     for d in MOUNT_POINTS:
         tree.add_dir(d)
     return tree
