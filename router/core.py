@@ -240,6 +240,7 @@ class Router:
             return
         self._sending.add(key)
         try:
+            too_low = 0
             for _ in range(self.config.max_resigns):
                 flight.last_sent_head = self.view.tip.number if self.view.tip else -1
                 flight.last_sent_time = time.monotonic()
@@ -248,7 +249,8 @@ class Router:
                     flight.broadcasts += 1
                     return
                 except NonceTooLow:
-                    if not await self._nonce_too_low(flight):
+                    too_low += 1
+                    if not await self._nonce_too_low(flight, repeated=too_low > 1):
                         return
                 except (ReplacementUnderpriced, FeeTooLow) as e:
                     if not self._bump(flight, e):
@@ -290,7 +292,7 @@ class Router:
         self.counters["bumped"] += 1
         return True
 
-    async def _nonce_too_low(self, flight: InFlight) -> bool:
+    async def _nonce_too_low(self, flight: InFlight, *, repeated: bool = False) -> bool:
         """The chain is past this nonce. Either one of our signatures landed (record it) or the
         nonce was consumed outside the router (move the intent). True: send again."""
         for h in list(flight.hashes):
@@ -317,11 +319,19 @@ class Router:
         except RouterError as e:
             log.warning("nonce lookup failed", extra={"error": e.diagnostics()})
             return False
-        if chain_nonce <= flight.nonce or flight.state is not TxState.PENDING:
-            return flight.state is TxState.PENDING
+        if flight.state is not TxState.PENDING:
+            return False
+        if chain_nonce <= flight.nonce:
+            if not repeated:
+                return True
+            # Refused twice as too low while the endpoint reports the nonce free: the count is
+            # not to be trusted; the node's refusal (it checks against its state) is.
+            self.counters["nonce_source_contradiction"] += 1
+            log.error("node refuses a nonce its endpoint reports as free", extra={
+                "nonce": flight.nonce, "reported_chain_nonce": chain_nonce})
         self.counters["nonce_moved"] += 1
         old = flight.nonce
-        self.nonces.move(flight)
+        self.nonces.move(flight, at_least=chain_nonce)
         fees = self.config.fees.fresh(self._base_fee())
         try:
             signed = self.signer.sign_tx(
@@ -373,7 +383,7 @@ class Router:
             update, deep = self.view.reset(header), True
         except RouterError as e:
             self.counters["heads_rejected"] += 1
-            log.warning("header rejected", extra={"error": e.diagnostics()})
+            log.warning("header rejected: %s", e.diagnostics(), extra={"error": e.diagnostics()})
             return
         if update is None:
             self.counters["heads_duplicate"] += 1

@@ -353,7 +353,8 @@ class HeadWatcher:
         except (ValueError, RouterError) as e:
             self.stats.malformed += 1
             log.warning(
-                "newHeads message rejected",
+                "newHeads message rejected: %s",
+                str(e)[:200],
                 extra={"endpoint": self.label, "error": str(e)[:200]},
             )
             return None

@@ -156,12 +156,13 @@ class NonceManager:
             flight.hashes.append(tx_hash)
         self._by_hash[tx_hash] = flight
 
-    def move(self, flight: InFlight) -> int:
-        """Our nonce was consumed outside the router: give the intent the next free nonce."""
+    def move(self, flight: InFlight, at_least: int = 0) -> int:
+        """Our nonce was consumed outside the router: give the intent the next free nonce (at
+        least `at_least`, the chain's nonce: everything below it is taken)."""
         old = flight.nonce
         if self._by_nonce.get(old) is flight:
             del self._by_nonce[old]
-        flight.nonce = self.peek()
+        flight.nonce = max(self.peek(), at_least)
         self._by_nonce[flight.nonce] = flight
         self.next_nonce = flight.nonce + 1
         log.warning("nonce consumed outside the router; intent moved",

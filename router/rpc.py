@@ -153,24 +153,26 @@ class RpcClient:
     # Typed helpers: each validates the shape of its result.
 
     async def chain_id(self) -> int:
-        return _hex.quantity(await self.call("eth_chainId"), "eth_chainId", max_value=2**64 - 1)
+        return _hex.quantity(
+            await self.call("eth_chainId"), f"eth_chainId from {self.label}", max_value=2**64 - 1
+        )
 
     async def transaction_count(self, address: str, tag: str = "pending") -> int:
         result = await self.call("eth_getTransactionCount", address, tag)
-        return _hex.quantity(result, f"eth_getTransactionCount({tag})", max_value=2**64 - 1)
+        return _hex.quantity(result, f"eth_getTransactionCount({tag}) from {self.label}", max_value=2**64 - 1)
 
     async def send_raw_transaction(self, raw: bytes) -> bytes:
         result = await self.call("eth_sendRawTransaction", _hex.to_hex(raw))
-        return _hex.fixed_bytes(result, "eth_sendRawTransaction", 32)
+        return _hex.fixed_bytes(result, f"eth_sendRawTransaction from {self.label}", 32)
 
     async def block_by_hash(self, block_hash: bytes) -> Block | None:
         result = await self.call("eth_getBlockByHash", _hex.to_hex(block_hash), False)
-        return None if result is None else parse_block(result, "eth_getBlockByHash")
+        return None if result is None else parse_block(result, f"eth_getBlockByHash from {self.label}")
 
     async def block_by_number(self, tag: str | int) -> Block | None:
         ref = tag if isinstance(tag, str) else hex(tag)
         result = await self.call("eth_getBlockByNumber", ref, False)
-        return None if result is None else parse_block(result, "eth_getBlockByNumber")
+        return None if result is None else parse_block(result, f"eth_getBlockByNumber from {self.label}")
 
     async def receipt(self, tx_hash: bytes) -> dict[str, Any] | None:
         result = await self.call("eth_getTransactionReceipt", _hex.to_hex(tx_hash))
@@ -183,8 +185,8 @@ class RpcClient:
                 raise MalformedResponse(
                     f"eth_getTransactionReceipt from {self.label}: missing {field}"
                 )
-        _hex.fixed_bytes(result["blockHash"], "receipt.blockHash", 32)
-        _hex.quantity(result["blockNumber"], "receipt.blockNumber")
+        _hex.fixed_bytes(result["blockHash"], f"receipt.blockHash from {self.label}", 32)
+        _hex.quantity(result["blockNumber"], f"receipt.blockNumber from {self.label}")
         return result
 
 

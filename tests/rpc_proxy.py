@@ -1,0 +1,121 @@
+"""Loopback proxies between the router and anvil that can tamper with what the node says.
+
+`RpcProxy` forwards JSON-RPC over HTTP and lets a test rewrite answers per method;
+`WsProxy` relays the WebSocket and lets a test inject raw notifications into the stream.
+Both are real servers on 127.0.0.1, so the router's real HTTP and WebSocket code paths run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import websockets
+from aiohttp import web
+
+# tamper(method, request_obj, answer_obj) -> bytes | dict | None (None: forward unchanged)
+Tamper = Callable[[str, dict[str, Any], dict[str, Any]], "bytes | dict[str, Any] | None"]
+
+
+class RpcProxy:
+    def __init__(self, upstream: str, tamper: Tamper | None = None) -> None:
+        self.upstream = upstream
+        self.tamper = tamper
+        self.calls: list[str] = []
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> RpcProxy:
+        app = web.Application()
+        app.router.add_post("/", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        self._session = aiohttp.ClientSession()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session:
+            await self._session.close()
+        if self._runner:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        req = json.loads(body)
+        self.calls.append(req.get("method", "?"))
+        assert self._session is not None
+        async with self._session.post(
+            self.upstream, data=body, headers={"Content-Type": "application/json"}
+        ) as resp:
+            answer = await resp.read()
+        if self.tamper is not None:
+            out = self.tamper(req.get("method", ""), req, json.loads(answer))
+            if isinstance(out, bytes):
+                answer = out
+            elif isinstance(out, dict):
+                answer = json.dumps(out).encode()
+        return web.Response(body=answer, content_type="application/json")
+
+
+class WsProxy:
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.url = ""
+        self._server: Any = None
+        self._clients: list[Any] = []
+        self.sub_ids: list[str] = []
+
+    async def __aenter__(self) -> WsProxy:
+        self._server = await websockets.serve(self._handle, "127.0.0.1", 0)
+        port = next(iter(self._server.sockets)).getsockname()[1]
+        self.url = f"ws://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _handle(self, client: Any) -> None:
+        async with websockets.connect(self.upstream) as up:
+            self._clients.append(client)
+
+            async def down() -> None:
+                async for msg in up:
+                    obj = json.loads(msg)
+                    if isinstance(obj.get("result"), str) and "id" in obj:
+                        self.sub_ids.append(obj["result"])
+                    await client.send(msg)
+
+            async def upward() -> None:
+                async for msg in client:
+                    await up.send(msg)
+
+            tasks = [asyncio.create_task(down()), asyncio.create_task(upward())]
+            try:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in tasks:
+                    t.cancel()
+                if client in self._clients:
+                    self._clients.remove(client)
+
+    async def inject(self, message: str | dict[str, Any]) -> None:
+        """Send a raw message to every connected client, as if the node had sent it."""
+        text = message if isinstance(message, str) else json.dumps(message)
+        for c in list(self._clients):
+            await c.send(text)
+
+    def notification(self, header: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "jsonrpc": "2.0",
+            "method": "eth_subscription",
+            "params": {"subscription": self.sub_ids[-1], "result": header},
+        }
