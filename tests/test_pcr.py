@@ -88,6 +88,18 @@ def test_pcrs_follow_file_order_not_writer(tmp_path: Path) -> None:
     assert measure_eif(path).pcrs == expected_pcrs(b"K", b"C", [b"R0", b"R1"])
 
 
+def test_unusual_order_kernel_after_second_ramdisk(tmp_path: Path) -> None:
+    # nitro-cli's reader feeds kernel/cmdline to PCR0 and PCR1 wherever they sit in the file.
+    raw = build_raw([(3, b"R0"), (1, b"K"), (3, b"R1"), (2, b"C"), (3, b"R2")])
+    path = tmp_path / "odd.eif"
+    path.write_bytes(raw)
+    assert measure_eif(path, chunk_size=1).pcrs == {
+        0: tpm_extend(b"R0" + b"K" + b"R1" + b"C" + b"R2"),
+        1: tpm_extend(b"R0" + b"K" + b"C"),
+        2: tpm_extend(b"R1" + b"R2"),
+    }
+
+
 def test_crc_mismatch_is_reported_and_raised(tmp_path: Path) -> None:
     path = _write(tmp_path, [b"r" * 100])
     data = bytearray(path.read_bytes())

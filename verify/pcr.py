@@ -8,10 +8,9 @@ Each PCR is a TPM-style extend of one SHA-384 stream from 48 zero bytes:
 - PCR2: the remaining ramdisks (the hash of nothing when there is only one),
 - PCR8: the DER of the signing certificate, when a signature section exists.
 
-Bytes are read once into a small pool of reusable buffers; the PCR0 stream and the PCR1/PCR2
-stream are hashed on two threads (hashlib drops the GIL on large buffers): this one, which also
-reads and keeps the CRC-32 (ISO-HDLC, i.e. zlib's) over everything but the header's CRC field,
-and one worker.
+Bytes are read once into a small pool of reusable buffers. The PCR0 stream is hashed on a worker
+thread while this thread reads, keeps the CRC-32 (ISO-HDLC, i.e. zlib's) over everything but the
+header's CRC field, and hashes PCR2 (hashlib drops the GIL on large buffers).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from verify._crc import crc32
 from verify.eif import (
@@ -47,6 +46,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: How nitro-cli names the algorithm (Rust `Debug` of `Sha384`); kept verbatim in JSON output.
 HASH_ALGORITHM = "Sha384 { ... }"
@@ -142,15 +142,15 @@ class EifMeasurements:
 class _Lanes:
     """Two ordered hashing lanes over a bounded pool of read buffers.
 
-    Lane A runs on the calling thread right after the read; lane B is one worker thread. Two
-    threads, not three, because the machines this runs on often have two cores, and a third
+    The worker lane is one thread; the main lane runs on the calling thread right after its read
+    and CRC. Two threads, not three: the machines this runs on often have two cores, and a third
     thread only adds hand-offs.
     """
 
     def __init__(self, chunk_size: int, depth: int) -> None:
         self._free = [bytearray(chunk_size) for _ in range(depth)]
         self._inflight: deque[tuple[bytearray, Future[None] | None]] = deque()
-        self._lane_b = ThreadPoolExecutor(1, thread_name_prefix="pcr-b")
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="pcr")
 
     def buffer(self) -> bytearray:
         if self._free:
@@ -164,13 +164,17 @@ class _Lanes:
         self,
         buf: bytearray,
         view: memoryview,
-        lane_a: Callable[[memoryview], None] | None,
-        lane_b: Callable[[memoryview], None] | None,
+        on_worker: Callable[[memoryview], None] | None,
+        on_main: Callable[[memoryview], None] | None,
     ) -> None:
-        fut = self._lane_b.submit(lane_b, view) if lane_b is not None else None
+        fut = self._worker.submit(on_worker, view) if on_worker is not None else None
         self._inflight.append((buf, fut))
-        if lane_a is not None:
-            lane_a(view)
+        if on_main is not None:
+            on_main(view)
+
+    def on_worker(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the worker after everything submitted so far, and wait for it."""
+        return self._worker.submit(fn).result()
 
     def close(self) -> None:
         try:
@@ -179,7 +183,7 @@ class _Lanes:
                 if fut is not None:
                     fut.result()
         finally:
-            self._lane_b.shutdown(wait=True)
+            self._worker.shutdown(wait=True)
 
 
 def _read_into(f: BinaryIO, view: memoryview, section: EifSection | None, pos: int) -> None:
@@ -217,8 +221,11 @@ def measure_eif(
 
 
 def _measure_open(f: BinaryIO, image: EifImage, chunk_size: int) -> EifMeasurements:
-    pcr0 = hashlib.sha384()
-    pcr1 = hashlib.sha384()
+    # PCR0 and PCR1 hash the same bytes until the second ramdisk (kernel, cmdline, first ramdisk
+    # in nitro-cli's order), so one stream serves both until then; at that point PCR1 forks off
+    # as a copy. Only bytes after it are hashed twice: into PCR0 on the worker, into PCR2 here.
+    shared = hashlib.sha384()  # PCR0's stream; PCR1's too until `pcr1` forks
+    pcr1: Any = None
     pcr2 = hashlib.sha384()
     small: dict[int, bytearray] = {}
     lanes = _Lanes(chunk_size, PIPELINE_DEPTH)
@@ -233,12 +240,17 @@ def _measure_open(f: BinaryIO, image: EifImage, chunk_size: int) -> EifMeasureme
             _read_into(f, memoryview(sh), section, section.offset)
             crc = crc32(sh, crc)
             t = section.type
-            lane_a = pcr0.update if t in _MEASURED else None
-            if t is SectionType.RAMDISK:
-                lane_b = pcr1.update if ramdisk_seen == 0 else pcr2.update
-                ramdisk_seen += 1
-            else:
-                lane_b = pcr1.update if t in _MEASURED else None
+            on_worker = on_main = None
+            if t in _MEASURED:
+                to_pcr2 = t is SectionType.RAMDISK and ramdisk_seen > 0
+                ramdisk_seen += t is SectionType.RAMDISK
+                if to_pcr2 and pcr1 is None:
+                    pcr1 = lanes.on_worker(shared.copy)
+                on_worker = shared.update
+                if to_pcr2:
+                    on_main = pcr2.update
+                elif pcr1 is not None:  # kernel or cmdline after the fork: unusual, but measured
+                    on_main = pcr1.update
             keep = t in (SectionType.CMDLINE, SectionType.METADATA, SectionType.SIGNATURE)
             if keep:
                 small[section.index] = bytearray()
@@ -250,13 +262,16 @@ def _measure_open(f: BinaryIO, image: EifImage, chunk_size: int) -> EifMeasureme
                 _read_into(f, view, section, pos)
                 if keep:
                     small[section.index] += view
-                lanes.submit(buf, view, lane_a, lane_b)
                 crc = crc32(view, crc)
+                lanes.submit(buf, view, on_worker, on_main)
                 remaining -= n
                 pos += n
     finally:
         lanes.close()
 
+    pcr0 = shared
+    if pcr1 is None:
+        pcr1 = shared
     pcrs = {0: extend(pcr0.digest()), 1: extend(pcr1.digest()), 2: extend(pcr2.digest())}
     header = image.header
     crc_ok = None if header.version < 2 else crc == header.crc32
