@@ -1,0 +1,157 @@
+"""The frame codec (enclave/_wire.py): round trips and every decoding rule."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from enclave import _wire
+from enclave.errors import ErrorCode, ProtocolError
+from enclave.tx import TX_EIP1559, TX_LEGACY, UnsignedTx
+
+TX = UnsignedTx(TX_EIP1559, 1, 5, 21000, b"\x11" * 20, 10**18, b"\xa9\x05\x9c\xbb" + bytes(64), 3 * 10**10, 10**9)
+
+txs = st.builds(
+    lambda t, chain, nonce, gas, to, value, data, fee, prio: UnsignedTx(
+        t, chain, nonce, gas, to, value, data, fee, min(prio, fee) if t == TX_EIP1559 else 0
+    ),
+    st.sampled_from([TX_LEGACY, TX_EIP1559]),
+    st.integers(min_value=1, max_value=2**64 - 1),
+    st.integers(min_value=0, max_value=2**64 - 2),
+    st.integers(min_value=0, max_value=2**64 - 1),
+    st.one_of(st.none(), st.binary(min_size=20, max_size=20)),
+    st.integers(min_value=0, max_value=2**256 - 1),
+    st.binary(max_size=500),
+    st.integers(min_value=0, max_value=2**256 - 1),
+    st.integers(min_value=0, max_value=2**256 - 1),
+)
+
+
+@given(txs)
+def test_sign_tx_round_trip(tx: UnsignedTx) -> None:
+    assert _wire.decode_sign_tx(memoryview(_wire.encode_sign_tx(tx))) == tx
+
+
+def test_layout_is_the_documented_one() -> None:
+    assert _wire.HEADER_SIZE == 12 and _wire.TX_FIXED_SIZE == 148
+    payload = _wire.encode_sign_tx(TX)
+    assert payload[0] == 2 and payload[1] == 1 and payload[2:4] == b"\0\0"
+    assert struct.unpack_from("<I", payload, 4)[0] == len(TX.data)
+    assert struct.unpack_from("<Q", payload, 8)[0] == 1
+    assert int.from_bytes(payload[32:64], "little") == 10**18
+    assert payload[128:148] == TX.to and payload[148:] == TX.data
+    frame = _wire.pack_frame(_wire.Op.SIGN_TX, 0x01020304, payload)
+    assert frame[:4] == b"SN\x01\x04" and frame[4:8] == b"\x04\x03\x02\x01"
+    assert struct.unpack_from("<I", frame, 8)[0] == len(payload)
+
+
+def _mutate(offset: int, value: bytes, base: bytes | None = None) -> memoryview:
+    b = bytearray(base if base is not None else _wire.encode_sign_tx(TX))
+    b[offset : offset + len(value)] = value
+    return memoryview(b)
+
+
+LEGACY = _wire.encode_sign_tx(TX._replace(tx_type=TX_LEGACY, max_priority_fee_per_gas=0))
+
+
+@pytest.mark.parametrize(
+    "payload,code,match",
+    [
+        (memoryview(b"\x02" * 100), ErrorCode.BAD_LENGTH, "at least 148"),
+        (_mutate(4, struct.pack("<I", 3)), ErrorCode.BAD_LENGTH, "data_len 3"),
+        (_mutate(0, b"\x01"), ErrorCode.MALFORMED, "tx_type 1"),
+        (_mutate(1, b"\x03"), ErrorCode.MALFORMED, "unknown flags"),
+        (_mutate(2, b"\x01\x00"), ErrorCode.MALFORMED, "reserved"),
+        (_mutate(1, b"\x00"), ErrorCode.MALFORMED, "has-to flag"),
+        (_mutate(8, bytes(8)), ErrorCode.MALFORMED, "chain_id 0"),
+        (_mutate(16, b"\xff" * 8), ErrorCode.MALFORMED, "EIP-2681"),
+        (_mutate(96, b"\x01", LEGACY), ErrorCode.MALFORMED, "legacy transaction"),
+        (_mutate(96, b"\xff" * 32), ErrorCode.MALFORMED, "above max_fee_per_gas"),
+    ],
+    ids=["short", "data-len", "type", "flags", "reserved", "to-without-flag", "chain-0",
+         "nonce-max", "legacy-priority", "priority-above-max"],
+)  # fmt: skip
+def test_sign_tx_decoding_errors(payload: memoryview, code: ErrorCode, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match) as info:
+        _wire.decode_sign_tx(payload)
+    assert info.value.code == code
+
+
+def test_contract_creation_round_trip() -> None:
+    tx = TX._replace(to=None)
+    payload = _wire.encode_sign_tx(tx)
+    assert payload[1] == 0 and payload[128:148] == bytes(20)
+    assert _wire.decode_sign_tx(memoryview(payload)).to is None
+
+
+@pytest.mark.parametrize(
+    "tx,match",
+    [(TX._replace(value=-1), "value"), (TX._replace(nonce=2**64), "nonce"),
+     (TX._replace(to=b"\x01"), "to must be 20 bytes"), (TX._replace(tx_type=3), "tx_type"),
+     (TX._replace(data=bytes(_wire.MAX_PAYLOAD)), "data of"), (TX._replace(gas="1"), "gas")],
+    ids=["negative", "nonce", "to", "type", "data", "type-of-gas"],
+)  # fmt: skip
+def test_encode_sign_tx_refuses_out_of_range(tx: UnsignedTx, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        _wire.encode_sign_tx(tx)
+
+
+@given(st.binary(max_size=512), st.binary(max_size=512), st.binary(max_size=1024))
+def test_attest_round_trip(nonce: bytes, user_data: bytes, public_key: bytes) -> None:
+    got = _wire.decode_attest(memoryview(_wire.encode_attest(nonce, user_data, public_key)))
+    assert got == (nonce or None, user_data or None, public_key or None)
+
+
+@pytest.mark.parametrize(
+    "payload,code,match",
+    [
+        (b"\x00" * 7, ErrorCode.BAD_LENGTH, "at least 8"),
+        (struct.pack("<HHHH", 1, 0, 0, 0), ErrorCode.BAD_LENGTH, "sum to 9"),
+        (struct.pack("<HHHH", 0, 0, 0, 1), ErrorCode.MALFORMED, "reserved"),
+        (struct.pack("<HHHH", 513, 0, 0, 0) + bytes(513), ErrorCode.MALFORMED, "too long"),
+        (struct.pack("<HHHH", 0, 0, 1025, 0) + bytes(1025), ErrorCode.MALFORMED, "too long"),
+    ],
+    ids=["short", "lengths", "reserved", "nonce-limit", "key-limit"],
+)
+def test_attest_decoding_errors(payload: bytes, code: ErrorCode, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match) as info:
+        _wire.decode_attest(memoryview(payload))
+    assert info.value.code == code
+
+
+def test_encode_attest_limits() -> None:
+    with pytest.raises(ValueError, match="user_data of 513"):
+        _wire.encode_attest(user_data=bytes(513))
+
+
+def test_error_frame_round_trip_and_truncation() -> None:
+    frame = _wire.encode_error(9, ErrorCode.POLICY_DENIED, "x" * 1000 + "é")
+    magic, version, op, rid, n = _wire.HEADER.unpack_from(frame)
+    assert (op, rid) == (_wire.OP_ERROR, 9)
+    code, message = _wire.decode_error(frame[12:])
+    assert code == ErrorCode.POLICY_DENIED and message == "x" * _wire.MAX_ERROR_MESSAGE
+    with pytest.raises(ProtocolError):
+        _wire.decode_error(b"\x01")
+
+
+def test_stats_round_trip() -> None:
+    s = _wire.Stats(1, 2, 3, 4, 5, 6, 7, 8)
+    assert _wire.Stats.decode(s.encode()) == s
+    with pytest.raises(ProtocolError, match="expected 64"):
+        _wire.Stats.decode(b"\x00" * 63)
+
+
+@pytest.mark.parametrize(
+    "args,code",
+    [((b"XX", 1, 0), ErrorCode.BAD_MAGIC), ((b"SN", 2, 0), ErrorCode.BAD_VERSION),
+     ((b"SN", 1, _wire.MAX_PAYLOAD + 1), ErrorCode.PAYLOAD_TOO_LARGE)],
+    ids=["magic", "version", "too-large"],
+)  # fmt: skip
+def test_check_header(args: tuple[bytes, int, int], code: ErrorCode) -> None:
+    with pytest.raises(ProtocolError) as info:
+        _wire.check_header(*args)
+    assert info.value.code == code
+    _wire.check_header(b"SN", 1, _wire.MAX_PAYLOAD)
