@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 from anvil_support import DEV_ADDR_0, DEV_KEY_0, Anvil
+from signer_support import running_signer
 
 from enclave.keys import KeyOrigin, SigningKey
+from enclave.policy import Policy
 from router.core import Router, RouterConfig
 from router.fees import FeePolicy
 from router.intent import Intent
+from router.signer_client import SignerClient
 from router.signing import InProcessSigner, TxSigner
 
 # A fresh destination per test keeps balance assertions independent of anvil's funded accounts.
@@ -35,16 +40,33 @@ def config_for(anvil: Anvil, **overrides: object) -> RouterConfig:
     return RouterConfig(**kwargs)  # type: ignore[arg-type]
 
 
+@contextlib.contextmanager
+def signer_over_unix(policy: Policy | None = None) -> Iterator[SignerClient]:
+    """The real enclave signer (SignerServer, dev key) on a Unix socket, and a client to it."""
+    with tempfile.TemporaryDirectory(prefix="sentinel-signer-") as tmp:
+        with running_signer(Path(tmp), policy=policy) as server:
+            client = SignerClient.connect(str(server.address), spin_us=0)
+            try:
+                yield client
+            finally:
+                client.close()
+
+
 @contextlib.asynccontextmanager
 async def running_router(
     anvil: Anvil, signer: TxSigner | None = None, **overrides: object
 ) -> AsyncIterator[Router]:
-    router = Router(config_for(anvil, **overrides), signer or dev_signer())
-    await router.start()
-    try:
-        yield router
-    finally:
-        await router.close()
+    """A started Router on `anvil`; without `signer`, it signs through the real signer server
+    over a Unix socket."""
+    with contextlib.ExitStack() as stack:
+        if signer is None:
+            signer = stack.enter_context(signer_over_unix())
+        router = Router(config_for(anvil, **overrides), signer)
+        await router.start()
+        try:
+            yield router
+        finally:
+            await router.close()
 
 
 def dest(i: int) -> bytes:
