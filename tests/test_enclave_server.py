@@ -1,0 +1,292 @@
+"""The signer server over real sockets: operations, typed error frames, connection survival."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+from pathlib import Path
+
+import coincurve
+import pytest
+from anvil_support import DEV_ADDR_0, DEV_KEY_0
+from eth_account import Account
+from signer_support import (
+    DEV_POLICY,
+    dev_key,
+    error_of,
+    header,
+    raw_connect,
+    read_frame,
+    running_signer,
+)
+
+from enclave import _wire
+from enclave._wire import Op
+from enclave.errors import ErrorCode, PolicyDenied, TransportError
+from enclave.policy import Policy, load_policy
+from enclave.server import SignerServer
+from enclave.transport import listen, parse_address
+from enclave.tx import TX_EIP1559, TX_LEGACY, UnsignedTx
+from router.errors import SignerError
+from router.signer_client import SignerClient
+
+TX = UnsignedTx(TX_EIP1559, 31337, 0, 21000, b"\x11" * 20, 1, b"", 10**10, 10**9)
+
+
+def _client(server: SignerServer, **kw: object) -> SignerClient:
+    return SignerClient.connect(str(server.address), spin_us=0, **kw)  # type: ignore[arg-type]
+
+
+def test_operations_over_unix_socket(tmp_path: Path) -> None:
+    with running_signer(tmp_path) as server, _client(server) as client:
+        client.ping()
+        info = client.address()
+        assert info.address == DEV_ADDR_0
+        assert info.public_key == coincurve.PrivateKey(DEV_KEY_0).public_key.format(compressed=False)
+        digest = os.urandom(32)
+        sig = client.sign_digest(digest)
+        assert coincurve.PublicKey.from_signature_and_message(sig, digest, hasher=None).format(
+            compressed=False
+        ) == info.public_key
+        for tx in (TX, TX._replace(tx_type=TX_LEGACY, max_priority_fee_per_gas=0), TX._replace(to=None)):
+            signed = client.sign_tx(tx)
+            assert Account.recover_transaction(signed.raw) == DEV_ADDR_0
+        stats = client.stats()
+        assert (stats.signed_digests, stats.signed_txs, stats.errors) == (1, 3, 0)
+        assert stats.connections_open == 1 and stats.requests == 7
+
+
+def test_tcp_loopback_and_json_tx(tmp_path: Path) -> None:
+    with running_signer(tmp_path, listen="tcp:127.0.0.1:0") as server, _client(server) as client:
+        assert server.address is not None and server.address.port > 0
+        signed = client.sign_tx(
+            {"chainId": "0x7a69", "nonce": 0, "to": "0x" + "11" * 20, "gas": 21000,
+             "gasPrice": "1000000000", "from": DEV_ADDR_0}
+        )  # fmt: skip
+        assert Account.recover_transaction(signed.raw) == DEV_ADDR_0
+
+
+def test_tcp_must_be_loopback() -> None:
+    with pytest.raises(TransportError, match="loopback only"):
+        parse_address("tcp:10.0.0.1:5000")
+
+
+def test_vsock_real_code_path() -> None:
+    """The host cannot loop VSOCK back (see ../shared/FACTS.md); the listen path still runs for
+    real: it either binds VMADDR_CID_ANY or fails with a TransportError naming the address."""
+    addr = parse_address("vsock:any:5005")
+    assert addr.cid == 0xFFFFFFFF and str(addr) == "vsock:any:5005"
+    try:
+        sock = listen(addr)
+    except TransportError as e:
+        assert "vsock:any:5005" in str(e)
+    else:
+        assert sock.family == socket.AF_VSOCK
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [("udp:1", "unknown scheme"), ("tcp:127.0.0.1", "HOST:PORT"), ("tcp:localhost:1", "IP literal"),
+     ("tcp:127.0.0.1:x", "not a decimal"), ("tcp:127.0.0.1:70000", "out of range"),
+     ("vsock:3", "vsock:CID:PORT"), ("unix:", "expected unix:PATH")],
+    ids=["scheme", "no-port", "hostname", "port-text", "port-range", "vsock-port", "unix-empty"],
+)  # fmt: skip
+def test_address_errors(text: str, match: str) -> None:
+    with pytest.raises(TransportError, match=match):
+        parse_address(text)
+
+
+def test_unix_listen_refuses_to_replace_a_regular_file(tmp_path: Path) -> None:
+    victim = tmp_path / "file"
+    victim.write_text("keep me")
+    with pytest.raises(TransportError, match="not a socket"):
+        listen(f"unix:{victim}")
+    assert victim.read_text() == "keep me"
+
+
+def _roundtrip(sock: socket.socket, frame: bytes) -> tuple[int, int, bytes]:
+    sock.sendall(frame)
+    return read_frame(sock)
+
+
+BAD_FRAMES = [
+    (header(0x42, 1, 0), ErrorCode.UNKNOWN_OPCODE),
+    (header(Op.PING, 1, 0, magic=b"XX"), ErrorCode.BAD_MAGIC),
+    (header(Op.PING, 1, 3, version=9) + b"abc", ErrorCode.BAD_VERSION),
+    (header(Op.PING, 1, 1) + b"x", ErrorCode.BAD_LENGTH),
+    (header(Op.GET_KEY, 1, 2) + b"xx", ErrorCode.BAD_LENGTH),
+    (header(Op.SIGN_DIGEST, 1, 31) + bytes(31), ErrorCode.BAD_LENGTH),
+    (header(Op.SIGN_TX, 1, 4) + bytes(4), ErrorCode.BAD_LENGTH),
+    (header(Op.SIGN_TX, 1, 148) + bytes(148), ErrorCode.MALFORMED),
+    (header(Op.ATTEST, 1, 8) + struct.pack("<HHHH", 0, 0, 0, 7), ErrorCode.MALFORMED),
+    (header(Op.STATS, 1, 1) + b"\0", ErrorCode.BAD_LENGTH),
+    (header(Op.ATTEST, 1, 8) + bytes(8), ErrorCode.UNAVAILABLE),
+]
+
+
+@pytest.mark.parametrize(
+    "frame,code", BAD_FRAMES,
+    ids=["opcode", "magic", "version", "ping-len", "key-len", "digest-len", "tx-short", "tx-malformed",
+         "attest-reserved", "stats-len", "attest-no-nsm"],
+)  # fmt: skip
+def test_every_bad_frame_gets_a_typed_error_and_the_connection_survives(
+    tmp_path: Path, frame: bytes, code: ErrorCode
+) -> None:
+    with running_signer(tmp_path) as server, raw_connect(server) as sock:
+        op, rid, payload = _roundtrip(sock, frame)
+        assert (op, rid) == (_wire.OP_ERROR, 1)
+        got, message = error_of(payload)
+        assert got == code, message
+        assert message and message.isascii()
+        op, rid, payload = _roundtrip(sock, header(Op.PING, 77, 0))
+        assert (op, rid, payload) == (Op.PING | 0x80, 77, b"")
+
+
+def test_oversized_payload_is_drained_not_stored(tmp_path: Path) -> None:
+    n = _wire.MAX_PAYLOAD * 3 + 5
+    with running_signer(tmp_path) as server, raw_connect(server) as sock:
+        sock.sendall(header(Op.SIGN_TX, 5, n) + b"\xee" * n + header(Op.PING, 6, 0))
+        op, rid, payload = read_frame(sock)
+        assert (op, rid, error_of(payload)[0]) == (_wire.OP_ERROR, 5, ErrorCode.PAYLOAD_TOO_LARGE)
+        assert read_frame(sock)[:2] == (Op.PING | 0x80, 6)
+
+
+def test_pipelined_and_byte_by_byte_frames(tmp_path: Path) -> None:
+    frames = b"".join(header(Op.PING, i, 0) for i in range(1, 50)) + header(Op.SIGN_DIGEST, 50, 32) + bytes(range(32))
+    with running_signer(tmp_path) as server, raw_connect(server) as sock:
+        sock.sendall(frames)
+        assert [read_frame(sock)[1] for _ in range(50)] == list(range(1, 51))
+        frame = header(Op.SIGN_DIGEST, 51, 32) + bytes(range(32))
+        for i in range(len(frame)):
+            sock.send(frame[i : i + 1])
+        op, rid, sig = read_frame(sock)
+        assert (op, rid, len(sig)) == (Op.SIGN_DIGEST | 0x80, 51, 65)
+
+
+def test_policy_denial_is_typed_and_never_signed(tmp_path: Path) -> None:
+    policy = Policy.from_toml(
+        DEV_POLICY.read_text().replace("any_destination = true", "any_destination = false")
+        .replace("sign_digest = true", "sign_digest = false")
+    )  # fmt: skip
+    with running_signer(tmp_path, policy=policy) as server, _client(server) as client:
+        with pytest.raises(SignerError, match="policy destinations") as info:
+            client.sign_tx(TX)
+        assert info.value.code == ErrorCode.POLICY_DENIED and info.value.name == "POLICY_DENIED"
+        with pytest.raises(SignerError, match="policy sign_digest"):
+            client.sign_digest(bytes(32))
+        stats = client.stats()
+        assert (stats.signed_txs, stats.signed_digests, stats.denials) == (0, 0, 2)
+
+
+def test_rate_limit_answers_rate_limited(tmp_path: Path) -> None:
+    policy = Policy.from_toml(
+        DEV_POLICY.read_text().replace("per_second = 1000000", "per_second = 0.001")
+        .replace("burst = 1000000", "burst = 2")
+    )  # fmt: skip
+    with running_signer(tmp_path, policy=policy) as server, _client(server) as client:
+        client.sign_digest(bytes(32))
+        client.sign_tx(TX)
+        with pytest.raises(SignerError) as info:
+            client.sign_digest(bytes(32))
+        assert info.value.code == ErrorCode.RATE_LIMITED
+
+
+def test_production_policy_refuses_dev_key_at_start() -> None:
+    with pytest.raises(PolicyDenied, match="key_origin"):
+        SignerServer(dev_key(), load_policy())
+
+
+def test_internal_error_costs_one_request(tmp_path: Path) -> None:
+    class BrokenNsm:
+        def attestation(self, **kw: object) -> bytes:
+            raise RuntimeError("boom")
+
+    with running_signer(tmp_path, nsm=BrokenNsm()) as server, _client(server) as client:
+        with pytest.raises(SignerError, match="internal error") as info:
+            client.attest(nonce=b"n")
+        assert info.value.code == ErrorCode.INTERNAL
+        client.ping()
+
+
+def test_attest_with_emulated_nsm(tmp_path: Path) -> None:
+    from enclave.nsm.emulator import EmulatedNsm
+    from verify.attestation.document import parse_document
+
+    nsm = EmulatedNsm()
+    with running_signer(tmp_path, nsm=nsm) as server, _client(server) as client:
+        doc = client.attest(nonce=b"n" * 32, user_data=b"hello", public_key=b"k" * 100)
+        parsed = parse_document(doc).document
+        assert (parsed.nonce, parsed.user_data, parsed.public_key) == (b"n" * 32, b"hello", b"k" * 100)
+        assert client.stats().attestations == 1
+
+
+def test_many_clients_and_disconnects_mid_frame(tmp_path: Path) -> None:
+    with running_signer(tmp_path) as server:
+        errors: list[BaseException] = []
+
+        def worker(i: int) -> None:
+            try:
+                with _client(server) as c:
+                    for _ in range(30):
+                        d = os.urandom(32)
+                        assert len(c.sign_digest(d)) == 65
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        for _ in range(3):
+            s = raw_connect(server)
+            s.sendall(header(Op.SIGN_TX, 1, 500) + bytes(10))  # then vanish mid-frame
+            s.close()
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors
+        with _client(server) as c:
+            stats = c.stats()
+            assert stats.signed_digests == 180 and stats.connections_total >= 10
+
+
+def test_client_reconnects_after_signer_restart(tmp_path: Path) -> None:
+    with running_signer(tmp_path) as server:
+        client = _client(server)
+        client.ping()
+    with running_signer(tmp_path):
+        client.ping()  # the old connection is dead; the client reconnects and retries once
+        assert client.address().address == DEV_ADDR_0
+    client.close()
+
+
+def test_client_connect_errors(tmp_path: Path) -> None:
+    from router.errors import MalformedInput
+    from router.errors import TransportError as RouterTransportError
+
+    with pytest.raises(RouterTransportError, match="cannot connect"):
+        SignerClient.connect(f"unix:{tmp_path / 'nobody'}", connect_timeout=0.2)
+    with pytest.raises(MalformedInput, match="unknown scheme"):
+        SignerClient.connect("http://x")
+
+
+def test_busy_polling_and_pinning(tmp_path: Path) -> None:
+    cpu = min(os.sched_getaffinity(0))
+    server = SignerServer(
+        dev_key(), load_policy(DEV_POLICY), cpu=cpu, spin_us=50
+    )
+    server.bind(f"unix:{tmp_path / 's.sock'}")
+    server.start()
+    before = os.sched_getaffinity(0)
+    try:
+        with SignerClient(parse_address(f"unix:{tmp_path / 's.sock'}"), spin_us=50) as c:
+            c._reconnect()
+            for _ in range(20):
+                c.ping()
+                assert len(c.sign_digest(os.urandom(32))) == 65
+    finally:
+        server.close()
+    assert os.sched_getaffinity(0) == before  # pinning applies to the connection thread only
+    with pytest.raises(ValueError, match="not available"):
+        SignerServer(dev_key(), load_policy(DEV_POLICY), cpu=4096)
