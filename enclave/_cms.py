@@ -92,7 +92,9 @@ def open_enveloped_data(data: bytes, private_key: rsa.RSAPrivateKey) -> bytearra
         raise
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         # asn1crypto's messages may quote input bytes; name the failure, not the data.
-        raise CmsError(f"CiphertextForRecipient is not a well-formed CMS EnvelopedData ({type(e).__name__})") from None
+        raise CmsError(
+            f"CiphertextForRecipient is not a well-formed CMS EnvelopedData ({type(e).__name__})"
+        ) from None
     if not isinstance(ciphertext, bytes) or not ciphertext or len(ciphertext) % 16:
         raise CmsError("encrypted content is missing or not a whole number of AES blocks")
     if not isinstance(iv, bytes) or len(iv) != 16:

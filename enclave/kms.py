@@ -194,7 +194,10 @@ def load_kms_key(
     # (3) KMS re-encrypts the plaintext to the attested key
     request: dict[str, Any] = {
         "CiphertextBlob": ciphertext_blob,
-        "Recipient": {"KeyEncryptionAlgorithm": RECIPIENT_KEY_ALGORITHM, "AttestationDocument": document},
+        "Recipient": {
+            "KeyEncryptionAlgorithm": RECIPIENT_KEY_ALGORITHM,
+            "AttestationDocument": document,
+        },
     }
     if key_id is not None:
         request["KeyId"] = key_id

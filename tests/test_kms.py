@@ -83,7 +83,9 @@ def test_load_kms_key_end_to_end(kms: RecipientKmsServer, nsm: EmulatedNsm, styl
     assert key.address == Account.from_key(SECRET).address
     digest = bytes(range(32))
     signature = key.sign_digest(digest)
-    recovered = Account._recover_hash(digest, vrs=(signature[64] + 27, signature[:32], signature[32:64]))
+    recovered = Account._recover_hash(
+        digest, vrs=(signature[64] + 27, signature[:32], signature[32:64])
+    )
     assert recovered == key.address
 
 
@@ -145,7 +147,9 @@ REFUSALS = {"IncorrectKeyException", "InvalidCiphertextException", "AccessDenied
 
 
 @pytest.mark.parametrize("case", ["wrong_key_id", "wrong_context", "no_context"])
-def test_wrong_key_or_context_is_refused(kms: RecipientKmsServer, nsm: EmulatedNsm, case: str) -> None:
+def test_wrong_key_or_context_is_refused(
+    kms: RecipientKmsServer, nsm: EmulatedNsm, case: str
+) -> None:
     client, key_id = new_key(kms)
     blob = encrypt_secret(client, key_id, SECRET, encryption_context=CONTEXT)
     kwargs = {
@@ -158,7 +162,9 @@ def test_wrong_key_or_context_is_refused(kms: RecipientKmsServer, nsm: EmulatedN
     assert e.value.error_code in REFUSALS
 
 
-def test_plaintext_that_is_not_a_secret_is_refused(kms: RecipientKmsServer, nsm: EmulatedNsm) -> None:
+def test_plaintext_that_is_not_a_secret_is_refused(
+    kms: RecipientKmsServer, nsm: EmulatedNsm
+) -> None:
     client, key_id = new_key(kms)
     blob = client.encrypt(KeyId=key_id, Plaintext=SECRET[:31])["CiphertextBlob"]
     with pytest.raises(KeyLoadError, match="31 bytes, expected a 32-byte"):
@@ -167,10 +173,16 @@ def test_plaintext_that_is_not_a_secret_is_refused(kms: RecipientKmsServer, nsm:
 
 @pytest.mark.parametrize(
     ("blob", "error", "message"),
-    [(b"", KmsError, "empty"), (b"x" * 7000, KmsError, "larger than"), (b"garbage" * 10, KmsRefused, "KMS Decrypt refused")],
+    [
+        (b"", KmsError, "empty"),
+        (b"x" * 7000, KmsError, "larger than"),
+        (b"garbage" * 10, KmsRefused, "KMS Decrypt refused"),
+    ],
     ids=["empty", "huge", "garbage"],
 )
-def test_bad_blobs(kms: RecipientKmsServer, nsm: EmulatedNsm, blob: bytes, error: type, message: str) -> None:
+def test_bad_blobs(
+    kms: RecipientKmsServer, nsm: EmulatedNsm, blob: bytes, error: type, message: str
+) -> None:
     with pytest.raises(error, match=message):
         load_kms_key(blob, nsm=nsm, client=kms.client())
 
@@ -201,7 +213,9 @@ def test_unreachable_kms_is_a_transport_error(nsm: EmulatedNsm) -> None:
     [(SECRET[:31], "32 bytes"), (bytes(32), "not a valid secp256k1 scalar")],
     ids=["short", "zero"],
 )
-def test_encrypt_secret_refuses_non_keys(kms: RecipientKmsServer, secret: bytes, message: str) -> None:
+def test_encrypt_secret_refuses_non_keys(
+    kms: RecipientKmsServer, secret: bytes, message: str
+) -> None:
     client, key_id = new_key(kms)
     with pytest.raises(KeyLoadError, match=message):
         encrypt_secret(client, key_id, secret)
@@ -257,7 +271,12 @@ def test_secret_never_appears_in_logs_errors_or_reprs(
         encrypt_secret(client, key_id, SECRET + b"\x00")
     failures.append(e4.value)
     for error in failures:
-        texts += [str(error), repr(error), error.diagnostics(), "".join(traceback.format_exception(error))]
+        texts += [
+            str(error),
+            repr(error),
+            error.diagnostics(),
+            "".join(traceback.format_exception(error)),
+        ]
     out, err = capfd.readouterr()
     texts += [caplog.text, out, err]
     assert "loaded the signing key" in caplog.text  # the logs were captured

@@ -40,14 +40,29 @@ REQUESTS = [
     (
         "attestation_empty",
         c.Attestation(),
-        "a1" + t("Attestation") + "a3" + t("user_data") + "f6" + t("nonce") + "f6"
-        + t("public_key") + "f6",
+        "a1"
+        + t("Attestation")
+        + "a3"
+        + t("user_data")
+        + "f6"
+        + t("nonce")
+        + "f6"
+        + t("public_key")
+        + "f6",
     ),
     (
         "attestation_full",
         c.Attestation(user_data=b"", nonce=b"\xaa" * 24, public_key=b"\x30\x00"),
-        "a1" + t("Attestation") + "a3" + t("user_data") + "40" + t("nonce") + "5818" + "aa" * 24
-        + t("public_key") + "423000",
+        "a1"
+        + t("Attestation")
+        + "a3"
+        + t("user_data")
+        + "40"
+        + t("nonce")
+        + "5818"
+        + "aa" * 24
+        + t("public_key")
+        + "423000",
     ),
 ]
 
@@ -60,7 +75,11 @@ RESPONSES = [
         c.DescribePcrResponse(lock=True, data=PCR),
         "a1" + t("DescribePCR") + "a2" + t("lock") + "f5" + t("data") + "5830" + PCR.hex(),
     ),
-    ("extend_pcr", c.ExtendPcrResponse(PCR), "a1" + t("ExtendPCR") + "a1" + t("data") + "5830" + PCR.hex()),
+    (
+        "extend_pcr",
+        c.ExtendPcrResponse(PCR),
+        "a1" + t("ExtendPCR") + "a1" + t("data") + "5830" + PCR.hex(),
+    ),
     # The driver parses exactly this prefix: A1 69 "GetRandom" A1 66 "random", then a byte string.
     (
         "get_random",
@@ -75,20 +94,38 @@ RESPONSES = [
     (
         "describe_nsm",
         c.DescribeNsmResponse(1, 0, 2, "i-x", 32, frozenset({1, 0}), "SHA384"),
-        "a1" + t("DescribeNSM") + "a7" + t("version_major") + "01" + t("version_minor") + "00"
-        + t("version_patch") + "02" + t("module_id") + t("i-x") + t("max_pcrs") + "1820"
-        + t("locked_pcrs") + "820001" + t("digest") + t("SHA384"),
+        "a1"
+        + t("DescribeNSM")
+        + "a7"
+        + t("version_major")
+        + "01"
+        + t("version_minor")
+        + "00"
+        + t("version_patch")
+        + "02"
+        + t("module_id")
+        + t("i-x")
+        + t("max_pcrs")
+        + "1820"
+        + t("locked_pcrs")
+        + "820001"
+        + t("digest")
+        + t("SHA384"),
     ),
 ]
 
 
-@pytest.mark.parametrize(("request_", "hexbytes"), [r[1:] for r in REQUESTS], ids=[r[0] for r in REQUESTS])
+@pytest.mark.parametrize(
+    ("request_", "hexbytes"), [r[1:] for r in REQUESTS], ids=[r[0] for r in REQUESTS]
+)
 def test_request_exact_bytes_round_trip(request_: c.Request, hexbytes: str) -> None:
     assert c.encode_request(request_).hex() == hexbytes
     assert c.decode_request(bytes.fromhex(hexbytes)) == request_
 
 
-@pytest.mark.parametrize(("response", "hexbytes"), [r[1:] for r in RESPONSES], ids=[r[0] for r in RESPONSES])
+@pytest.mark.parametrize(
+    ("response", "hexbytes"), [r[1:] for r in RESPONSES], ids=[r[0] for r in RESPONSES]
+)
 def test_response_exact_bytes_round_trip(response: c.Response, hexbytes: str) -> None:
     assert c.encode_response(response).hex() == hexbytes
     assert c.decode_response(bytes.fromhex(hexbytes)) == response
@@ -116,11 +153,17 @@ BAD_REQUESTS = [
     ("data_text", cbor2.dumps({"ExtendPCR": {"index": 1, "data": "x"}}), "wrong type str"),
     ("nonce_int", cbor2.dumps({"Attestation": {"nonce": 5}}), "Attestation.nonce: wrong type"),
     ("tagged", bytes.fromhex("d903e8") + cbor2.dumps("GetRandom"), "unexpected CBOR tag 1000"),
-    ("too_large", cbor2.dumps({"ExtendPCR": {"index": 16, "data": b"x" * 5000}}), "exceeds the 4096"),
+    (
+        "too_large",
+        cbor2.dumps({"ExtendPCR": {"index": 16, "data": b"x" * 5000}}),
+        "exceeds the 4096",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("data", "message"), [b[1:] for b in BAD_REQUESTS], ids=[b[0] for b in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    ("data", "message"), [b[1:] for b in BAD_REQUESTS], ids=[b[0] for b in BAD_REQUESTS]
+)
 def test_bad_request_is_a_protocol_error(data: bytes, message: str) -> None:
     with pytest.raises(NsmProtocolError, match=message):
         c.decode_request(data)
@@ -129,19 +172,53 @@ def test_bad_request_is_a_protocol_error(data: bytes, message: str) -> None:
 BAD_RESPONSES = [
     ("unknown_error", cbor2.dumps({"Error": "Oops"}), "unknown error code"),
     ("unknown_unit", cbor2.dumps("DescribeNSM"), "unknown response"),
-    ("lock_not_bool", cbor2.dumps({"DescribePCR": {"lock": 1, "data": b""}}), "lock: wrong type int"),
-    ("bad_digest", cbor2.dumps({"DescribeNSM": {"version_major": 1, "version_minor": 0,
-        "version_patch": 0, "module_id": "m", "max_pcrs": 32, "locked_pcrs": [], "digest": "MD5"}}),
-        "unknown digest"),
-    ("bad_locked", cbor2.dumps({"DescribeNSM": {"version_major": 1, "version_minor": 0,
-        "version_patch": 0, "module_id": "m", "max_pcrs": 32, "locked_pcrs": ["0"], "digest": "SHA384"}}),
-        "entries must be u16"),
+    (
+        "lock_not_bool",
+        cbor2.dumps({"DescribePCR": {"lock": 1, "data": b""}}),
+        "lock: wrong type int",
+    ),
+    (
+        "bad_digest",
+        cbor2.dumps(
+            {
+                "DescribeNSM": {
+                    "version_major": 1,
+                    "version_minor": 0,
+                    "version_patch": 0,
+                    "module_id": "m",
+                    "max_pcrs": 32,
+                    "locked_pcrs": [],
+                    "digest": "MD5",
+                }
+            }
+        ),
+        "unknown digest",
+    ),
+    (
+        "bad_locked",
+        cbor2.dumps(
+            {
+                "DescribeNSM": {
+                    "version_major": 1,
+                    "version_minor": 0,
+                    "version_patch": 0,
+                    "module_id": "m",
+                    "max_pcrs": 32,
+                    "locked_pcrs": ["0"],
+                    "digest": "SHA384",
+                }
+            }
+        ),
+        "entries must be u16",
+    ),
     ("document_missing", cbor2.dumps({"Attestation": {}}), "missing field 'document'"),
     ("too_large", cbor2.dumps({"Attestation": {"document": b"x" * 0x3000}}), "exceeds the 12288"),
 ]
 
 
-@pytest.mark.parametrize(("data", "message"), [b[1:] for b in BAD_RESPONSES], ids=[b[0] for b in BAD_RESPONSES])
+@pytest.mark.parametrize(
+    ("data", "message"), [b[1:] for b in BAD_RESPONSES], ids=[b[0] for b in BAD_RESPONSES]
+)
 def test_bad_response_is_a_protocol_error(data: bytes, message: str) -> None:
     with pytest.raises(NsmProtocolError, match=message):
         c.decode_response(data)

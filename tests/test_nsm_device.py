@@ -99,7 +99,10 @@ def test_emsgsize_maps_to_input_too_large() -> None:
     def ioctl(fd: int, request: int, raw: NsmRaw, mutate: bool) -> int:
         raise OSError(errno.EMSGSIZE, "Message too long")
 
-    with DeviceNsm("/dev/null", ioctl=ioctl) as nsm, pytest.raises(NsmRequestRejected, match="InputTooLarge"):
+    with (
+        DeviceNsm("/dev/null", ioctl=ioctl) as nsm,
+        pytest.raises(NsmRequestRejected, match="InputTooLarge"),
+    ):
         nsm.describe_nsm()
 
 
@@ -117,7 +120,10 @@ def test_truncated_response_is_a_protocol_error(ca: EmulatorCa) -> None:
 
 def test_the_real_ioctl_reaches_the_kernel() -> None:
     # /dev/null is not an NSM: the kernel rejects our request number with ENOTTY.
-    with DeviceNsm("/dev/null") as nsm, pytest.raises(NsmTransportError, match="Inappropriate ioctl") as e:
+    with (
+        DeviceNsm("/dev/null") as nsm,
+        pytest.raises(NsmTransportError, match="Inappropriate ioctl") as e,
+    ):
         nsm.describe_nsm()
     assert e.value.errno == errno.ENOTTY
 
@@ -139,7 +145,9 @@ def test_open_nsm_never_falls_back_without_permission(tmp_path) -> None:
         open_nsm(False, device_path=tmp_path / "nsm")
 
 
-def test_open_nsm_falls_back_loudly_when_allowed(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+def test_open_nsm_falls_back_loudly_when_allowed(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING, logger="enclave.nsm"):
         nsm = open_nsm(True, device_path=tmp_path / "nsm", emulator_pcrs={2: "ab" * 48})
     assert isinstance(nsm, EmulatedNsm)

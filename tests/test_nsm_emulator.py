@@ -60,7 +60,11 @@ def test_document_has_aws_exact_structure(nsm: EmulatedNsm, ca: EmulatorCa) -> N
     assert all(1 <= len(cert) <= 1024 for cert in [*body["cabundle"], body["certificate"]])
     leaf = x509.load_der_x509_certificate(body["certificate"])
     assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == dt.timedelta(hours=3)
-    assert (body["public_key"], body["user_data"], body["nonce"]) == (b"\x30\x01\x00", b"u" * 10, b"n" * 20)
+    assert (body["public_key"], body["user_data"], body["nonce"]) == (
+        b"\x30\x01\x00",
+        b"u" * 10,
+        b"n" * 20,
+    )
 
 
 def test_absent_fields_are_null(nsm: EmulatedNsm) -> None:
@@ -140,7 +144,15 @@ def test_extend_is_sha384_of_old_and_data(nsm: EmulatedNsm) -> None:
         (lambda n: n.attestation(nonce=b"n" * 1025), "InputTooLarge"),
         (lambda n: n.attestation(public_key=b""), "InvalidArgument"),
     ],
-    ids=["locked", "describe_range", "lock_range", "lock_pcrs_range", "user_data", "nonce", "empty_key"],
+    ids=[
+        "locked",
+        "describe_range",
+        "lock_range",
+        "lock_pcrs_range",
+        "user_data",
+        "nonce",
+        "empty_key",
+    ],
 )
 def test_refusals_are_typed(nsm: EmulatedNsm, call, code: str) -> None:
     with pytest.raises(NsmRequestRejected, match=code) as e:
@@ -151,7 +163,9 @@ def test_refusals_are_typed(nsm: EmulatedNsm, call, code: str) -> None:
 def test_device_answers_malformed_bytes_with_an_error_response(ca: EmulatorCa) -> None:
     device = EmulatedDevice(ca=ca)
     assert c.decode_response(device.handle(b"\xff")) == c.ErrorResponse("InvalidArgument")
-    assert c.decode_response(device.handle(cbor2.dumps("Reboot"))) == c.ErrorResponse("InvalidArgument")
+    assert c.decode_response(device.handle(cbor2.dumps("Reboot"))) == c.ErrorResponse(
+        "InvalidArgument"
+    )
     big = cbor2.dumps({"ExtendPCR": {"index": 16, "data": b"x" * 5000}})
     assert c.decode_response(device.handle(big)) == c.ErrorResponse("InputTooLarge")
 
@@ -183,11 +197,19 @@ def test_ca_load_errors_are_specific(tmp_path: Path) -> None:
 
 def test_pcrs_from_a_measurements_file(tmp_path: Path, ca: EmulatorCa) -> None:
     path = tmp_path / "measurements.json"
-    path.write_text(json.dumps({
-        "Measurements": {"HashAlgorithm": "Sha384 { ... }", "PCR0": "aa" * 48, "PCR1": "bb" * 48,
-                         "PCR2": "cc" * 48},
-        "Sentinel": {"schema": 1},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "Measurements": {
+                    "HashAlgorithm": "Sha384 { ... }",
+                    "PCR0": "aa" * 48,
+                    "PCR1": "bb" * 48,
+                    "PCR2": "cc" * 48,
+                },
+                "Sentinel": {"schema": 1},
+            }
+        )
+    )
     nsm = EmulatedNsm(ca=ca, pcrs=path, clock=Clock(T0))
     body = verify_document(nsm.attestation(), ca.root)
     assert [body["pcrs"][i] for i in (0, 1, 2)] == [b"\xaa" * 48, b"\xbb" * 48, b"\xcc" * 48]
@@ -226,7 +248,9 @@ def test_missing_pcr_file_is_a_config_error(tmp_path: Path) -> None:
         EmulatedNsm(pcrs=tmp_path / "absent.json")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("verify.pcr") is None, reason="verify.pcr not built yet")
+@pytest.mark.skipif(
+    importlib.util.find_spec("verify.pcr") is None, reason="verify.pcr not built yet"
+)
 def test_pcrs_from_an_eif_match_verify(tmp_path: Path, ca: EmulatorCa) -> None:
     from verify.eif import write_eif
     from verify.pcr import measure_eif

@@ -106,6 +106,8 @@ def open_nsm(
         "no Nitro Secure Module (%s): using the NSM EMULATOR %s (development only; PCRs from %s)",
         reason,
         nsm.module_id,
-        pcrs if isinstance(pcrs, str | os.PathLike) else ("a mapping" if pcrs else "nowhere: zeros"),
+        pcrs
+        if isinstance(pcrs, str | os.PathLike)
+        else ("a mapping" if pcrs else "nowhere: zeros"),
     )
     return nsm

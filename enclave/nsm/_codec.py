@@ -404,8 +404,9 @@ def decode_response(data: bytes) -> Response:
         return ExtendPcrResponse(_get(fields, name, "data", bytes))
     if name == "DescribeNSM":
         locked = _get(fields, name, "locked_pcrs", list)
-        if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= _U16_MAX
-                   for i in locked):
+        if not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= _U16_MAX for i in locked
+        ):
             raise NsmProtocolError("DescribeNSM.locked_pcrs: entries must be u16")
         digest = _get(fields, name, "digest", str)
         if digest not in DIGESTS:

@@ -244,7 +244,9 @@ class EmulatorCa:
             path_length=None,
             is_ca=False,
         )
-        logger.debug("issued an emulator chain for %s valid until %s", module_id, leaf.not_valid_after_utc)
+        logger.debug(
+            "issued an emulator chain for %s valid until %s", module_id, leaf.not_valid_after_utc
+        )
         der = serialization.Encoding.DER
         return IssuedChain(
             cabundle=tuple(c.public_bytes(der) for c in bundle),

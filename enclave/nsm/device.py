@@ -82,16 +82,16 @@ class DeviceNsm(CborNsm):
         NsmUnavailable: the device node cannot be opened.
     """
 
-    def __init__(self, path: str | os.PathLike[str] = DEFAULT_PATH, *, ioctl: IoctlFn | None = None):
+    def __init__(
+        self, path: str | os.PathLike[str] = DEFAULT_PATH, *, ioctl: IoctlFn | None = None
+    ):
         self._path = str(path)
         self._ioctl: IoctlFn = ioctl if ioctl is not None else fcntl.ioctl
         self._lock = threading.Lock()
         try:
             self._fd: int | None = os.open(self._path, os.O_RDWR | os.O_CLOEXEC)
         except OSError as e:
-            raise NsmUnavailable(
-                f"cannot open {self._path}: {os.strerror(e.errno or 0)}"
-            ) from e
+            raise NsmUnavailable(f"cannot open {self._path}: {os.strerror(e.errno or 0)}") from e
         logger.debug("opened %s", self._path)
 
     @property
