@@ -1,0 +1,113 @@
+"""Hand-made container images for the importer tests: `docker save` tarballs and OCI layouts.
+
+Layers are described as lists of `(name, kind, payload)` with kind in file, dir, symlink, hardlink;
+everything is deterministic (fixed mtimes, sorted JSON) so a fixture's bytes never vary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+Member = tuple[str, str, object]
+
+
+def layer_tar(members: list[Member]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, payload in members:
+            ti = tarfile.TarInfo(name)
+            ti.mtime = 0
+            if kind == "file":
+                data = payload if isinstance(payload, bytes) else str(payload).encode()
+                ti.size = len(data)
+                ti.mode = 0o755 if name.endswith(".sh") else 0o644
+                tar.addfile(ti, io.BytesIO(data))
+                continue
+            if kind == "dir":
+                ti.type, ti.mode = tarfile.DIRTYPE, 0o755
+            elif kind == "symlink":
+                ti.type, ti.linkname = tarfile.SYMTYPE, str(payload)
+            elif kind == "hardlink":
+                ti.type, ti.linkname = tarfile.LNKTYPE, str(payload)
+            else:
+                raise ValueError(kind)
+            tar.addfile(ti)
+    return buf.getvalue()
+
+
+def _config(cmd: list[str], env: list[str], entrypoint: list[str] | None,
+            blobs: list[bytes]) -> bytes:
+    cfg = {"architecture": "amd64", "os": "linux",
+           "config": {"Cmd": cmd, "Env": env, "Entrypoint": entrypoint},
+           "rootfs": {"type": "layers",
+                      "diff_ids": ["sha256:" + hashlib.sha256(b).hexdigest() for b in blobs]}}
+    return json.dumps(cfg, sort_keys=True).encode()
+
+
+def docker_save_tar(
+    dest: Path, layers: list[list[Member]], *, cmd: list[str] | None = None,
+    env: list[str] | None = None, entrypoint: list[str] | None = None, tag: str = "sentinel-test:1",
+) -> Path:
+    """A `docker save` tarball (legacy layout: <id>/layer.tar, <config>.json, manifest.json)."""
+    blobs = [layer_tar(layer) for layer in layers]
+    config = _config(cmd or ["/bin/app"], env or ["PATH=/bin"], entrypoint, blobs)
+    config_name = hashlib.sha256(config).hexdigest() + ".json"
+    files: list[tuple[str, bytes]] = [(config_name, config)]
+    names = []
+    for blob in blobs:
+        lid = hashlib.sha256(blob).hexdigest()
+        files.append((f"{lid}/layer.tar", blob))
+        names.append(f"{lid}/layer.tar")
+    manifest = [{"Config": config_name, "RepoTags": [tag], "Layers": names}]
+    files.append(("manifest.json", json.dumps(manifest).encode()))
+    _write_tar(dest, files)
+    return dest
+
+
+def oci_layout(
+    dest: Path, layers: list[list[Member]], *, cmd: list[str] | None = None,
+    env: list[str] | None = None, as_tar: bool = False,
+) -> Path:
+    """An OCI image layout (directory, or a tar of it)."""
+    files: list[tuple[str, bytes]] = [("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')]
+
+    def blob(data: bytes) -> str:
+        d = hashlib.sha256(data).hexdigest()
+        files.append((f"blobs/sha256/{d}", data))
+        return "sha256:" + d
+
+    blobs = [layer_tar(layer) for layer in layers]
+    config = _config(cmd or ["/bin/app"], env or ["PATH=/bin"], None, blobs)
+    layer_descs = []
+    for data in blobs:
+        layer_descs.append({"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                            "digest": blob(data), "size": len(data)})
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": blob(config), "size": len(config)},
+        "layers": layer_descs}, sort_keys=True).encode()
+    index = {"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": blob(manifest),
+        "size": len(manifest),
+        "annotations": {"org.opencontainers.image.ref.name": "oci-test"}}]}
+    files.append(("index.json", json.dumps(index).encode()))
+    if as_tar:
+        _write_tar(dest, files)
+    else:
+        for name, data in files:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            (dest / name).write_bytes(data)
+    return dest
+
+
+def _write_tar(dest: Path, files: list[tuple[str, bytes]]) -> None:
+    with tarfile.open(dest, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files:
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mtime, ti.mode = len(data), 0, 0o644
+            tar.addfile(ti, io.BytesIO(data))

@@ -1,0 +1,249 @@
+"""Container image importers: layers, whiteouts, links, traversal, broken archives, podman."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from oci_support import docker_save_tar, layer_tar, oci_layout
+
+from reproducible.errors import ImageSourceError, MalformedArtifact, UnsafePath
+from reproducible.oci import load_from_docker, load_oci
+
+BASE = [
+    ("bin", "dir", None),
+    ("bin/app", "file", b"#!/bin/sh\necho app\n"),
+    ("etc", "dir", None),
+    ("etc/passwd", "file", b"root:x:0:0::/:/bin/sh\n"),
+    ("etc/old.conf", "file", b"old"),
+    ("opt", "dir", None),
+    ("opt/a", "file", b"a"),
+    ("opt/b", "file", b"b"),
+    ("usr", "dir", None),
+    ("usr/lib", "dir", None),
+    ("lib", "symlink", "usr/lib"),
+]
+TOP = [
+    ("etc/.wh.old.conf", "file", b""),
+    ("opt/.wh..wh..opq", "file", b""),
+    ("opt/c", "file", b"c"),
+    ("lib/libx.so", "file", b"ELF"),  # written through the lib -> usr/lib symlink
+    ("bin/app2", "hardlink", "bin/app"),
+    ("bin/sh", "symlink", "/bin/app"),
+]
+
+
+def _paths(tree) -> dict[str, str]:
+    return {p: e.kind for p, e in tree.items()}
+
+
+@pytest.mark.parametrize("kind", ["docker-save", "oci-dir", "oci-tar"])
+def test_layers_apply_in_order_with_whiteouts_and_links(tmp_path: Path, kind: str) -> None:
+    if kind == "docker-save":
+        src = docker_save_tar(tmp_path / "img.tar", [BASE, TOP], cmd=["/bin/app", "--x"],
+                              env=["A=1"])
+    else:
+        (tmp_path / "layout").mkdir()
+        src = oci_layout(tmp_path / ("img.tar" if kind == "oci-tar" else "layout"), [BASE, TOP],
+                         cmd=["/bin/app", "--x"], env=["A=1"], as_tar=kind == "oci-tar")
+    img = load_oci(src)
+    paths = _paths(img.tree)
+    assert "etc/old.conf" not in paths  # whiteout
+    assert "opt/a" not in paths and "opt/b" not in paths and paths["opt/c"] == "file"  # opaque
+    assert paths["usr/lib/libx.so"] == "file" and paths["lib"] == "symlink"
+    assert img.tree.get("bin/app2").read() == img.tree.get("bin/app").read()  # hardlink -> copy
+    assert img.tree.get("bin/sh").target == "/bin/app"
+    assert img.cmd == ("/bin/app", "--x") and img.env == ("A=1",)
+    assert img.layers == 2
+
+
+def test_entrypoint_precedes_cmd(tmp_path: Path) -> None:
+    src = docker_save_tar(tmp_path / "i.tar", [BASE], entrypoint=["/bin/app"], cmd=["serve"])
+    assert load_oci(src).cmd == ("/bin/app", "serve")
+
+
+TRAVERSAL = {
+    "dotdot": [("../escape", "file", b"x")],
+    "dotdot-nested": [("a/../../escape", "file", b"x")],
+    "absolute": [("/etc/evil", "file", b"x")],
+    "symlink-escape-write": [("up", "symlink", "../../.."), ("up/etc/evil", "file", b"x")],
+    "symlink-relative-escape": [("d", "dir", None), ("d/link", "symlink", "../../outside")],
+    "hardlink-outside": [("h", "hardlink", "../../etc/shadow")],
+    "hardlink-absent": [("h", "hardlink", "no/such/file")],
+    "whiteout-dotdot": [("a/.wh...", "file", b"")],
+}
+
+
+@pytest.mark.parametrize("members", list(TRAVERSAL.values()), ids=list(TRAVERSAL))
+def test_traversal_is_refused_and_nothing_is_written(tmp_path: Path, members) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    src = docker_save_tar(work / "img.tar", [BASE, members])
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(UnsafePath) as e:
+        load_oci(src)
+    assert "layer 2/2" in str(e.value)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    assert not Path("/etc/evil").exists() and not (tmp_path / "escape").exists()
+
+
+def test_escape_in_a_later_layer_through_an_earlier_symlink(tmp_path: Path) -> None:
+    src = docker_save_tar(tmp_path / "i.tar", [[("x", "symlink", "../..")], [("x/y", "file", b"")]])
+    with pytest.raises(UnsafePath, match="symlink"):
+        load_oci(src)
+
+
+def test_absolute_symlink_resolves_inside_the_image(tmp_path: Path) -> None:
+    layers = [[("etc", "dir", None), ("cfg", "symlink", "/etc")], [("cfg/app.conf", "file", b"k")]]
+    img = load_oci(docker_save_tar(tmp_path / "i.tar", layers))
+    assert img.tree.get("etc/app.conf").read() == b"k"
+
+
+BROKEN = {
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 3]),
+    "not-a-tar": lambda p: p.write_bytes(b"garbage" * 100),
+    "empty": lambda p: p.write_bytes(b""),
+}
+
+
+@pytest.mark.parametrize("damage", list(BROKEN.values()), ids=list(BROKEN))
+def test_broken_tarball_is_a_clear_error(tmp_path: Path, damage) -> None:
+    src = docker_save_tar(tmp_path / "img.tar", [BASE, TOP])
+    damage(src)
+    with pytest.raises(MalformedArtifact, match=str(src.name)):
+        load_oci(src)
+
+
+def test_corrupt_layer_inside_valid_tarball(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    src = docker_save_tar(tmp_path / "img.tar", [BASE])
+    rebuilt = tmp_path / "bad.tar"
+    with tarfile.open(src) as old, tarfile.open(rebuilt, "w") as new:
+        for m in old.getmembers():
+            data = old.extractfile(m).read()
+            if m.name.endswith("layer.tar"):
+                data = b"\x1f\x8b" + data[2:200]  # looks gzipped, is not
+                m.size = len(data)
+            new.addfile(m, io.BytesIO(data))
+    with pytest.raises(MalformedArtifact, match="layer 1/1"):
+        load_oci(rebuilt)
+
+
+def test_oci_blob_digest_mismatch(tmp_path: Path) -> None:
+    (tmp_path / "l").mkdir()
+    layout = oci_layout(tmp_path / "l", [BASE])
+    blobs = sorted((layout / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
+    victim = blobs[-1]  # the layer
+    victim.write_bytes(victim.read_bytes()[:-1] + b"\x01")
+    with pytest.raises(MalformedArtifact, match="hashes to"):
+        load_oci(layout)
+
+
+def test_neither_layout(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    with pytest.raises(MalformedArtifact, match="neither"):
+        load_oci(tmp_path / "d")
+
+
+def test_multiple_images_in_docker_save_refused(tmp_path: Path) -> None:
+    import io
+    import json
+    import tarfile
+
+    src = docker_save_tar(tmp_path / "img.tar", [BASE])
+    out = tmp_path / "two.tar"
+    with tarfile.open(src) as old, tarfile.open(out, "w") as new:
+        for m in old.getmembers():
+            data = old.extractfile(m).read()
+            if m.name == "manifest.json":
+                data = json.dumps(json.loads(data) * 2).encode()
+                m.size = len(data)
+            new.addfile(m, io.BytesIO(data))
+    with pytest.raises(MalformedArtifact, match="2 images"):
+        load_oci(out)
+
+
+def test_layer_tar_fixture_is_deterministic() -> None:
+    assert layer_tar(BASE) == layer_tar(BASE)
+
+
+# --- the real docker SDK against podman's Docker-compatible API ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def podman_api(tmp_path_factory):
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed (nox -s tests installs it)")
+    d = tmp_path_factory.mktemp("podman")
+    sock = d / "api.sock"
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(d))
+    proc = subprocess.Popen(
+        ["podman", "--root", str(d / "root"), "--runroot", str(d / "run"),
+         "--storage-driver", "vfs", "system", "service",
+         "--time=60", f"unix://{sock}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if sock.exists():
+                try:
+                    with socket.socket(socket.AF_UNIX) as s:
+                        s.connect(str(sock))
+                    break
+                except OSError:
+                    pass
+            if proc.poll() is not None:
+                pytest.fail(f"podman system service exited: {proc.stderr.read().decode()[-500:]}")
+            time.sleep(0.1)
+        else:
+            pytest.fail("podman system service did not open its socket in 30 s")
+        yield f"unix://{sock}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_from_image_through_docker_sdk_and_podman(tmp_path: Path, podman_api: str) -> None:
+    import docker
+
+    src = docker_save_tar(tmp_path / "img.tar", [BASE, TOP], cmd=["/bin/app"], env=["A=1"],
+                          tag="localhost/sentinel-import:1")
+    client = docker.DockerClient(base_url=podman_api)
+    try:
+        with open(src, "rb") as f:
+            client.images.load(f.read())
+    finally:
+        client.close()
+    out = tmp_path / "build"
+    out.mkdir()
+    img = load_from_docker("localhost/sentinel-import:1", scratch=out,
+                           client_factory=lambda: docker.DockerClient(base_url=podman_api))
+    direct = load_oci(src)
+    assert _paths(img.tree) == _paths(direct.tree)
+    assert img.cmd == ("/bin/app",) and "A=1" in img.env
+    assert list(out.iterdir()) == []  # the saved tarball was a scratch file, removed
+
+
+def test_from_image_missing_image(tmp_path: Path, podman_api: str) -> None:
+    import docker
+
+    with pytest.raises(ImageSourceError, match="not found"):
+        load_from_docker("localhost/no-such-image:0", scratch=tmp_path,
+                         client_factory=lambda: docker.DockerClient(base_url=podman_api))
+
+
+def test_from_image_unreachable_api(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/nothing.sock")
+    with pytest.raises(ImageSourceError, match="DOCKER_HOST"):
+        load_from_docker("x", scratch=tmp_path)
