@@ -15,6 +15,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from verify._checks import results_json
 from verify._cli import emit_json, stderr_console
 from verify.attestation import (
     DOCUMENT_TIME,
@@ -132,15 +133,7 @@ def report_json(source: str, report: VerificationReport, root_sha256: str) -> di
         "verified": bool(report),
         "root_sha256": root_sha256,
         "validated_at": report.validated_at.isoformat() if report.validated_at else None,
-        "checks": [
-            {
-                "name": r.name,
-                "ok": r.ok,
-                "error": None if r.error is None else type(r.error).__name__,
-                "message": None if r.error is None else r.error.diagnostics(),
-            }
-            for r in report.results
-        ],
+        "checks": results_json(report.results),
         "attestation": None
         if doc is None
         else {

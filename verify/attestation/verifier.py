@@ -21,10 +21,9 @@ import functools
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -36,6 +35,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509 import verification as x509v
 
+from verify._checks import CheckResult, CheckRunner, exit_code
 from verify.attestation.document import (
     ALG_ES384,
     AttestationDocument,
@@ -53,7 +53,6 @@ from verify.attestation.errors import (
 )
 from verify.attestation.policy import Check, leaf_checks
 from verify.attestation.roots import aws_nitro_root, fingerprint
-from verify.errors import MalformedInput, VerifyError
 
 __all__ = [
     "DOCUMENT_TIME",
@@ -63,9 +62,6 @@ __all__ = [
     "VerifiedAttestation",
     "verify",
 ]
-
-T = TypeVar("T")
-
 
 class _DocumentTime:
     def __repr__(self) -> str:
@@ -78,18 +74,6 @@ DOCUMENT_TIME: Final = _DocumentTime()
 
 _P384_SIGNATURE = 96  # r || s, 48 bytes each (RFC 9053 §2.1)
 _CHAIN_CACHE_SIZE = 64
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """The outcome of one named check; `error` is None when it passed."""
-
-    name: str
-    error: VerifyError | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 @dataclass(frozen=True)
@@ -110,10 +94,7 @@ class VerificationReport:
     @property
     def exit_code(self) -> int:
         """0 all passed; 2 when the input was malformed; 1 when a check refused it."""
-        codes = [r.error.exit_code for r in self.results if r.error is not None]
-        if not codes:
-            return 0 if self.results else 1
-        return 2 if any(isinstance(r.error, MalformedInput) for r in self.failures) else max(codes)
+        return exit_code(self.results)
 
 
 @dataclass(frozen=True)
@@ -321,38 +302,25 @@ class AttestationVerifier:
     def _evaluate(
         self, data: bytes, policy: Check, *, fail_fast: bool
     ) -> tuple[list[CheckResult], SignedAttestation | None, tuple[x509.Certificate, ...], datetime | None]:
-        results: list[CheckResult] = []
-        failed = object()
-
-        def step(name: str, fn: Callable[..., T], *args: Any) -> T | object:
-            try:
-                out = fn(*args)
-            except VerifyError as e:
-                if fail_fast:
-                    raise
-                results.append(CheckResult(name, e))
-                return failed
-            results.append(CheckResult(name))
-            return out
-
-        signed = step("structure", lambda: parse_document(data, limits=self._limits))
+        checks = CheckRunner(fail_fast=fail_fast)
+        signed = checks.run("structure", lambda: parse_document(data, limits=self._limits))
         if not isinstance(signed, SignedAttestation):
-            return results, None, (), None
+            return checks.results, None, (), None
         doc = signed.document
         at = self._validation_time(doc)
         chain: tuple[x509.Certificate, ...] = ()
-        step("alg", _check_alg, signed.alg)
-        certs = step("certificates", _load_certificates, doc)
+        checks.run("alg", _check_alg, signed.alg)
+        certs = checks.run("certificates", _load_certificates, doc)
         if isinstance(certs, tuple):
             leaf, cabundle = certs
-            got = step("chain", self._verify_chain, leaf, cabundle, doc.cabundle, at)
+            got = checks.run("chain", self._verify_chain, leaf, cabundle, doc.cabundle, at)
             if isinstance(got, tuple):
                 chain = got
-            step("timestamp", _check_timestamp, leaf, doc.timestamp)
-            step("signature", _check_signature, leaf, signed.cose)
+            checks.run("timestamp", _check_timestamp, leaf, doc.timestamp)
+            checks.run("signature", _check_signature, leaf, signed.cose)
         for check in leaf_checks(policy):
-            step(check.name, check.verify, doc)
-        return results, signed, chain, at
+            checks.run(check.name, check.verify, doc)
+        return checks.results, signed, chain, at
 
     def verify(self, data: bytes, policy: Check) -> VerifiedAttestation:
         """Verify a raw document and apply `policy`; stops at the first failure.
