@@ -167,3 +167,26 @@ def test_open_nsm_pins_a_saved_root(tmp_path) -> None:
     assert (tmp_path / "ca" / "root.key.pem").stat().st_mode & 0o077 == 0
     nsm = open_nsm(True, device_path=tmp_path / "nsm", emulator_ca_dir=tmp_path / "ca")
     assert isinstance(nsm, EmulatedNsm) and nsm.root_pem == ca.root_pem
+
+
+def test_open_nsm_reads_pcrs_and_ca_from_fw_cfg(tmp_path) -> None:
+    # The guest's sysfs layout for `-fw_cfg name=opt/sentinel/<name>,file=...`.
+    fw_cfg = tmp_path / "opt" / "sentinel"
+    (fw_cfg / "pcrs").mkdir(parents=True)
+    (fw_cfg / "nsm-ca").mkdir()
+    (fw_cfg / "pcrs" / "raw").write_text('{"Measurements": {"PCR0": "' + "0a" * 48 + '"}}')
+    ca = EmulatorCa.generate()
+    (fw_cfg / "nsm-ca" / "raw").write_bytes(ca.pem_bundle())
+    nsm = open_nsm(True, device_path=tmp_path / "nsm", fw_cfg_dir=fw_cfg)
+    assert isinstance(nsm, EmulatedNsm)
+    assert nsm.root_pem == ca.root_pem
+    assert nsm.describe_pcr(0).value == b"\x0a" * 48
+
+
+def test_bad_fw_cfg_ca_bundle_is_a_config_error(tmp_path) -> None:
+    from enclave.nsm.errors import NsmConfigError
+
+    (tmp_path / "nsm-ca").mkdir()
+    (tmp_path / "nsm-ca" / "raw").write_bytes(EmulatorCa.generate().root_pem)  # no key
+    with pytest.raises(NsmConfigError, match="no PKCS#8 private key"):
+        open_nsm(True, device_path=tmp_path / "nsm", fw_cfg_dir=tmp_path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from enclave.nsm._client import PcrState
@@ -69,6 +70,7 @@ def open_nsm(
     device_path: str | os.PathLike[str] | None = None,
     emulator_pcrs: object | None = None,
     emulator_ca_dir: str | os.PathLike[str] | None = None,
+    fw_cfg_dir: str | os.PathLike[str] | None = None,
 ) -> Nsm:
     """The device at `device_path` (/dev/nsm), or the emulator when it is absent and allowed.
 
@@ -76,8 +78,10 @@ def open_nsm(
         allow_emulator: True only for development images; production passes False.
         device_path: the device node (default /dev/nsm).
         emulator_pcrs: the emulator's PCR source (see `enclave.nsm.pcrs.load_pcrs`); by default the
-            file QEMU passes through fw_cfg when present, else all-zero PCRs.
-        emulator_ca_dir: a directory saved by `EmulatorCa.save` to pin the root (default: a new root).
+            file QEMU passes through fw_cfg (`opt/sentinel/pcrs`) when present, else all-zero PCRs.
+        emulator_ca_dir: a directory saved by `EmulatorCa.save` to pin the root; by default the PEM
+            bundle QEMU passes through fw_cfg (`opt/sentinel/nsm-ca`) when present, else a new root.
+        fw_cfg_dir: where the guest sees fw_cfg's `opt/sentinel` entries (tests point it elsewhere).
 
     Raises:
         NsmUnavailable: no device, and the emulator is not allowed.
@@ -95,12 +99,21 @@ def open_nsm(
 
     from enclave.nsm.ca import EmulatorCa
     from enclave.nsm.emulator import EmulatedNsm
-    from enclave.nsm.pcrs import FW_CFG_PCRS_PATH
+    from enclave.nsm.pcrs import FW_CFG_CA, FW_CFG_DIR, FW_CFG_PCRS
 
+    fw_cfg = Path(fw_cfg_dir) if fw_cfg_dir is not None else FW_CFG_DIR
     pcrs = emulator_pcrs
-    if pcrs is None and FW_CFG_PCRS_PATH.exists():
-        pcrs = FW_CFG_PCRS_PATH
-    ca = EmulatorCa.load(emulator_ca_dir) if emulator_ca_dir is not None else None
+    if pcrs is None and (fw_cfg / FW_CFG_PCRS / "raw").exists():
+        pcrs = fw_cfg / FW_CFG_PCRS / "raw"
+    ca = None
+    if emulator_ca_dir is not None:
+        ca = EmulatorCa.load(emulator_ca_dir)
+    elif (fw_cfg / FW_CFG_CA / "raw").exists():
+        try:
+            bundle = (fw_cfg / FW_CFG_CA / "raw").read_bytes()
+        except OSError as e:
+            raise NsmConfigError(f"cannot read the emulator CA from fw_cfg: {e.strerror}") from e
+        ca = EmulatorCa.from_pem_bundle(bundle)
     nsm = EmulatedNsm(ca=ca, pcrs=pcrs)  # type: ignore[arg-type]
     logger.warning(
         "no Nitro Secure Module (%s): using the NSM EMULATOR %s (development only; PCRs from %s)",

@@ -179,6 +179,37 @@ class EmulatorCa:
             raise NsmConfigError(f"{base / ROOT_KEY_FILE} is not an EC private key")
         return cls(key, root)
 
+    @classmethod
+    def from_pem_bundle(cls, data: bytes) -> EmulatorCa:
+        """The root from one PEM text holding its certificate and its private key (`pem_bundle()`).
+
+        This single-file form is what the QEMU boot passes to the guest through fw_cfg.
+
+        Raises:
+            NsmConfigError: no certificate or no EC private key in `data`.
+        """
+        try:
+            root = x509.load_pem_x509_certificate(data)
+            start = data.find(b"-----BEGIN PRIVATE KEY-----")
+            if start < 0:
+                raise ValueError("no PKCS#8 private key block")
+            key = serialization.load_pem_private_key(data[start:], None)
+        except ValueError as e:
+            raise NsmConfigError(
+                f"the emulator CA bundle is not a PEM certificate and key: {e}"
+            ) from e
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise NsmConfigError("the emulator CA bundle's key is not an EC private key")
+        return cls(key, root)
+
+    def pem_bundle(self) -> bytes:
+        """The root certificate then its private key, PEM (development secret: the emulator's CA)."""
+        return self.root_pem + self._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write root.pem (public) and root.key.pem (mode 0600) into `directory`."""
         base = Path(directory)

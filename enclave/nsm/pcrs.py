@@ -22,9 +22,22 @@ from pathlib import Path
 
 from enclave.nsm.errors import NsmConfigError
 
-__all__ = ["FW_CFG_PCRS_PATH", "PCR_BYTES", "PCR_COUNT", "load_pcrs", "parse_pcrs_json"]
+__all__ = [
+    "FW_CFG_CA",
+    "FW_CFG_DIR",
+    "FW_CFG_PCRS",
+    "FW_CFG_PCRS_PATH",
+    "PCR_BYTES",
+    "PCR_COUNT",
+    "load_pcrs",
+    "parse_pcrs_json",
+]
 
-FW_CFG_PCRS_PATH = Path("/sys/firmware/qemu_fw_cfg/by_name/opt/sentinel/pcrs/raw")
+# QEMU `-fw_cfg name=opt/sentinel/<NAME>,file=...` appears in the guest as FW_CFG_DIR/<NAME>/raw.
+FW_CFG_DIR = Path("/sys/firmware/qemu_fw_cfg/by_name/opt/sentinel")
+FW_CFG_PCRS = "pcrs"  # JSON: measurements / nitro-cli shape
+FW_CFG_CA = "nsm-ca"  # PEM: emulator root certificate + its key (EmulatorCa.pem_bundle())
+FW_CFG_PCRS_PATH = FW_CFG_DIR / FW_CFG_PCRS / "raw"
 PCR_BYTES = 48
 PCR_COUNT = 32
 _EIF_MAGIC = b".eif"
