@@ -1,0 +1,153 @@
+"""Fetching pinned inputs with the real clients (apt-get, pip) from local registries.
+
+A flat Debian repository (built with dpkg-deb, indexed by hand) served as `file:` and a pip
+find-links directory stand in for the archive and the index: same clients, same code path, no
+network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from reproducible.cache import Cache
+from reproducible.errors import ArtifactMismatch, OfflineMiss, VersionVanished
+from reproducible.fetch import fetch_all
+from reproducible.lock import DebPin, WheelPin, load_lock
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None, reason="needs apt and dpkg"
+)
+
+
+def _make_repo(root: Path) -> str:
+    pkg = root / "pkg"
+    (pkg / "DEBIAN").mkdir(parents=True)
+    (pkg / "usr/share/sentinel-test").mkdir(parents=True)
+    (pkg / "usr/share/sentinel-test/hello").write_text("hello\n")
+    (pkg / "DEBIAN/control").write_text(
+        "Package: sentinel-test\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@example.invalid>\n"
+        "Description: test\n"
+    )
+    repo = root / "repo"
+    repo.mkdir()
+    deb = repo / "sentinel-test_1.0_all.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "-b", str(pkg), str(deb)],
+                   check=True, capture_output=True)
+    data = deb.read_bytes()
+    packages = (
+        "Package: sentinel-test\nVersion: 1.0\nArchitecture: all\n"
+        f"Maintainer: t <t@example.invalid>\nFilename: ./{deb.name}\nSize: {len(data)}\n"
+        f"SHA256: {hashlib.sha256(data).hexdigest()}\nDescription: test\n\n"
+    ).encode()
+    (repo / "Packages").write_bytes(packages)
+    (repo / "Release").write_text(
+        "Origin: test\nSuite: ./\nArchitectures: amd64 all\nSHA256:\n"
+        f" {hashlib.sha256(packages).hexdigest()} {len(packages)} Packages\n"
+    )
+    return hashlib.sha256(data).hexdigest()
+
+
+def _make_wheel(dirpath: Path) -> tuple[str, str]:
+    name = "sentineltestpkg-1.0-py3-none-any.whl"
+    path = dirpath / name
+    with zipfile.ZipFile(path, "w") as z:
+        for arc, text in (
+            ("sentineltestpkg/__init__.py", "VALUE = 1\n"),
+            ("sentineltestpkg-1.0.dist-info/METADATA",
+             "Metadata-Version: 2.1\nName: sentineltestpkg\nVersion: 1.0\n"),
+            ("sentineltestpkg-1.0.dist-info/WHEEL",
+             "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"),
+            ("sentineltestpkg-1.0.dist-info/RECORD", ""),
+        ):
+            zi = zipfile.ZipInfo(arc, (1980, 1, 1, 0, 0, 0))
+            z.writestr(zi, text)
+    return name, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def registries(tmp_path: Path, monkeypatch):
+    deb_sha = _make_repo(tmp_path)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    wheel_name, wheel_sha = _make_wheel(wheels)
+    sources = tmp_path / "local.sources"
+    sources.write_text(f"Types: deb\nURIs: file:{tmp_path / 'repo'}\nSuites: ./\nTrusted: yes\n")
+    monkeypatch.setenv("SENTINEL_APT_SOURCES", str(sources))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    base = load_lock()
+    lock = base.with_pins(
+        [DebPin("sentinel-test", "1.0", deb_sha, "runtime")],
+        [WheelPin("sentineltestpkg", "1.0", wheel_name, wheel_sha)],
+    )
+    return lock, Cache(tmp_path / "cache")
+
+
+def test_fetch_then_offline_from_cache(registries) -> None:
+    lock, cache = registries
+    got = fetch_all(lock, cache)
+    assert got.debs["sentinel-test"].read_bytes()[:8] == b"!<arch>\n"
+    assert got.debs["sentinel-test"].parent.parent == cache.root / "sha256"
+    again = fetch_all(lock, cache, offline=True)
+    assert again == got
+
+
+def test_tampered_cached_artifact_is_refused_by_name(registries) -> None:
+    lock, cache = registries
+    got = fetch_all(lock, cache)
+    path = got.debs["sentinel-test"]
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactMismatch, match=r"deb sentinel-test=1\.0: sha256 mismatch in the cache"):
+        fetch_all(lock, cache, offline=True)
+
+
+def test_registry_bytes_differing_from_the_pin_are_refused(registries) -> None:
+    lock, cache = registries
+    wrong = lock.with_pins([DebPin("sentinel-test", "1.0", "e" * 64, "runtime")], [])
+    with pytest.raises(ArtifactMismatch, match="sentinel-test=1.0: sha256 mismatch in the downloaded file"):
+        fetch_all(wrong, cache)
+    assert not cache.blob_path("e" * 64).exists()
+
+
+def test_vanished_deb_version_is_named(registries) -> None:
+    lock, cache = registries
+    gone = lock.with_pins([DebPin("sentinel-test", "0.9~gone", "a" * 64, "runtime")], [])
+    with pytest.raises(VersionVanished, match=r"sentinel-test=0\.9~gone"):
+        fetch_all(gone, cache)
+
+
+def test_vanished_wheel_version_is_named(registries) -> None:
+    lock, cache = registries
+    w = lock.wheels[0]
+    gone = lock.with_pins([], [WheelPin(w.name, "7.7", w.filename.replace("1.0", "7.7"), "b" * 64)])
+    with pytest.raises(VersionVanished, match=r"sentineltestpkg==7\.7"):
+        fetch_all(gone, cache)
+
+
+def test_offline_names_every_missing_input(registries) -> None:
+    lock, cache = registries
+    with pytest.raises(OfflineMiss) as e:
+        fetch_all(lock, cache, offline=True)
+    assert "deb sentinel-test=1.0" in str(e.value)
+    assert "wheel sentineltestpkg-1.0-py3-none-any.whl" in str(e.value)
+
+
+def test_cli_offline_with_empty_cache_is_exit_2_without_traceback(tmp_path: Path) -> None:
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "empty"))
+    res = subprocess.run(
+        [sys.executable, "-m", "reproducible", "build", "--offline", "--out", str(tmp_path / "b")],
+        capture_output=True, text=True, env=env, cwd=Path(__file__).parent.parent,
+    )
+    assert res.returncode == 2
+    assert "--offline, but not in the cache" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "b" / "sentinel.eif").exists()
