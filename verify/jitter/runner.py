@@ -1,0 +1,155 @@
+"""One jitter measurement: pin, warm up, spin, count context switches, summarize."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import resource
+from dataclasses import dataclass, field
+from typing import Any
+
+from verify.audit.cpulist import parse_cpulist
+from verify.jitter import _compiled
+from verify.jitter._spin import RawRun, spin_python
+from verify.jitter.errors import InvalidJitterOption, LoopUnavailable
+from verify.jitter.stats import GapStats, summarize
+from verify.jitter.tax import JitterTax
+
+__all__ = ["JitterConfig", "JitterReport", "default_cpu", "run_jitter"]
+
+logger = logging.getLogger(__name__)
+
+#: Stalls are also counted at these fixed thresholds, whatever --threshold says.
+DECADES_NS = (1_000, 10_000, 100_000, 1_000_000)
+WARMUP_NS = 50_000_000  # lets the CPU leave idle and the loop's code and data settle in cache
+MAX_DURATION_S = 3600.0
+
+
+@dataclass(frozen=True)
+class JitterConfig:
+    cpu: int | None = None
+    duration_s: float = 2.0
+    threshold_ns: int = 10_000
+    loop: str = "auto"  # auto | compiled | python
+
+
+@dataclass(frozen=True)
+class JitterReport:
+    cpu: int
+    cpu_isolated: bool | None
+    loop: str
+    loop_note: str
+    threshold_ns: int
+    involuntary_switches: int
+    voluntary_switches: int
+    stats: GapStats
+    raw: RawRun = field(repr=False)
+    tax: JitterTax | None = None
+
+    @property
+    def stalls_above_threshold(self) -> int:
+        return next(s.count for s in self.stats.stalls if s.threshold_ns == self.threshold_ns)
+
+    @property
+    def quiet(self) -> bool:
+        """No stall above the threshold and no involuntary context switch during the run."""
+        return self.stalls_above_threshold == 0 and self.involuntary_switches == 0
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "verdict": "quiet" if self.quiet else "noisy",
+            "cpu": self.cpu,
+            "cpu_isolated": self.cpu_isolated,
+            "loop": self.loop,
+            "loop_note": self.loop_note,
+            "threshold_ns": self.threshold_ns,
+            "stalls_above_threshold": self.stalls_above_threshold,
+            "context_switches": {
+                "involuntary": self.involuntary_switches,
+                "voluntary": self.voluntary_switches,
+            },
+            **self.stats.to_json(),
+        }
+        if self.tax is not None:
+            doc["jitter_tax"] = self.tax.to_json()
+        return doc
+
+
+def _isolated() -> frozenset[int] | None:
+    try:
+        with open("/sys/devices/system/cpu/isolated") as f:
+            return parse_cpulist(f.read())
+    except OSError:
+        return None
+
+
+def default_cpu() -> int:
+    """An isolated CPU we may run on, else the highest allowed one (CPU 0 gets most housekeeping)."""
+    allowed = os.sched_getaffinity(0)
+    isolated = (_isolated() or frozenset()) & allowed
+    return min(isolated) if isolated else max(allowed)
+
+
+def _choose_loop(kind: str) -> tuple[Any, str, str]:
+    if kind == "python":
+        return spin_python, "python", "Python loop (asked for with --loop python)"
+    compiled, why = _compiled.load()
+    if compiled is not None:
+        return compiled.spin, "compiled", why
+    if kind == "compiled":
+        raise LoopUnavailable(f"--loop compiled: {why}")
+    return spin_python, "python", f"Python loop; no compiled loop: {why}"
+
+
+def run_jitter(config: JitterConfig) -> JitterReport:
+    """Pin this thread to one CPU, spin for the duration and report the gaps.
+
+    Raises:
+        InvalidJitterOption: the CPU is not one this process may use, or a value is out of range.
+        LoopUnavailable: `loop="compiled"` and the compiled loop cannot be built here.
+    """
+    if not 0.001 <= config.duration_s <= MAX_DURATION_S:
+        raise InvalidJitterOption(
+            f"--duration {config.duration_s}: expected 0.001 to {MAX_DURATION_S:.0f} s"
+        )
+    if config.threshold_ns <= 0:
+        raise InvalidJitterOption(
+            f"--threshold {config.threshold_ns}: expected a positive number of ns"
+        )
+    if config.loop not in ("auto", "compiled", "python"):
+        raise InvalidJitterOption(f"--loop {config.loop!r}: expected auto, compiled or python")
+    allowed = os.sched_getaffinity(0)
+    cpu = default_cpu() if config.cpu is None else config.cpu
+    if cpu not in allowed:
+        raise InvalidJitterOption(
+            f"--cpu {cpu}: this process may only run on CPUs {sorted(allowed)} (got {cpu})"
+        )
+    spin, loop, note = _choose_loop(config.loop)
+    duration_ns = int(config.duration_s * 1e9)
+    gc_was_enabled = gc.isenabled()
+    os.sched_setaffinity(0, {cpu})
+    try:
+        gc.disable()  # a collection inside the loop would be the tool's own stall, not the host's
+        spin(WARMUP_NS)
+        before = resource.getrusage(resource.RUSAGE_THREAD)
+        raw = spin(duration_ns)
+        after = resource.getrusage(resource.RUSAGE_THREAD)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+        os.sched_setaffinity(0, allowed)
+    isolated = _isolated()
+    stats = summarize(raw, {config.threshold_ns, *DECADES_NS})
+    logger.debug("jitter run on cpu %d: %d iterations", cpu, stats.iterations)
+    return JitterReport(
+        cpu=cpu,
+        cpu_isolated=None if isolated is None else cpu in isolated,
+        loop=loop,
+        loop_note=note,
+        threshold_ns=config.threshold_ns,
+        involuntary_switches=after.ru_nivcsw - before.ru_nivcsw,
+        voluntary_switches=after.ru_nvcsw - before.ru_nvcsw,
+        stats=stats,
+        raw=raw,
+    )
