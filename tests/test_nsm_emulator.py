@@ -10,6 +10,8 @@ from pathlib import Path
 import cbor2
 import pytest
 from cryptography import x509
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nsm_support import PAYLOAD_KEYS, DocumentInvalid, verify_document
 
 from enclave.nsm import NsmConfigError, NsmRequestRejected
@@ -261,3 +263,37 @@ def test_pcrs_from_an_eif_match_verify(tmp_path: Path, ca: EmulatorCa) -> None:
     nsm = EmulatedNsm(ca=ca, pcrs=eif, clock=Clock(T0))
     body = verify_document(nsm.attestation(), ca.root)
     assert {i: body["pcrs"][i] for i in expected} == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.binary(max_size=200)
+    | st.builds(
+        cbor2.dumps,
+        st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers()
+            | st.binary(max_size=8)
+            | st.text(max_size=12),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(st.text(max_size=12), inner, max_size=3)
+            ),
+            max_leaves=8,
+        ),
+    )
+)
+def test_device_answers_every_input_with_a_valid_response(ca: EmulatorCa, data: bytes) -> None:
+    device = EmulatedDevice(ca=ca)
+    response = c.decode_response(device.handle(data))
+    assert isinstance(response, c.Response.__args__)  # type: ignore[attr-defined]
+
+
+def test_both_implementations_satisfy_the_protocol(nsm: EmulatedNsm) -> None:
+    from enclave.nsm import Nsm
+    from enclave.nsm.device import DeviceNsm
+
+    assert isinstance(nsm, Nsm)
+    with DeviceNsm("/dev/null") as device:
+        assert isinstance(device, Nsm)

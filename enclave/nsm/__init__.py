@@ -22,6 +22,7 @@ from enclave.nsm.errors import (
     NsmTransportError,
     NsmUnavailable,
 )
+from enclave.nsm.pcrs import PcrSource
 
 __all__ = [
     "Nsm",
@@ -68,7 +69,7 @@ def open_nsm(
     allow_emulator: bool,
     *,
     device_path: str | os.PathLike[str] | None = None,
-    emulator_pcrs: object | None = None,
+    emulator_pcrs: PcrSource | None = None,
     emulator_ca_dir: str | os.PathLike[str] | None = None,
     fw_cfg_dir: str | os.PathLike[str] | None = None,
 ) -> Nsm:
@@ -114,7 +115,7 @@ def open_nsm(
         except OSError as e:
             raise NsmConfigError(f"cannot read the emulator CA from fw_cfg: {e.strerror}") from e
         ca = EmulatorCa.from_pem_bundle(bundle)
-    nsm = EmulatedNsm(ca=ca, pcrs=pcrs)  # type: ignore[arg-type]
+    nsm = EmulatedNsm(ca=ca, pcrs=pcrs)
     logger.warning(
         "no Nitro Secure Module (%s): using the NSM EMULATOR %s (development only; PCRs from %s)",
         reason,
