@@ -61,6 +61,9 @@ class RouterConfig:
     # Filling a nonce gap (a transaction that can never land, or a node that over-reported our
     # nonce) uses a zero-value transfer to ourselves; the signer's policy must allow it.
     fill_gaps: bool = True
+    # Sign each landed transaction's reorg replacement ahead of time (one extra signature per
+    # transaction, off the reorg path); the reorg path then only picks it up.
+    presign_replacements: bool = True
 
     def __post_init__(self) -> None:
         if not self.rpc_urls:
@@ -398,6 +401,7 @@ class Router:
             self.decision_us.append((time.perf_counter_ns() - received_ns) / 1000)
             self.counters["reorgs"] += 1
             self.counters["resigned"] += sum(r.resigned for r in results)
+            self.counters["resigned_from_standby"] += sum(r.from_standby for r in results)
             log.warning("reorg", extra={
                 "depth": len(update.removed), "ancestor": update.ancestor.number
                 if update.ancestor else None, "affected": [r.flight.nonce for r in results]})
@@ -416,6 +420,7 @@ class Router:
         """Record which of our transactions the added blocks hold."""
         if not self.nonces.all():
             return
+        landed: list[InFlight] = []
         for h in update.added:
             try:
                 block = await self._any(lambda rpc, bh=h.hash: rpc.block_by_hash(bh))
@@ -428,6 +433,12 @@ class Router:
                 flight = self.nonces.by_hash(tx_hash)
                 if flight is not None and flight.state is not TxState.FAILED:
                     self.nonces.mark_landed(flight, Landed(h.number, h.hash, tx_hash))
+                    landed.append(flight)
+        if self.config.presign_replacements:
+            base = self.view.tip.base_fee if self.view.tip else None
+            for flight in landed:
+                if flight.standby is None and flight.state is TxState.LANDED:
+                    self.counters["presigned"] += self.reactor.presign(flight, base)
 
     async def _on_connect(self) -> None:
         """After every (re)subscription: catch up on missed heads, re-send what is pending (a

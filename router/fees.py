@@ -8,12 +8,14 @@ least that, and replacements are computed with ceiling division so rounding neve
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 GWEI = 10**9
 
 
-@dataclass(frozen=True)
-class Fees:
+class Fees(NamedTuple):
+    """EIP-1559 fees of one signature (a NamedTuple: built on the reorg hot path)."""
+
     max_fee_per_gas: int
     max_priority_fee_per_gas: int
 
@@ -65,20 +67,25 @@ class FeePolicy:
 
         With `replace` the result must satisfy the bump rule (None when the cap forbids it, and
         the caller re-broadcasts the old bytes instead); otherwise fresh fees, never below `old`.
+        Written out flat: it runs once per affected transaction on the reorg path.
         """
-        fresh = self.fresh(base_fee)
-        if not replace:
-            return Fees(
-                max(fresh.max_fee_per_gas, old.max_fee_per_gas),
-                max(fresh.max_priority_fee_per_gas, old.max_priority_fee_per_gas),
-            )
-        bumped = self.bump(old)
-        if bumped is None:
-            return None
-        return Fees(
-            max(fresh.max_fee_per_gas, bumped.max_fee_per_gas),
-            max(fresh.max_priority_fee_per_gas, bumped.max_priority_fee_per_gas),
-        )
+        cap = self.max_fee_cap
+        max_fee = base_fee * self.base_fee_multiplier_percent // 100 + self.priority_fee
+        if max_fee > cap:
+            max_fee = cap
+        tip = self.priority_fee
+        old_max, old_tip = old
+        if replace:
+            pct = 100 + self.bump_percent
+            old_max = -(-old_max * pct // 100)
+            if old_max > cap:
+                return None
+            old_tip = -(-old_tip * pct // 100)
+        if old_max > max_fee:
+            max_fee = old_max
+        if old_tip > tip:
+            tip = old_tip
+        return Fees(max_fee, tip)
 
 
 def _bumped(value: int, percent: int) -> int:

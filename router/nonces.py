@@ -51,6 +51,8 @@ class InFlight:
     last_sent_head: int = -1
     last_sent_time: float = 0.0
     error: RouterError | None = None
+    #: A replacement signed ahead of time (fees, raw, hash) for the reorg path; see core.presign.
+    standby: tuple[Fees, bytes, bytes] | None = None
 
     def __repr__(self) -> str:  # raw bytes stay out of logs and reprs
         return (
@@ -151,6 +153,7 @@ class NonceManager:
     def replace_signature(self, flight: InFlight, raw: bytes, tx_hash: bytes, fees: Fees) -> None:
         """A new signature for the same nonce (fee bump or re-sign after a reorg)."""
         flight.raw, flight.hash, flight.fees = raw, tx_hash, fees
+        flight.standby = None  # priced against the previous signature
         flight.signatures += 1
         if tx_hash not in flight.hashes:
             flight.hashes.append(tx_hash)

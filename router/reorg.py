@@ -9,7 +9,7 @@ Broadcasting is the caller's next step.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import RouterError
 from .fees import FeePolicy
@@ -20,11 +20,11 @@ from .signing import TxSigner, build_tx
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Resigned:
+class Resigned(NamedTuple):
     flight: InFlight
     resigned: bool  # False: the old bytes are re-sent (fee cap reached or the signer refused)
     error: RouterError | None = None
+    from_standby: bool = False
 
 
 class ReorgReactor:
@@ -47,11 +47,21 @@ class ReorgReactor:
         out: list[Resigned] = []
         policy = self.policy
         base = base_fee or 0
+        replace = policy.bump_on_reorg
         for flight in flights:
-            fees = policy.for_resign(base, flight.fees, replace=policy.bump_on_reorg)
+            fees = policy.for_resign(base, flight.fees, replace=replace)
             if fees is None:
                 out.append(Resigned(flight, False))
                 continue
+            standby = flight.standby
+            if standby is not None:
+                sb_fees = standby[0]
+                # A replacement signed ahead of time serves when it pays at least what the
+                # policy asks now (it was signed under the signer's policy like any other).
+                if sb_fees[0] >= fees[0] and sb_fees[1] >= fees[1]:
+                    self.nonces.replace_signature(flight, standby[1], standby[2], sb_fees)
+                    out.append(Resigned(flight, True, None, True))
+                    continue
             try:
                 signed = self.signer.sign_tx(build_tx(self.chain_id, flight.nonce, flight.intent, fees))
             except RouterError as e:
@@ -62,6 +72,24 @@ class ReorgReactor:
             self.nonces.replace_signature(flight, signed.raw, signed.hash, fees)
             out.append(Resigned(flight, True))
         return out
+
+    def presign(self, flight: InFlight, base_fee: int | None) -> bool:
+        """Sign the replacement a reorg would need, ahead of time, priced for the base fee one
+        block later at its highest (+12.5 %), so that the reorg path only has to pick it up.
+        Returns False when the policy or the signer refuses (the reorg path then signs)."""
+        base = base_fee or 0
+        fees = self.policy.for_resign(base + -(-base // 8), flight.fees,
+                                      replace=self.policy.bump_on_reorg)
+        if fees is None:
+            return False
+        try:
+            signed = self.signer.sign_tx(build_tx(self.chain_id, flight.nonce, flight.intent, fees))
+        except RouterError as e:
+            log.info("standby signature refused", extra={"nonce": flight.nonce,
+                                                         "error": e.diagnostics()})
+            return False
+        flight.standby = (fees, signed.raw, signed.hash)
+        return True
 
     def react(self, update: ChainUpdate) -> list[Resigned]:
         """affected + resign: the whole synchronous decision for one header."""

@@ -22,12 +22,13 @@ def _check_chain(anvil, intents, n_nonces: int) -> None:
         assert balance(anvil, intent.to) == intent.value, intent.id
 
 
+@pytest.mark.parametrize("presign", [True, False], ids=["standby", "cold"])
 @pytest.mark.parametrize("depth", [1, 3], ids=["depth1", "depth3"])
-def test_reorg_dropping_our_transactions_resigns_and_relands(anvil, depth: int) -> None:
+def test_reorg_dropping_our_transactions_resigns_and_relands(anvil, depth: int, presign) -> None:
     intents = transfers(depth, tag=f"drop{depth}")
 
     async def main() -> None:
-        async with running_router(anvil) as router:
+        async with running_router(anvil, presign_replacements=presign) as router:
             handles = [await router.submit(i) for i in intents]  # one block each (automine)
             first = [await h.receipt(timeout=20) for h in handles]
             old_blocks = {r["blockHash"] for r in first}
@@ -35,6 +36,8 @@ def test_reorg_dropping_our_transactions_resigns_and_relands(anvil, depth: int) 
             anvil.rpc("anvil_reorg", depth, [])
             await wait_for(lambda: router.counters["reorgs"] >= 1, what="reorg detection")
             assert router.counters["resigned"] == depth
+            # with presigning the reorg path only picked up replacements signed ahead of time
+            assert router.counters["resigned_from_standby"] == (depth if presign else 0)
             again = [await h.receipt(timeout=20) for h in handles]
             assert not old_blocks & {r["blockHash"] for r in again}
             assert all(h.state is TxState.LANDED for h in handles)
