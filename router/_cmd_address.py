@@ -15,13 +15,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--json", action="store_true", help="print {address, public_key} as JSON on stdout"
     )
+    parser.add_argument(
+        "--connect-timeout", type=float, default=5.0, metavar="S",
+        help="keep retrying the connection for up to S seconds (default 5)",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from router.signer_client import SignerClient
 
-    with SignerClient.connect(args.signer) as client:
+    with SignerClient.connect(args.signer, connect_timeout=args.connect_timeout) as client:
         info = client.address()
     if args.json:
         emit_json({"address": info.address, "public_key": "0x" + info.public_key.hex()})

@@ -23,6 +23,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--tx", required=True, metavar="TX.json", help="transaction file ('-' reads stdin)"
     )
     parser.add_argument("--json", action="store_true", help="print {raw, hash} as JSON on stdout")
+    parser.add_argument(
+        "--connect-timeout", type=float, default=5.0, metavar="S",
+        help="keep retrying the connection for up to S seconds (default 5)",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -44,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from router.txjson import parse_tx
 
     tx = parse_tx(_read_tx(args.tx))
-    with SignerClient.connect(args.signer) as client:
+    with SignerClient.connect(args.signer, connect_timeout=args.connect_timeout) as client:
         signed = client.sign_tx(tx)
     if args.json:
         emit_json({"raw": "0x" + signed.raw.hex(), "hash": "0x" + signed.hash.hex()})
