@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import boto3
-from asn1crypto import algos, cms, core, keys
+from asn1crypto import algos, cms, core
 from botocore.config import Config
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, padding, serialization
@@ -51,16 +51,15 @@ def _indefinite(tag: int, *parts: bytes) -> bytes:
 
 
 def oaep_sha256_algorithm(hash_name: str = "sha256") -> cms.KeyEncryptionAlgorithm:
+    # KMS writes the digest AlgorithmIdentifiers with explicit NULL parameters.
+    digest = {"algorithm": hash_name, "parameters": core.Null()}
     return cms.KeyEncryptionAlgorithm(
         {
             "algorithm": "rsaes_oaep",
             "parameters": algos.RSAESOAEPParams(
                 {
-                    "hash_algorithm": {"algorithm": hash_name},
-                    "mask_gen_algorithm": {
-                        "algorithm": "mgf1",
-                        "parameters": {"algorithm": hash_name},
-                    },
+                    "hash_algorithm": digest,
+                    "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": digest},
                 }
             ),
         }
@@ -74,7 +73,7 @@ def build_enveloped_data(
     style: str = "ber",
     oaep_hash: str = "sha256",
     content_algorithm: str = "aes256_cbc",
-    chunk: int = 64,
+    chunk: int = 4096,
     pad: bool = True,
 ) -> bytes:
     """A CMS EnvelopedData of `plaintext` to the RSA key `recipient_public_der` (SPKI DER).
@@ -95,8 +94,8 @@ def build_enveloped_data(
             mgf=asym_padding.MGF1(oaep_hash_obj), algorithm=oaep_hash_obj, label=None
         ),
     )
-    spki = keys.PublicKeyInfo.load(recipient_public_der)
-    ski = hashlib.sha1(spki["public_key"].contents[1:]).digest()  # RFC 5280 method 1
+    # KMS's identifier is 32 bytes; what it hashes is not documented and nothing depends on it.
+    ski = hashlib.sha256(recipient_public_der).digest()
     ktri = cms.KeyTransRecipientInfo(
         {
             "version": "v2",

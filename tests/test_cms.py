@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from asn1crypto import cms
 from cryptography.hazmat.primitives import serialization
@@ -10,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kms_support import build_enveloped_data
 
-from enclave._cms import CmsError, open_enveloped_data
+from enclave._cms import CmsError, open_enveloped_data, parse_enveloped_data
 
 SECRET = bytes.fromhex("4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318")
 
@@ -104,3 +106,41 @@ def test_random_corruption_never_crashes(key: rsa.RSAPrivateKey, data: st.DataOb
         assert SECRET.hex() not in str(e)
     else:
         assert isinstance(out, bytearray)
+
+
+# --- AWS's published KMS response (tests/assets/kms/README.md) ---------------------------------
+
+
+def test_real_kms_envelope_parses_to_the_published_parts(asset) -> None:
+    data = asset("kms/ciphertext_for_recipient.ber").read_bytes()
+    parts = json.loads(asset("kms/ciphertext_for_recipient.parts.json").read_text())
+    envelope = parse_enveloped_data(data)
+    assert envelope.encrypted_keys == (bytes.fromhex(parts["encrypted_key"]),)
+    assert envelope.iv == bytes.fromhex(parts["iv"])
+    assert envelope.ciphertext == bytes.fromhex(parts["ciphertext"])
+
+
+def test_real_kms_envelope_with_our_key_is_refused_cleanly(asset, key: rsa.RSAPrivateKey) -> None:
+    data = asset("kms/ciphertext_for_recipient.ber").read_bytes()
+    with pytest.raises(CmsError, match="no recipient's encrypted key opens"):
+        open_enveloped_data(data, key)
+
+
+def test_test_server_envelopes_have_kms_layout(asset, key: rsa.RSAPrivateKey) -> None:
+    """The test KMS's envelopes equal AWS's byte for byte outside the random fields."""
+    real = asset("kms/ciphertext_for_recipient.ber").read_bytes()
+    parts = json.loads(asset("kms/ciphertext_for_recipient.parts.json").read_text())
+    ours = build_enveloped_data(SECRET, spki(key))  # 32-byte secret -> 48-byte content, as AWS's
+    assert len(ours) == len(real)
+    mine = parse_enveloped_data(ours)
+    masked_real, masked_ours = bytearray(real), bytearray(ours)
+    ski_at = real.index(bytes.fromhex("80 20".replace(" ", ""))) + 2
+    for buf, values in (
+        (masked_real, [bytes.fromhex(parts[k]) for k in ("encrypted_key", "iv", "ciphertext")]),
+        (masked_ours, [mine.encrypted_keys[0], mine.iv, mine.ciphertext]),
+    ):
+        buf[ski_at : ski_at + 32] = bytes(32)
+        for value in values:
+            at = bytes(buf).index(value)
+            buf[at : at + len(value)] = bytes(len(value))
+    assert masked_ours == masked_real
