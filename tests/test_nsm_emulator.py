@@ -19,7 +19,7 @@ from enclave.nsm import _codec as c
 from enclave.nsm.ca import EmulatorCa
 from enclave.nsm.emulator import EmulatedDevice, EmulatedNsm
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "attestation"
+AWS_ROOT = Path(__file__).resolve().parents[1] / "verify" / "attestation" / "aws_nitro_root_g1.pem"
 T0 = dt.datetime(2026, 3, 1, 12, 0, 0, 500000, tzinfo=dt.UTC)
 
 
@@ -100,11 +100,11 @@ def test_every_single_byte_change_fails(nsm: EmulatedNsm, ca: EmulatorCa) -> Non
     assert passed == []
 
 
-def test_oracle_accepts_real_aws_documents() -> None:
+def test_oracle_accepts_real_aws_documents(asset) -> None:
     # The oracle reads AWS's own format: the same checks pass on documents from Nitro hardware.
-    root = x509.load_pem_x509_certificate((SHARED / "aws_nitro_root_g1.pem").read_bytes())
+    root = x509.load_pem_x509_certificate(AWS_ROOT.read_bytes())
     for name in ("eternis_example_2024.bin", "evervault_beta_valid_2022.bin"):
-        body = verify_document((SHARED / name).read_bytes(), root)
+        body = verify_document(asset(f"attestation/{name}").read_bytes(), root)
         assert len(body["pcrs"]) == 16 and len(body["cabundle"]) == 4
 
 
