@@ -155,3 +155,16 @@ def test_check_header(args: tuple[bytes, int, int], code: ErrorCode) -> None:
         _wire.check_header(*args)
     assert info.value.code == code
     _wire.check_header(b"SN", 1, _wire.MAX_PAYLOAD)
+
+
+def test_protocol_md_example_is_true() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "enclave" / "PROTOCOL.md").read_text()
+    request = _wire.pack_frame(_wire.Op.PING, 7)
+    answer = _wire.pack_frame(_wire.Op.PING | _wire.RESPONSE_BIT, 7)
+    assert " ".join(f"{b:02x}" for b in request) in doc
+    assert " ".join(f"{b:02x}" for b in answer) in doc
+    for code in ErrorCode:
+        assert f"| {code.value:<4} | {code.name:<17} |" in doc
+    assert f"MAX_PAYLOAD` = {_wire.MAX_PAYLOAD}" in doc
