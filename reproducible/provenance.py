@@ -1,0 +1,101 @@
+"""Build provenance: an in-toto Statement v1 with a SLSA provenance v1 predicate.
+
+Everything comes from the build's measurements file (`Sentinel` member: version, mode,
+SOURCE_DATE_EPOCH, pinned inputs with their digests) plus the source commit, and no wall-clock time
+goes in, so rebuilding the same commit gives byte-identical provenance.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from reproducible.errors import BuildError
+from verify.measurements import PublishedMeasurements
+from verify.signed_release import SLSA_PROVENANCE_TYPE, STATEMENT_TYPE
+
+__all__ = ["BUILD_TYPE", "BUILDER_ID", "dumps_provenance", "git_commit", "provenance_statement"]
+
+BUILD_TYPE = "urn:sentinel:reproducible-build:v1"
+BUILDER_ID = "urn:sentinel:builder:python-m-reproducible"
+
+
+def git_commit(repo: Path) -> str | None:
+    """The checked-out commit of `repo`, or None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if len(commit) == 40 else None
+
+
+def _dependency(item: dict[str, Any]) -> dict[str, Any]:
+    digest = item.get("sha256")
+    if not isinstance(digest, str) or not isinstance(item.get("name"), str):
+        raise BuildError(f"measurements input without name and sha256: {item!r}")
+    annotations = {k: v for k, v in item.items() if k not in ("name", "sha256")}
+    entry: dict[str, Any] = {"name": item["name"], "digest": {"sha256": digest}}
+    if annotations:
+        entry["annotations"] = annotations
+    return entry
+
+
+def provenance_statement(
+    measurements: PublishedMeasurements,
+    *,
+    eif_name: str,
+    builder_version: str,
+    source_commit: str | None,
+) -> dict[str, Any]:
+    """The provenance of the EIF the measurements describe.
+
+    Raises:
+        BuildError: the measurements file lacks the `Sentinel` build description.
+    """
+    sentinel = measurements.sentinel
+    if sentinel is None:
+        raise BuildError(f"{measurements.source}: no Sentinel member; not a Sentinel build's output")
+    for key in ("version", "mode", "source_date_epoch", "eif_sha256", "inputs"):
+        if key not in sentinel:
+            raise BuildError(f"{measurements.source}: Sentinel.{key} missing")
+    dependencies = [_dependency(item) for item in sentinel["inputs"]]
+    if source_commit is not None:
+        dependencies.insert(0, {"name": "sentinel source", "digest": {"gitCommit": source_commit}})
+    internal = {
+        "source_date_epoch": sentinel["source_date_epoch"],
+        **{k: sentinel[k] for k in ("kernel_version", "cmdline") if k in sentinel},
+    }
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": eif_name, "digest": {"sha256": sentinel["eif_sha256"]}}],
+        "predicateType": SLSA_PROVENANCE_TYPE,
+        "predicate": {
+            "buildDefinition": {
+                "buildType": BUILD_TYPE,
+                "externalParameters": {"version": sentinel["version"], "mode": sentinel["mode"]},
+                "internalParameters": internal,
+                "resolvedDependencies": dependencies,
+            },
+            "runDetails": {
+                "builder": {
+                    "id": BUILDER_ID,
+                    "version": {"sentinel-reproducible": builder_version},
+                },
+                "metadata": {"invocationId": f"sentinel-{sentinel['version']}-{sentinel['mode']}"},
+            },
+        },
+    }
+
+
+def dumps_provenance(statement: dict[str, Any]) -> bytes:
+    """Stable JSON bytes (sorted keys) so equal statements are equal files."""
+    return (json.dumps(statement, indent=2, sort_keys=True) + "\n").encode()
