@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import logging
+import os
 import socket
+import subprocess
+import sys
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -309,3 +313,70 @@ def test_explicit_wire_logging_still_does_not_leak(
     assert "CreateKey" in caplog.text or "create_key" in caplog.text.lower()  # wire logs were on
     for form in secret_forms(SECRET):
         assert form not in caplog.text
+
+
+# --- python -m enclave kms-blob ------------------------------------------------------------------
+
+
+def run_kms_blob(kms: RecipientKmsServer, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    env.pop("AWS_PROFILE", None)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "enclave",
+            "kms-blob",
+            "--region",
+            "us-east-1",
+            "--endpoint-url",
+            kms.endpoint,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_kms_blob_cli_creates_a_loadable_key(
+    kms: RecipientKmsServer, nsm: EmulatedNsm, tmp_path: Path
+) -> None:
+    client, key_id = new_key(kms)
+    out = tmp_path / "signer.kms"
+    r = run_kms_blob(
+        kms, "--key-id", key_id, "--out", str(out), "--context", "sentinel=signer", "--json"
+    )
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    key = load_kms_key(
+        out, nsm=nsm, client=client, key_id=key_id, encryption_context={"sentinel": "signer"}
+    )
+    assert key.address == info["address"] and info["key_id"] == key_id
+    assert info["address"] in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--context", "novalue"], "expected KEY=VALUE"),
+        (["--exists"], "exists; pass --force"),
+        (["--key-id-unknown"], "KMS"),
+    ],
+    ids=["bad_context", "exists", "unknown_key"],
+)
+def test_kms_blob_cli_errors(
+    kms: RecipientKmsServer, tmp_path: Path, args: list[str], message: str
+) -> None:
+    client, key_id = new_key(kms)
+    out = tmp_path / "signer.kms"
+    if args == ["--exists"]:
+        out.write_bytes(b"old")
+        args = []
+    if args == ["--key-id-unknown"]:
+        key_id, args = "alias/does-not-exist", []
+    r = run_kms_blob(kms, "--key-id", key_id, "--out", str(out), *args)
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr
