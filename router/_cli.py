@@ -30,7 +30,7 @@ from rich.markup import escape
 from router.errors import RouterError
 
 #: Subcommand modules, `router._cmd_<name>`; order is the order of `--help`.
-COMMANDS: tuple[str, ...] = ("sign-tx", "address")
+COMMANDS: tuple[str, ...] = ("sign-tx", "address", "run", "submit")
 
 
 def stderr_console() -> Console:

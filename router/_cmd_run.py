@@ -1,0 +1,74 @@
+"""`python -m router run --config FILE`: the router as a service.
+
+Connects to the signer (checking the configured sender against the signer's key), starts the
+router on the configured endpoints and serves the local API (router/api.py) until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+
+from router._cli import stderr_console
+from router.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("run", help="run the router service (TOML configuration)")
+    parser.add_argument("--config", required=True, metavar="FILE", help="router TOML file")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from router.config import load_config
+    from router.core import RouterConfig
+    from router.signer_client import SignerClient
+
+    cfg = load_config(args.config)
+    if cfg.cpu is not None and cfg.cpu not in os.sched_getaffinity(0):
+        raise ConfigError(f"{args.config}: cpu {cfg.cpu} is not available to this process")
+    client = SignerClient.connect(cfg.signer, cpu=cfg.cpu)
+    try:
+        signer_address = client.address().address
+        if cfg.sender is not None and cfg.sender.lower() != signer_address.lower():
+            raise ConfigError(
+                f"{args.config}: sender {cfg.sender} is not the signer's address {signer_address}"
+            )
+        try:
+            router_cfg = RouterConfig(chain_id=cfg.chain_id, sender=signer_address,
+                                      rpc_urls=cfg.rpc, ws_url=cfg.ws, fees=cfg.fees,
+                                      **cfg.tuning)
+        except TypeError as e:
+            raise ConfigError(f"{args.config} [router]: {e}") from e
+        return asyncio.run(_serve(router_cfg, client, cfg.listen[len("unix:"):]))
+    finally:
+        client.close()
+
+
+async def _serve(router_cfg: object, client: object, path: str) -> int:
+    from router.api import ApiServer
+    from router.core import Router
+
+    router = Router(router_cfg, client)  # type: ignore[arg-type]
+    await router.start()
+    api = ApiServer(router, path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await api.start()
+        stderr_console().print(
+            f"router for {router.config.sender} on chain {router.config.chain_id}: "
+            f"API on unix:{path}, next nonce {router.nonces.next_nonce}"
+        )
+        await stop.wait()
+    finally:
+        await api.close()
+        await router.close()
+    return 0

@@ -1,0 +1,347 @@
+"""The router's local API: a Unix socket speaking the signer's binary framing (enclave/_wire.py).
+
+Every frame is the signer's 12-byte little-endian header (magic "SN", version 1, opcode, request
+id, payload length) and payload; answers echo the request id with `opcode | 0x80`, failures are
+ERROR frames (opcode 0xFF: code u16 + ASCII message). Integers little-endian, u256 as 32 bytes.
+
+| op   | name   | request payload                                            | answer payload |
+|------|--------|------------------------------------------------------------|----------------|
+| 0x01 | PING   | empty                                                      | empty          |
+| 0x20 | SUBMIT | to[20] value:u256 gas:u64 flags:u16=0 id_len:u16 data_len:u32, id, data | nonce:u64 tx_hash[32] |
+| 0x21 | STATUS | id                                                         | STATUS record  |
+| 0x22 | WAIT   | confirmations:u32 timeout_ms:u32, id                       | STATUS record  |
+| 0x23 | STATS  | empty                                                      | JSON (UTF-8), for operators |
+
+STATUS record: state:u8 (0 pending, 1 landed, 2 failed) receipt_status:u8 (0/1, 0xFF unknown)
+reserved:u16 nonce:u64 block_number:u64 (2**64-1 if none) tx_hash[32] block_hash[32] (zeros).
+
+Error codes are the signer's (2 bad magic, 3 bad version, 4 unknown opcode, 5 payload too large,
+6 bad length, 7 malformed, 8 refused by the signer's policy, 10 unavailable) plus 32 unknown
+intent id, 33 timed out, 34 intent failed. A frame with a bad header is answered and, when its
+length cannot be trusted, the connection closed; every other error leaves the connection open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from enclave._wire import (
+    HEADER,
+    HEADER_SIZE,
+    MAGIC,
+    MAX_PAYLOAD,
+    OP_ERROR,
+    RESPONSE_BIT,
+    VERSION,
+    pack_frame,
+)
+from enclave._wire import decode_error as _decode_error
+from enclave._wire import encode_error as _encode_error
+
+from .core import Handle, Router
+from .errors import (
+    IntentFailed,
+    MalformedInput,
+    NonceSourceError,
+    RouterError,
+    SignerError,
+    TransportError,
+)
+from .intent import Intent
+from .nonces import TxState
+
+log = logging.getLogger(__name__)
+
+OP_PING = 0x01
+OP_SUBMIT = 0x20
+OP_STATUS = 0x21
+OP_WAIT = 0x22
+OP_STATS = 0x23
+
+E_INTERNAL, E_BAD_MAGIC, E_BAD_VERSION, E_UNKNOWN_OP = 1, 2, 3, 4
+E_TOO_LARGE, E_BAD_LENGTH, E_MALFORMED, E_REFUSED, E_UNAVAILABLE = 5, 6, 7, 8, 10
+E_NOT_FOUND, E_TIMEOUT, E_FAILED = 32, 33, 34
+
+SUBMIT_FIXED = struct.Struct("<20s32sQHHI")
+WAIT_FIXED = struct.Struct("<II")
+STATUS = struct.Struct("<BBHQQ32s32s")
+SUBMITTED = struct.Struct("<Q32s")
+_NO_BLOCK = 2**64 - 1
+_STATES = {TxState.PENDING: 0, TxState.LANDED: 1, TxState.FAILED: 2}
+MAX_WAIT_MS = 600_000
+
+
+class ApiError(RouterError):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def encode_submit(intent: Intent) -> bytes:
+    ident = intent.id.encode()
+    return SUBMIT_FIXED.pack(intent.to, intent.value.to_bytes(32, "little"), intent.gas, 0,
+                             len(ident), len(intent.data)) + ident + intent.data
+
+
+def decode_submit(payload: bytes) -> Intent:
+    """Raises ApiError(E_BAD_LENGTH / E_MALFORMED) naming the problem."""
+    if len(payload) < SUBMIT_FIXED.size:
+        raise ApiError(E_BAD_LENGTH, f"SUBMIT payload of {len(payload)} bytes, fixed part is "
+                                     f"{SUBMIT_FIXED.size}")
+    to, value, gas, flags, id_len, data_len = SUBMIT_FIXED.unpack_from(payload)
+    if flags:
+        raise ApiError(E_MALFORMED, f"SUBMIT flags 0x{flags:04x}: no flags are defined")
+    expected = SUBMIT_FIXED.size + id_len + data_len
+    if len(payload) != expected:
+        raise ApiError(E_BAD_LENGTH, f"SUBMIT payload of {len(payload)} bytes, its lengths "
+                                     f"say {expected}")
+    start = SUBMIT_FIXED.size
+    try:
+        ident = payload[start:start + id_len].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ApiError(E_MALFORMED, "SUBMIT id is not UTF-8") from e
+    if not 0 < len(ident) <= 128:
+        raise ApiError(E_MALFORMED, "SUBMIT id must be 1..128 characters")
+    try:
+        return Intent(to=to, value=int.from_bytes(value, "little"), gas=gas,
+                      data=bytes(payload[start + id_len:]), id=ident)
+    except MalformedInput as e:
+        raise ApiError(E_MALFORMED, str(e)) from e
+
+
+@dataclass(frozen=True)
+class Status:
+    state: str
+    receipt_status: int | None
+    nonce: int
+    block_number: int | None
+    tx_hash: bytes
+    block_hash: bytes | None
+
+    def to_json(self) -> dict[str, object]:
+        return {"state": self.state, "status": self.receipt_status, "nonce": self.nonce,
+                "block_number": self.block_number, "tx_hash": "0x" + self.tx_hash.hex(),
+                "block_hash": None if self.block_hash is None else "0x" + self.block_hash.hex()}
+
+
+def _status_record(handle: Handle, receipt_status: int | None = None) -> bytes:
+    f = handle.flight
+    landed = f.landed
+    return STATUS.pack(_STATES[f.state], 0xFF if receipt_status is None else receipt_status, 0,
+                       f.nonce, landed.block_number if landed else _NO_BLOCK, handle.tx_hash,
+                       landed.block_hash if landed else bytes(32))
+
+
+def decode_status(payload: bytes) -> Status:
+    if len(payload) != STATUS.size:
+        raise TransportError(f"STATUS answer of {len(payload)} bytes (expected {STATUS.size})")
+    state, rs, _, nonce, number, tx_hash, block_hash = STATUS.unpack(payload)
+    names = {0: "pending", 1: "landed", 2: "failed"}
+    if state not in names:
+        raise TransportError(f"STATUS answer with unknown state {state}")
+    return Status(names[state], None if rs == 0xFF else rs, nonce,
+                  None if number == _NO_BLOCK else number, tx_hash,
+                  None if number == _NO_BLOCK else block_hash)
+
+
+class ApiServer:
+    def __init__(self, router: Router, path: str) -> None:
+        self.router = router
+        self.path = path
+        self._server: asyncio.AbstractServer | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        p = Path(self.path)
+        if p.is_socket():
+            p.unlink()  # a stale socket from a previous run
+        self._server = await asyncio.start_unix_server(self._serve, path=self.path)
+        os.chmod(self.path, 0o600)  # the API signs with the fund's key: owner only
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for t in list(self._conns):
+                t.cancel()
+            await self._server.wait_closed()
+            with contextlib.suppress(FileNotFoundError):
+                Path(self.path).unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)  # type: ignore[arg-type]
+        pending: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                try:
+                    head = await reader.readexactly(HEADER_SIZE)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                magic, version, op, rid, length = HEADER.unpack(head)
+                if magic != MAGIC or version != VERSION or length > MAX_PAYLOAD:
+                    code, msg = (
+                        (E_BAD_MAGIC, f"bad magic 0x{magic.hex()} (expected 0x{MAGIC.hex()})")
+                        if magic != MAGIC else
+                        (E_BAD_VERSION, f"protocol version {version} (supported: {VERSION})")
+                        if version != VERSION else
+                        (E_TOO_LARGE, f"payload of {length} bytes (limit {MAX_PAYLOAD})")
+                    )
+                    writer.write(_encode_error(rid, code, msg))
+                    if length > MAX_PAYLOAD or magic != MAGIC:
+                        # The length of a frame that is not ours cannot be trusted to resync.
+                        await writer.drain()
+                        return
+                    try:
+                        await reader.readexactly(length)
+                    except (asyncio.IncompleteReadError, ConnectionError):
+                        return
+                    continue
+                try:
+                    payload = await reader.readexactly(length)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                t = asyncio.create_task(self._answer(writer, op, rid, payload))
+                pending.add(t)
+                t.add_done_callback(pending.discard)
+        finally:
+            for t in pending:
+                t.cancel()
+            writer.close()
+            self._conns.discard(task)  # type: ignore[arg-type]
+
+    async def _answer(self, writer: asyncio.StreamWriter, op: int, rid: int, payload: bytes) -> None:
+        try:
+            body = await self._dispatch(op, payload)
+            frame = pack_frame(op | RESPONSE_BIT, rid, body)
+        except ApiError as e:
+            frame = _encode_error(rid, e.code, str(e))
+        except SignerError as e:
+            frame = _encode_error(rid, E_REFUSED, e.diagnostics())
+        except (TransportError, NonceSourceError) as e:
+            frame = _encode_error(rid, E_UNAVAILABLE, e.diagnostics())
+        except IntentFailed as e:
+            frame = _encode_error(rid, E_FAILED, e.diagnostics())
+        except RouterError as e:
+            frame = _encode_error(rid, E_INTERNAL, e.diagnostics())
+        except Exception:  # the API must answer every request and keep serving
+            log.exception("API request failed", extra={"op": op})
+            frame = _encode_error(rid, E_INTERNAL, "internal error")
+        try:
+            writer.write(frame)
+            await writer.drain()
+        except ConnectionError:
+            pass
+
+    async def _dispatch(self, op: int, payload: bytes) -> bytes:
+        if op == OP_PING:
+            return b""
+        if op == OP_SUBMIT:
+            handle = await self.router.submit(decode_submit(payload))
+            return SUBMITTED.pack(handle.nonce, handle.flight.hash)
+        if op == OP_STATUS:
+            return _status_record(self._handle(payload))
+        if op == OP_WAIT:
+            if len(payload) < WAIT_FIXED.size:
+                raise ApiError(E_BAD_LENGTH, f"WAIT payload of {len(payload)} bytes")
+            confirmations, timeout_ms = WAIT_FIXED.unpack_from(payload)
+            if timeout_ms > MAX_WAIT_MS or confirmations > 10_000:
+                raise ApiError(E_MALFORMED, f"WAIT timeout above {MAX_WAIT_MS} ms or "
+                                            "confirmations above 10000")
+            handle = self._handle(payload[WAIT_FIXED.size:])
+            try:
+                rcpt = await handle.receipt(max(confirmations, 1), timeout=timeout_ms / 1000)
+            except TimeoutError as e:
+                raise ApiError(E_TIMEOUT, str(e)) from e
+            return _status_record(handle, int(rcpt["status"], 16) if "status" in rcpt else None)
+        if op == OP_STATS:
+            return json.dumps(self.router.stats(), default=str).encode()
+        raise ApiError(E_UNKNOWN_OP, f"unknown opcode 0x{op:02x}")
+
+    def _handle(self, ident: bytes) -> Handle:
+        try:
+            key = ident.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ApiError(E_MALFORMED, "intent id is not UTF-8") from e
+        handle = self.router.handle(key)
+        if handle is None:
+            raise ApiError(E_NOT_FOUND, f"no intent with id {key[:60]!r}")
+        return handle
+
+
+class ApiClient:
+    """Blocking client of the local API (for `python -m router submit` and scripts)."""
+
+    def __init__(self, path: str, *, timeout: float = 10.0) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(path)
+        except OSError as e:
+            self._sock.close()
+            raise TransportError(f"router API at unix:{path}: {e.strerror or e}") from e
+        self._rid = 0
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, op: int, payload: bytes = b"", *, timeout: float | None = None) -> bytes:
+        """One request; raises ApiError for an ERROR answer, TransportError for a broken link."""
+        self._rid += 1
+        if timeout is not None:
+            self._sock.settimeout(timeout)
+        try:
+            self._sock.sendall(pack_frame(op, self._rid, payload))
+            head = self._recv(HEADER_SIZE)
+            magic, version, rop, rid, length = HEADER.unpack(head)
+            if magic != MAGIC or version != VERSION or length > MAX_PAYLOAD or rid != self._rid:
+                raise TransportError("router API answered with a malformed frame")
+            body = self._recv(length)
+        except OSError as e:
+            raise TransportError(f"router API: {e}") from e
+        if rop == OP_ERROR:
+            code, message = _decode_error(body)
+            raise ApiError(code, message)
+        if rop != op | RESPONSE_BIT:
+            raise TransportError(f"router API answered opcode 0x{rop:02x} to 0x{op:02x}")
+        return body
+
+    def _recv(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            chunk = self._sock.recv(n - len(out))
+            if not chunk:
+                raise TransportError("router API closed the connection")
+            out += chunk
+        return bytes(out)
+
+    def submit(self, intent: Intent) -> tuple[int, bytes]:
+        body = self.call(OP_SUBMIT, encode_submit(intent))
+        if len(body) != SUBMITTED.size:
+            raise TransportError(f"SUBMIT answer of {len(body)} bytes")
+        nonce, tx_hash = SUBMITTED.unpack(body)
+        return nonce, tx_hash
+
+    def status(self, intent_id: str) -> Status:
+        return decode_status(self.call(OP_STATUS, intent_id.encode()))
+
+    def wait(self, intent_id: str, confirmations: int = 1, timeout: float = 60.0) -> Status:
+        payload = WAIT_FIXED.pack(confirmations, int(timeout * 1000)) + intent_id.encode()
+        return decode_status(self.call(OP_WAIT, payload, timeout=timeout + 5))
+
+    def stats(self) -> dict[str, object]:
+        return json.loads(self.call(OP_STATS))  # type: ignore[no-any-return]

@@ -1,0 +1,150 @@
+"""`python -m router run --config FILE`: the TOML file, parsed once into typed settings.
+
+```toml
+chain_id = 31337
+signer = "unix:/run/sentinel/signer.sock"     # unix:PATH | tcp:127.0.0.1:PORT | vsock:CID:PORT
+listen = "unix:/run/sentinel/router.sock"     # the local API (Unix socket, signer framing)
+sender = "0xf39F...2266"                       # optional: checked against the signer's address
+rpc = ["http://127.0.0.1:8545"]               # one or more; broadcasts go to all at once
+ws = "ws://127.0.0.1:8545"                    # newHeads subscription
+cpu = 1                                       # optional: pin the router (and its signer calls)
+
+[fees]                                        # wei; integers or decimal strings
+priority_fee = "1000000000"
+base_fee_multiplier_percent = 200
+max_fee_cap = "500000000000"
+bump_percent = 13
+
+[router]                                      # optional tuning
+rebroadcast_after_seconds = 2.0
+presign_replacements = true
+fill_gaps = true
+```
+Unknown keys are refused (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .fees import FeePolicy
+
+_TOP = {"chain_id", "signer", "listen", "sender", "rpc", "ws", "cpu", "fees", "router"}
+_FEES = {"priority_fee", "base_fee_multiplier_percent", "max_fee_cap", "bump_percent",
+         "bump_on_reorg"}
+_ROUTER = {"rebroadcast_after_seconds", "rebroadcast_after_heads", "presign_replacements",
+           "fill_gaps", "head_ring", "max_resigns"}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    chain_id: int
+    signer: str
+    listen: str
+    sender: str | None
+    rpc: tuple[str, ...]
+    ws: str
+    cpu: int | None
+    fees: FeePolicy
+    tuning: dict[str, Any]
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Parse the router's TOML configuration.
+
+    Raises:
+        ConfigError: unreadable, not TOML, unknown or missing keys, wrong types; names the key.
+    """
+    p = Path(path)
+    try:
+        doc = tomllib.loads(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read ({e.strerror or e})") from e
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid TOML ({e})") from e
+    where = str(p)
+    _no_unknown(doc, _TOP, where)
+    fees_doc = _table(doc, "fees", where)
+    router_doc = _table(doc, "router", where)
+    _no_unknown(fees_doc, _FEES, f"{where} [fees]")
+    _no_unknown(router_doc, _ROUTER, f"{where} [router]")
+    rpc = doc.get("rpc")
+    if isinstance(rpc, str):
+        rpc = [rpc]
+    if not isinstance(rpc, list) or not rpc or not all(isinstance(u, str) for u in rpc):
+        raise ConfigError(f"{where}: rpc must be a URL or a non-empty list of URLs")
+    for u in rpc:
+        if not u.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}: rpc entry is not an http(s) URL: {u[:60]!r}")
+    ws = _str(doc, "ws", where)
+    if not ws.startswith(("ws://", "wss://")):
+        raise ConfigError(f"{where}: ws must be a ws:// or wss:// URL")
+    listen = _str(doc, "listen", where)
+    if not listen.startswith("unix:") or len(listen) <= 5:
+        raise ConfigError(f"{where}: listen must be unix:PATH (the API is local only)")
+    sender = doc.get("sender")
+    if sender is not None and not (
+        isinstance(sender, str) and sender.startswith("0x") and len(sender) == 42
+        and all(c in "0123456789abcdefABCDEF" for c in sender[2:])
+    ):
+        raise ConfigError(f"{where}: sender must be a 0x-hex address")
+    cpu = doc.get("cpu")
+    if cpu is not None and (not isinstance(cpu, int) or isinstance(cpu, bool) or cpu < 0):
+        raise ConfigError(f"{where}: cpu must be a non-negative integer")
+    try:
+        fees = FeePolicy(**{k: _wei(v, f"{where} [fees] {k}") if k != "bump_on_reorg" else v
+                            for k, v in fees_doc.items()})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where} [fees]: {e}") from e
+    return RunConfig(
+        chain_id=_int(doc, "chain_id", where),
+        signer=_str(doc, "signer", where),
+        listen=listen,
+        sender=sender,
+        rpc=tuple(rpc),
+        ws=ws,
+        cpu=cpu,
+        fees=fees,
+        tuning=dict(router_doc),
+    )
+
+
+def _no_unknown(doc: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(doc) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown} (allowed: {sorted(allowed)})")
+
+
+def _table(doc: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    v = doc.get(key, {})
+    if not isinstance(v, dict):
+        raise ConfigError(f"{where}: [{key}] must be a table")
+    return v
+
+
+def _str(doc: dict[str, Any], key: str, where: str) -> str:
+    v = doc.get(key)
+    if not isinstance(v, str) or not v:
+        raise ConfigError(f"{where}: {key} is required and must be a string")
+    return v
+
+
+def _int(doc: dict[str, Any], key: str, where: str) -> int:
+    v = doc.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        raise ConfigError(f"{where}: {key} is required and must be a positive integer")
+    return v
+
+
+def _wei(v: object, where: str) -> int:
+    if isinstance(v, bool):
+        raise ConfigError(f"{where}: expected an integer")
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str) and v.isdigit():
+        return int(v)
+    raise ConfigError(f"{where}: expected an integer or a decimal string, got {v!r:.40}")
