@@ -31,7 +31,7 @@ from rich.markup import escape
 from verify.errors import VerifyError
 
 #: Subcommand modules, `verify._cmd_<name>`; order is the order of `--help`.
-COMMANDS: tuple[str, ...] = ("pcr", "attestation", "measurements", "audit", "jitter")
+COMMANDS: tuple[str, ...] = ("pcr", "attestation", "enclave", "measurements", "audit", "jitter")
 
 logger = logging.getLogger(__name__)
 

@@ -82,7 +82,7 @@ def parse_time(value: str, option: str = "--at") -> datetime:
     return at.astimezone(UTC)
 
 
-def _pcr_indices(text: str) -> list[int]:
+def parse_pcr_indices(text: str) -> list[int]:
     try:
         indices = [int(part) for part in text.split(",") if part.strip()]
     except ValueError as e:
@@ -108,7 +108,7 @@ def build_policy(args: argparse.Namespace, now: datetime | None) -> Check:
         from verify.measurements import load_measurements
 
         published = load_measurements(Path(args.measurements))
-        indices = _pcr_indices(args.pcrs) if args.pcrs else None
+        indices = parse_pcr_indices(args.pcrs) if args.pcrs else None
         try:
             checks.extend(pcrs_equal(published.pcrs, indices))
         except ValueError as e:

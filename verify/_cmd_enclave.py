@@ -1,0 +1,198 @@
+"""`python -m verify enclave --measurements FILE`: do the running enclaves run the published image?
+
+Reads `nitro-cli describe-enclaves` JSON from stdin, or runs `nitro-cli describe-enclaves` when
+stdin is a terminal and nitro-cli is installed, and compares each enclave's PCRs with the published
+measurements (every PCR in the file, or `--pcrs`). A debug-mode enclave fails: its PCRs read as
+zero and its attestation proves nothing. Exit 0 all match, 1 a check failed, 2 malformed input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.markup import escape
+from rich.table import Table
+
+from verify._checks import CheckResult, CheckRunner, exit_code, results_json
+from verify._cli import emit_json, stderr_console
+from verify._cmd_attestation import parse_pcr_indices
+from verify.errors import MalformedInput, MalformedMeasurements, PcrMismatch, VerificationError
+from verify.measurements import diff_pcrs, load_measurements
+
+MAX_INPUT = 4 << 20  # bytes; describe-enclaves prints ~1 KiB per enclave
+
+
+class DebugModeEnclave(VerificationError):
+    """The enclave runs in debug mode: its console is readable and its PCRs are zero."""
+
+
+class EnclaveNotRunning(VerificationError):
+    """The enclave is not in the RUNNING state."""
+
+
+@dataclass(frozen=True)
+class DescribedEnclave:
+    enclave_id: str
+    name: str | None
+    state: str
+    flags: str
+    pcrs: dict[int, bytes]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "enclave",
+        help="compare running enclaves (nitro-cli describe-enclaves) with published measurements",
+        description=__doc__,
+    )
+    parser.add_argument("--measurements", metavar="FILE", required=True)
+    parser.add_argument("--pcrs", metavar="LIST", help="PCR indices to compare (default: all in FILE)")
+    parser.add_argument(
+        "--describe", metavar="FILE", help="describe-enclaves JSON from a file ('-' for stdin)"
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+    parser.set_defaults(func=run)
+
+
+def _describe_output(source: str | None) -> bytes:
+    if source == "-" or (source is None and not sys.stdin.isatty()):
+        return sys.stdin.buffer.read(MAX_INPUT + 1)
+    if source is not None:
+        try:
+            return Path(source).read_bytes()
+        except OSError as e:
+            raise MalformedInput(f"cannot read {source}: {e.strerror}") from e
+    nitro_cli = shutil.which("nitro-cli")
+    if nitro_cli is None:
+        raise MalformedInput(
+            "no input: pipe `nitro-cli describe-enclaves` into this command, pass --describe FILE, "
+            "or run it where nitro-cli is installed"
+        )
+    try:
+        done = subprocess.run(
+            [nitro_cli, "describe-enclaves"], capture_output=True, timeout=60, check=True
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        raise MalformedInput(f"`nitro-cli describe-enclaves` failed: {e}") from e
+    return done.stdout
+
+
+def parse_describe_enclaves(data: bytes) -> list[DescribedEnclave]:
+    """The enclaves `nitro-cli describe-enclaves` lists.
+
+    Raises:
+        MalformedInput: not its JSON shape (an array of objects with EnclaveID, State, Measurements).
+    """
+    if len(data) > MAX_INPUT:
+        raise MalformedInput(f"describe-enclaves output larger than {MAX_INPUT} bytes")
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MalformedInput(f"describe-enclaves output is not UTF-8 JSON ({e})") from e
+    if not isinstance(doc, list):
+        raise MalformedInput("describe-enclaves output must be a JSON array of enclaves")
+    enclaves = []
+    for i, item in enumerate(doc):
+        if not isinstance(item, dict):
+            raise MalformedInput(f"enclave [{i}] is not an object")
+        enclave_id, state = item.get("EnclaveID"), item.get("State")
+        if not isinstance(enclave_id, str) or not isinstance(state, str):
+            raise MalformedInput(f"enclave [{i}] lacks EnclaveID or State")
+        if not isinstance(item.get("Measurements"), dict):
+            raise MalformedInput(
+                f"enclave {enclave_id} has no Measurements (nitro-cli too old to print them?)"
+            )
+        try:
+            block = json.dumps({"Measurements": item["Measurements"]}).encode()
+            pcrs = load_measurements(block).pcrs
+        except MalformedMeasurements as e:
+            raise MalformedInput(f"enclave {enclave_id}: {e.diagnostics()}") from e
+        name = item.get("EnclaveName")
+        enclaves.append(
+            DescribedEnclave(
+                enclave_id=enclave_id,
+                name=name if isinstance(name, str) else None,
+                state=state,
+                flags=str(item.get("Flags", "NONE")),
+                pcrs=pcrs,
+            )
+        )
+    return enclaves
+
+
+def _check_state(enclave: DescribedEnclave) -> None:
+    if enclave.state != "RUNNING":
+        raise EnclaveNotRunning(f"state is {enclave.state}, expected RUNNING")
+
+
+def _check_mode(enclave: DescribedEnclave) -> None:
+    if "DEBUG_MODE" in enclave.flags:
+        raise DebugModeEnclave("debug mode: PCRs read as zero and its attestation proves nothing")
+
+
+def _check_pcr(expected: dict[int, bytes], enclave: DescribedEnclave, index: int) -> None:
+    diffs = diff_pcrs(expected, enclave.pcrs, [index])
+    if diffs:
+        raise PcrMismatch(diffs[0].describe())
+
+
+def check_enclave(
+    enclave: DescribedEnclave, expected: dict[int, bytes], indices: list[int]
+) -> list[CheckResult]:
+    checks = CheckRunner(fail_fast=False)
+    checks.run("state", _check_state, enclave)
+    checks.run("mode", _check_mode, enclave)
+    for index in indices:
+        checks.run(f"PCR{index}", _check_pcr, expected, enclave, index)
+    return checks.results
+
+
+def run(args: argparse.Namespace) -> int:
+    expected = load_measurements(Path(args.measurements)).pcrs
+    indices = parse_pcr_indices(args.pcrs) if args.pcrs else sorted(expected)
+    missing = [i for i in indices if i not in expected]
+    if missing:
+        raise MalformedInput(f"{args.measurements}: no expected value for PCR {missing[0]}")
+    enclaves = parse_describe_enclaves(_describe_output(args.describe))
+    outcomes = [(e, check_enclave(e, expected, indices)) for e in enclaves]
+    codes = [exit_code(results) for _, results in outcomes]
+    status = max(codes) if codes else 1
+    if args.json:
+        emit_json(
+            {
+                "measurements": args.measurements,
+                "verified": status == 0,
+                "enclaves": [
+                    {
+                        "id": e.enclave_id,
+                        "name": e.name,
+                        "state": e.state,
+                        "flags": e.flags,
+                        "verified": exit_code(results) == 0,
+                        "checks": results_json(results),
+                    }
+                    for e, results in outcomes
+                ],
+            }
+        )
+    console = stderr_console()
+    if not enclaves:
+        console.print("[bold red]FAILED[/] no enclave is running")
+    for enclave, results in outcomes:
+        table = Table(title=escape(f"enclave {enclave.enclave_id} ({enclave.name or 'unnamed'})"))
+        for column in ("check", "result", "detail"):
+            table.add_column(column, overflow="fold")
+        for r in results:
+            detail = "" if r.error is None else escape(r.error.diagnostics())
+            table.add_row(r.name, "[green]pass[/]" if r.ok else "[bold red]FAIL[/]", detail)
+        console.print(table)
+    if enclaves:
+        console.print("[green]OK[/]" if status == 0 else "[bold red]FAILED[/]", escape(args.measurements))
+    return status
+
