@@ -101,3 +101,18 @@ def build_eif(session: nox.Session) -> None:
     """The main job: build build/sentinel.eif and build/measurements.json deterministically."""
     install_project(session, "build")
     session.run("python", "-m", "reproducible", "build", "--out", str(BUILD), *session.posargs)
+
+
+@nox.session
+def release(session: nox.Session) -> None:
+    """Build the image, publish measurements/<version>.json with provenance, sign the release.
+
+    Development signs with a local P-384 key (build/release-dev-key.pem, created when missing);
+    production: `nox -s release -- --kms-key-id alias/sentinel-release` (AWS KMS, ECC_NIST_P384).
+    """
+    install_project(session, "build")
+    session.run("python", "-m", "reproducible", "build", "--out", str(BUILD))
+    session.run(
+        "python", "-m", "reproducible", "release", "--build", str(BUILD),
+        *(session.posargs or ["--generate-dev-key"]),
+    )
