@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -235,6 +236,11 @@ def _evil_tar(path: Path) -> Path:
             "cannot write",
         ),
         (["--fail-on", "critical"], "invalid choice"),
+        (["--pid", "999999999"], "no such process"),
+        (["--root", str(HOSTS / "default"), "--pid", "2"], "no such process"),
+        (["--nic", "nope0"], "no such interface"),
+        (["--nic", "../../etc"], "not an interface name"),
+        (["--cpus", "0-4095"], "are not online"),
     ],
     ids=[
         "missing-root",
@@ -244,6 +250,11 @@ def _evil_tar(path: Path) -> Path:
         "negative-pid",
         "capture-dir",
         "bad-severity",
+        "no-such-pid",
+        "pid-not-captured",
+        "no-such-nic",
+        "nic-traversal",
+        "offline-cpus",
     ],
 )
 def test_bad_input_exits_2(
@@ -260,6 +271,18 @@ def test_tar_member_escaping_the_tree_is_rejected(
 ) -> None:
     code, _, err = cli(capsys, "--root", str(_evil_tar(tmp_path / "evil.tar")))
     assert code == 2 and "escapes the tree" in err
+
+
+def test_symlink_out_of_a_captured_tree_is_not_followed(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    shutil.copytree(HOSTS / "hardened", tree)
+    outside = tmp_path / "outside"
+    outside.write_text("always [madvise] never\n")
+    thp = tree / "sys/kernel/mm/transparent_hugepage/enabled"
+    thp.unlink()
+    thp.symlink_to(outside)
+    result = audit_tree(tree)["mem.thp.enabled"]
+    assert result.status is Status.UNKNOWN
 
 
 def test_empty_check_list_is_not_a_pass() -> None:
@@ -377,6 +400,10 @@ def fake_irqbalance(tmp_path: Path):
     exe = tmp_path / "irqbalance"
     shutil.copy(shutil.which("sleep") or "/bin/sleep", exe)
     proc = subprocess.Popen([str(exe), "60"])
+    # Popen can return before exec() has renamed the task (the close-on-exec pipe closes first).
+    deadline = time.monotonic() + 10
+    while _read(f"/proc/{proc.pid}/comm") != "irqbalance" and time.monotonic() < deadline:
+        time.sleep(0.01)
     try:
         yield proc
     finally:

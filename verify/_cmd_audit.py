@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from rich.table import Table
@@ -18,7 +19,7 @@ from verify.audit import (
     run_audit,
     write_capture,
 )
-from verify.audit.cpulist import parse_cpulist
+from verify.audit.cpulist import format_cpulist, parse_cpulist
 from verify.errors import MalformedInput
 
 _STATUS_STYLE = {
@@ -62,25 +63,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _options(args: argparse.Namespace) -> AuditOptions:
+_IFNAME = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9_.:@-]{1,15}$")  # IFNAMSIZ is 16 with the NUL
+
+
+def _options(args: argparse.Namespace, tree: HostTree) -> AuditOptions:
+    """Check the user's --cpus/--pid/--nic against the host (or capture) they describe."""
     cpus = None
     if args.cpus is not None:
         cpus = parse_cpulist(args.cpus)
         if not cpus:
             raise MalformedCpuList(f"--cpus {args.cpus!r}: expected a CPU list such as 2-7,10")
-    if args.pid is not None and args.pid <= 0:
-        raise MalformedInput(f"--pid {args.pid}: expected a positive process id")
+        online = parse_cpulist(tree.read("/sys/devices/system/cpu/online"))
+        if online is not None and not cpus <= online:
+            raise MalformedCpuList(
+                f"--cpus {args.cpus}: CPUs {format_cpulist(cpus - online)} are not online "
+                f"(online: {format_cpulist(online)})"
+            )
+    if args.pid is not None:
+        if args.pid <= 0:
+            raise MalformedInput(f"--pid {args.pid}: expected a positive process id")
+        if tree.read(f"/proc/{args.pid}/status") is None:
+            raise MalformedInput(f"--pid {args.pid}: no such process (no /proc/{args.pid}/status)")
+    if args.nic is not None:
+        if not _IFNAME.match(args.nic):
+            raise MalformedInput(f"--nic {args.nic!r}: not an interface name")
+        if tree.read(f"/sys/class/net/{args.nic}/address") is None:
+            raise MalformedInput(
+                f"--nic {args.nic}: no such interface (no /sys/class/net/{args.nic})"
+            )
     return AuditOptions(cpus=cpus, pid=args.pid, nic=args.nic)
 
 
 def run(args: argparse.Namespace) -> int:
     from verify._cli import emit_json, stderr_console
 
-    options = _options(args)
     if args.root is not None:
         tree, source = HostTree.from_path(args.root), f"captured tree {args.root}"
     else:
         tree, source = HostTree.live(), "live host"
+    options = _options(args, tree)
     report = run_audit(tree, options, source=source)
     fail_on = Severity(args.fail_on)
     console = stderr_console()

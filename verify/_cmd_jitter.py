@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 from rich.text import Text
 
-from verify.errors import MalformedInput
-from verify.jitter import JitterConfig, JitterReport, jitter_tax, run_jitter
+from verify.errors import MalformedInput, VerifyError
+
+if TYPE_CHECKING:
+    from verify.jitter import JitterReport
 
 
 def _ns(value: float) -> str:
@@ -70,6 +73,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from verify._cli import emit_json, stderr_console
 
+    try:
+        # The jitter extra is optional: `python -m verify` must work without it for other commands.
+        import hdrh  # noqa: F401
+
+        from verify.jitter import JitterConfig, run_jitter
+
+        if args.plot is not None:
+            import matplotlib  # noqa: F401
+    except ImportError as e:
+        raise VerifyError(
+            f"verify jitter needs the 'jitter' extra: pip install 'sentinel[jitter]' ({e})"
+        ) from e
     if (args.slippage is None) != (args.volume is None):
         raise MalformedInput("--slippage and --volume go together (the jitter tax needs both)")
     for name in ("slippage", "volume"):
@@ -101,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _with_tax(report: JitterReport, slippage: float, volume: float) -> JitterReport:
     from dataclasses import replace
+
+    from verify.jitter import jitter_tax
 
     return replace(report, tax=jitter_tax(report.stats.stddev_ns, slippage, volume))
 

@@ -36,6 +36,11 @@ def _normalize(path: str) -> str:
     return "/" + "/".join(parts)
 
 
+def _inside(path: Path, root: Path) -> bool:
+    """Whether `path`, symlinks resolved, stays under `root` (a captured tree must not reach out)."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root))
+
+
 class HostTree:
     """Read-only view of a host's /proc and /sys.
 
@@ -109,7 +114,10 @@ class HostTree:
             data = self._members.get(key)
         else:
             try:
-                with open(self._local(key), "rb") as f:
+                local = self._local(key)
+                if not self.is_live and not _inside(local, self._root):
+                    raise OSError(f"symlink leaves the captured tree: {local}")
+                with open(local, "rb") as f:
                     data = f.read(MAX_FILE_BYTES + 1)
             except OSError as e:
                 logger.debug("unreadable %s: %s", key, e)
@@ -143,21 +151,15 @@ class HostTree:
             self._listed.add(key)
             return sorted(names)
         try:
-            names = sorted(os.listdir(self._local(key)))
+            local = self._local(key)
+            if not self.is_live and not _inside(local, self._root):
+                raise OSError(f"symlink leaves the captured tree: {local}")
+            names = sorted(os.listdir(local))
         except OSError as e:
             logger.debug("unlistable %s: %s", key, e)
             return None
         self._listed.add(key)
         return names
-
-    def exists(self, path: str) -> bool:
-        """Whether a file or directory is present (used only where presence is the observation)."""
-        key = _normalize(path)
-        if self._members is not None:
-            return key in self._members or any(
-                m.startswith(key.rstrip("/") + "/") for m in self._members
-            )
-        return self._local(key).exists()
 
     @property
     def files_read(self) -> dict[str, bytes]:
