@@ -88,7 +88,7 @@ def test_reorg_deeper_than_the_ring_is_reported() -> None:
     ("bad", "match"),
     [
         # claims our block 5 as parent but calls itself #8
-        (Header(8, _hash(8, 1), _hash(5, 0), 2000, 30_000_000, 0, None), "is #5 \(expected #7\)"),
+        (Header(8, _hash(8, 1), _hash(5, 0), 2000, 30_000_000, 0, None), r"is #5 \(expected #7\)"),
         (Header(6, _hash(6, 1), _hash(5, 0), 1, 30_000_000, 0, None), "is before its parent"),
     ],
     ids=["number-skips", "timestamp-backwards"],
