@@ -49,6 +49,7 @@ def _cmd_build(args: argparse.Namespace, console: Console) -> int:
         from_oci=Path(args.from_oci) if args.from_oci else None,
         from_image=args.from_image,
         check=args.check,
+        publish=args.publish,
         measurements_dir=Path(args.measurements_dir) if args.measurements_dir else None,
     )
     result = run_build(opts, console)
@@ -71,7 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--from-image", help="payload from an image of a Docker-compatible API")
     b.add_argument("--check", action="store_true",
                    help="compare PCRs with measurements/<version>.json; exit 1 on a difference")
-    b.add_argument("--measurements-dir", help=argparse.SUPPRESS)
+    b.add_argument("--publish", action="store_true",
+                   help="also write measurements/<version>.json (a release step)")
+    b.add_argument("--measurements-dir", help="where published measurements live "
+                   "(default: measurements/)")
     b.add_argument("--json", action="store_true", help="build summary as JSON on stdout")
     b.set_defaults(func=_cmd_build)
     lk = sub.add_parser("lock", help="refresh the lock's pins and print what changed")

@@ -47,6 +47,7 @@ class BuildOptions:
     from_oci: Path | None = None
     from_image: str | None = None
     check: bool = False
+    publish: bool = False
     measurements_dir: Path | None = None
     enclave_dir: Path | None = None
     policy: Path | None = None
@@ -232,6 +233,12 @@ def run_build(opts: BuildOptions, console: Console) -> BuildResult:
     st.times["total"] = time.perf_counter() - t_start
     result = BuildResult(eif_path, meas_path, dict(m.pcrs), eif_sha, mode, sections, st.times)
     report(result, console)
+    if opts.publish:
+        if opts.from_oci or opts.from_image:
+            raise BuildError("--publish is for Sentinel's own image, not an imported one")
+        dest = published_path(opts.measurements_dir or ROOT / "measurements", version, mode)
+        dest.write_bytes(meas_path.read_bytes())
+        console.print(f"published {dest}", highlight=False)
     if opts.check:
         check(result, version, opts.measurements_dir or ROOT / "measurements",
               custom=bool(opts.from_oci or opts.from_image), console=console)

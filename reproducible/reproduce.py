@@ -1,0 +1,146 @@
+"""`python -m reproducible.reproduce`: the reproducibility proof that `nox -s reproduce` runs.
+
+Two builds, each from its own fresh copy of the source tree in its own temporary directory, with a
+different TZ, umask, LC_ALL, HOME and source-file mtimes. Both EIFs must have the same sha256, and
+their PCRs must equal the committed measurements/<version>.json (each build runs with `--check`), as
+must the EIF's sha256 recorded there. Exit 0 when all hold, 1 when something differs, 2 on usage
+or build errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from reproducible.build import published_path
+from reproducible.cache import default_root, sha256_file
+
+ROOT = Path(__file__).resolve().parent.parent
+SKIP_DIRS = {".git", ".nox", ".venv", "build", "node_modules", "__pycache__", ".pytest_cache",
+             ".ruff_cache", ".hypothesis", "sentinel.egg-info"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    tz: str
+    umask: int
+    lc_all: str
+    mtime: int | None  # None: leave the copy's mtimes at "now"
+
+
+VARIANTS = (
+    Variant("a", "UTC", 0o022, "C", None),
+    Variant("b", "Pacific/Kiritimati", 0o077, "C.UTF-8", 1_000_000_000),
+)
+
+
+def source_files(root: Path) -> list[Path]:
+    """The tracked files when this is a git checkout, otherwise every file outside build dirs."""
+    if (root / ".git").exists() and shutil.which("git"):
+        res = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True)
+        if res.returncode == 0:
+            return [root / p for p in res.stdout.decode().split("\0") if p and (root / p).is_file()]
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        out += [Path(dirpath) / f for f in sorted(filenames)]
+    return out
+
+
+def copy_tree(root: Path, dest: Path, mtime: int | None) -> None:
+    for src in source_files(root):
+        rel = src.relative_to(root)
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, target)
+        shutil.copymode(src, target)
+        if mtime is not None:
+            os.utime(target, (mtime + len(rel.parts), mtime + len(str(rel))))
+
+
+def run_variant(v: Variant, root: Path, work: Path, cache: Path, console: Console,
+                check: bool = True) -> Path:
+    src = work / "src"
+    copy_tree(root, src, v.mtime)
+    home = work / "home"
+    home.mkdir()
+    env = {k: val for k, val in os.environ.items() if not k.startswith(("LC_", "SOURCE_DATE"))}
+    env.update(TZ=v.tz, LC_ALL=v.lc_all, LANG=v.lc_all, HOME=str(home),
+               XDG_CACHE_HOME=str(cache), PYTHONPATH=str(src), PYTHONDONTWRITEBYTECODE="1")
+    out = work / "build"
+    cmd = [sys.executable, "-m", "reproducible", "build", "--out", str(out)]
+    if check:
+        cmd.append("--check")
+    console.print(f"[bold]build {v.name}[/bold]: TZ={v.tz} umask={v.umask:04o} LC_ALL={v.lc_all} "
+                  f"mtimes={'now' if v.mtime is None else v.mtime} in {work}", highlight=False)
+    res = subprocess.run(cmd, cwd=src, env=env, preexec_fn=lambda: os.umask(v.umask))
+    if res.returncode != 0:
+        raise SystemExit(res.returncode)
+    return out / "sentinel.eif"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m reproducible.reproduce", description=__doc__)
+    p.add_argument("--keep", action="store_true", help="keep the temporary directories")
+    p.add_argument("--publish", action="store_true",
+                   help="release step: when both builds agree, write their measurements to "
+                        "measurements/<version>.json instead of checking against it")
+    args = p.parse_args(argv)
+    console = Console(file=sys.stderr)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    assert default_root().parent == cache
+    eifs = []
+    tmps = []
+    try:
+        for v in VARIANTS:
+            work = Path(tempfile.mkdtemp(prefix=f"sentinel-reproduce-{v.name}-"))
+            tmps.append(work)
+            try:
+                eifs.append(run_variant(v, ROOT, work, cache, console, check=not args.publish))
+            except SystemExit as e:
+                console.print(f"[red]build {v.name} failed (exit {e.code})[/red]")
+                return int(e.code or 2)
+        digests = [sha256_file(e) for e in eifs]
+        from reproducible.build import project_version
+
+        published = published_path(ROOT / "measurements", project_version(), "development")
+        for v, d in zip(VARIANTS, digests, strict=True):
+            console.print(f"build {v.name}: sha256 {d}", highlight=False)
+        if len(set(digests)) != 1:
+            console.print("[red]NOT reproducible: the two EIFs differ[/red]")
+            return 1
+        recorded = None
+        if published.is_file():
+            recorded = json.loads(published.read_text()).get("Sentinel", {}).get("eif_sha256")
+        if args.publish:
+            published.write_bytes((eifs[0].parent / "measurements.json").read_bytes())
+            console.print(f"[green]reproducible:[/green] published {published}", highlight=False)
+            return 0
+        if recorded != digests[0]:
+            console.print(f"[red]EIF sha256 {digests[0]} differs from {published}'s "
+                          f"{recorded}[/red]", highlight=False)
+            return 1
+        console.print(f"[green]reproducible:[/green] same sha256, PCRs and sha256 equal {published}",
+                      highlight=False)
+        print(json.dumps({"reproducible": True, "eif_sha256": digests[0],
+                          "measurements": str(published)}))
+        return 0
+    finally:
+        if not args.keep:
+            for t in tmps:
+                shutil.rmtree(t, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
