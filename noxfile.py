@@ -69,7 +69,7 @@ def tests(session: nox.Session) -> None:
     anvil = ensure_anvil(session)
     install_project(session)
     session.run(
-        "pytest", *(session.posargs or ["-q"]), env={"SENTINEL_ANVIL": str(anvil)}
+        "pytest", "-m", "not boot", *(session.posargs or ["-q"]), env={"SENTINEL_ANVIL": str(anvil)}
     )
 
 
@@ -101,6 +101,33 @@ def build_eif(session: nox.Session) -> None:
     """The main job: build build/sentinel.eif and build/measurements.json deterministically."""
     install_project(session, "build")
     session.run("python", "-m", "reproducible", "build", "--out", str(BUILD), *session.posargs)
+
+
+@nox.session
+def reproduce(session: nox.Session) -> None:
+    """Two builds in two fresh temp dirs (different TZ, umask, LC_ALL, HOME, source mtimes) must
+    give the same EIF sha256, equal to measurements/<version>.json. `-- --publish` re-publishes."""
+    install_project(session, "build")
+    session.run("python", "-m", "reproducible.reproduce", *session.posargs)
+
+
+@nox.session
+def lock(session: nox.Session) -> None:
+    """Refresh reproducible/lock.toml's pins from Debian and PyPI and print what changed."""
+    install_project(session, "build")
+    session.run("python", "-m", "reproducible", "lock", *session.posargs)
+
+
+@nox.session
+def boot(session: nox.Session) -> None:
+    """Build the default image, then boot it under QEMU and check the signer inside end to end."""
+    ensure_apt(session, ["qemu-system-x86"])
+    anvil = ensure_anvil(session)
+    install_project(session)
+    session.run("python", "-m", "reproducible", "build", "--out", str(BUILD))
+    session.run(
+        "pytest", "-m", "boot", "-s", *(session.posargs or ["-q"]), env={"SENTINEL_ANVIL": str(anvil)}
+    )
 
 
 @nox.session
