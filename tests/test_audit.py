@@ -462,3 +462,11 @@ def test_works_without_root() -> None:
 def test_severity_threshold_filters_failures() -> None:
     report = run_audit(HostTree.from_path(HOSTS / "default"))
     assert len(report.failed(Severity.HIGH)) < len(report.failed(Severity.LOW))
+
+
+def test_readme_lists_every_check() -> None:
+    from verify.audit.checks import ALL_CHECKS
+
+    readme = (ROOT / "verify" / "audit" / "README.md").read_text()
+    for check in ALL_CHECKS:
+        assert f"`{check.id}`" in readme, check.id
