@@ -72,6 +72,9 @@ class WsProxy:
         self._server: Any = None
         self._clients: list[Any] = []
         self.sub_ids: list[str] = []
+        #: While set, notifications from the node are dropped (missed heads).
+        self.muted = False
+        self.lost = 0
 
     async def __aenter__(self) -> WsProxy:
         self._server = await websockets.serve(self._handle, "127.0.0.1", 0)
@@ -92,6 +95,9 @@ class WsProxy:
                     obj = json.loads(msg)
                     if isinstance(obj.get("result"), str) and "id" in obj:
                         self.sub_ids.append(obj["result"])
+                    elif self.muted and obj.get("method") == "eth_subscription":
+                        self.lost += 1  # a head the client never sees
+                        continue
                     await client.send(msg)
 
             async def upward() -> None:

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from anvil_support import Anvil, free_port
 from router_support import balance, mined_nonces, running_router, transfers, wait_for
+from rpc_proxy import WsProxy
 
 from router.nonces import TxState
 
@@ -68,3 +69,32 @@ def test_node_restart_loses_no_intent(tmp_path) -> None:
             assert balance(node, i.to) == i.value
     finally:
         node.stop()
+
+
+def test_reorg_during_missed_heads_found_by_ancestor_fetch(anvil) -> None:
+    """Heads are lost while a depth-3 reorg replaces blocks holding our transactions; the next
+    head we do see has an unknown parent: the router fetches ancestors by hash, finds the fork
+    point, and re-lands what was dropped."""
+    intents = transfers(3, tag="blind")
+
+    async def main() -> None:
+        async with WsProxy(anvil.ws_url) as ws:
+            async with running_router(anvil, ws_url=ws.url) as router:
+                handles = [await router.submit(i) for i in intents]
+                first = [await h.receipt(timeout=20) for h in handles]
+                ws.muted = True
+                anvil.rpc("anvil_reorg", 3, [])
+                anvil.rpc("evm_mine")
+                await wait_for(lambda: ws.lost >= 4, what="the reorg's heads lost")
+                assert router.counters["reorgs"] == 0
+                ws.muted = False
+                anvil.rpc("evm_mine")
+                await wait_for(lambda: router.counters["reorgs"] >= 1, what="reorg found")
+                again = [await h.receipt(timeout=20) for h in handles]
+                assert {r["blockHash"] for r in again}.isdisjoint(r["blockHash"] for r in first)
+                assert router.counters["resigned"] == 3
+
+    asyncio.run(main())
+    assert sorted(mined_nonces(anvil)) == [0, 1, 2]
+    for i in intents:
+        assert balance(anvil, i.to) == i.value
