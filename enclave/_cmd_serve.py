@@ -1,15 +1,22 @@
-"""`python -m enclave serve`: load the key and policy, open the NSM, serve the signer protocol."""
+"""`python -m enclave serve`: load the key and policy, open the NSM, serve the signer protocol.
+
+Key sources (exactly one): `--kms-key-blob` (production: KMS Decrypt to the attested enclave, see
+`enclave.kms`) or `--dev-key-file` (development; a production policy refuses it). The policy is checked
+against the key before the server listens.
+"""
 
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
 from types import FrameType
+from typing import Any
 
 from enclave.errors import EnclaveError, KeyLoadError
-from enclave.keys import load_dev_key
+from enclave.keys import SigningKey, load_dev_key
 from enclave.policy import DEFAULT_POLICY, load_policy
 from enclave.server import DEFAULT_SPIN_US, SignerServer
 from enclave.transport import parse_address
@@ -26,11 +33,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="unix:PATH | tcp:127.0.0.1:PORT | vsock:CID:PORT (CID 'any' inside the enclave)",
     )
     p.add_argument(
-        "--dev-key-file",
-        metavar="FILE",
-        help="development key: 64 hex digits (refused by production policies)",
-    )
-    p.add_argument(
         "--policy",
         metavar="FILE",
         default=str(DEFAULT_POLICY),
@@ -44,38 +46,94 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="US",
         help=f"busy-poll window before blocking reads (default {DEFAULT_SPIN_US}; 0 disables)",
     )
-    p.add_argument(
+    keys = p.add_argument_group("signing key (exactly one source)")
+    keys.add_argument(
+        "--kms-key-blob", metavar="FILE", help="KMS ciphertext of the key (python -m enclave kms-blob)"
+    )
+    keys.add_argument(
+        "--dev-key-file",
+        metavar="FILE",
+        help="development key: 64 hex digits (refused by production policies)",
+    )
+    kms = p.add_argument_group("KMS (with --kms-key-blob)")
+    kms.add_argument("--kms-region", metavar="REGION", help="AWS region of the KMS key")
+    kms.add_argument(
+        "--kms-endpoint-url", metavar="URL", help="KMS endpoint (in the enclave: the vsock proxy)"
+    )
+    kms.add_argument("--kms-key-id", metavar="ID", help="pin the KMS key that encrypted the blob")
+    kms.add_argument(
+        "--kms-context",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="encryption context the blob was made with (repeatable)",
+    )
+    nsm = p.add_argument_group("Nitro Secure Module")
+    nsm.add_argument(
         "--allow-nsm-emulator",
         action="store_true",
-        help="development builds only: attest with the NSM emulator when /dev/nsm is absent",
+        help="development builds only: use the NSM emulator when /dev/nsm is absent",
+    )
+    nsm.add_argument(
+        "--nsm-emulator-ca",
+        metavar="DIR",
+        help="development: the emulator's CA directory (EmulatorCa.save), to pin its root",
     )
     p.set_defaults(func=run)
 
 
-def _open_nsm(allow_emulator: bool) -> object | None:
+def _open_nsm(args: argparse.Namespace, *, required: bool) -> Any:
+    from enclave.nsm import open_nsm
+
     try:
-        from enclave.nsm import open_nsm
-    except ImportError as e:  # pragma: no cover - the NSM package ships with the enclave
-        logger.warning("NSM support unavailable (%s): attest will answer UNAVAILABLE", e)
-        return None
-    try:
-        return open_nsm(allow_emulator)
+        return open_nsm(args.allow_nsm_emulator, emulator_ca_dir=args.nsm_emulator_ca)
     except EnclaveError as e:
+        if required:
+            raise
         logger.warning("%s: attest will answer UNAVAILABLE", e.diagnostics())
         return None
+
+
+def _context(pairs: list[str]) -> dict[str, str] | None:
+    out = {}
+    for pair in pairs:
+        k, sep, v = pair.partition("=")
+        if not sep or not k:
+            raise KeyLoadError(f"--kms-context {pair!r}: expected KEY=VALUE")
+        out[k] = v
+    return out or None
+
+
+def _load_key(args: argparse.Namespace, nsm: Any) -> SigningKey:
+    from enclave.kms import kms_client, load_kms_key
+
+    if not args.kms_region:
+        raise KeyLoadError("--kms-key-blob needs --kms-region")
+    client = kms_client(args.kms_region, endpoint_url=args.kms_endpoint_url)
+    return load_kms_key(
+        args.kms_key_blob,
+        nsm=nsm,
+        client=client,
+        key_id=args.kms_key_id,
+        encryption_context=_context(args.kms_context),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     address = parse_address(args.listen)
     policy = load_policy(args.policy)
-    if args.dev_key_file is None:
-        raise KeyLoadError(
-            "no signing key: pass --dev-key-file for development (KMS key loading: enclave.kms)"
-        )
-    key = load_dev_key(args.dev_key_file)
-    policy.check_key(key)  # before touching the NSM: a refused key must not get an attestation
-    nsm = _open_nsm(args.allow_nsm_emulator)
-    server = SignerServer(key, policy, nsm=nsm, cpu=args.cpu, spin_us=args.spin_us)  # type: ignore[arg-type]
+    if args.nsm_emulator_ca and not args.allow_nsm_emulator:
+        raise KeyLoadError("--nsm-emulator-ca needs --allow-nsm-emulator")
+    if (args.dev_key_file is None) == (args.kms_key_blob is None):
+        raise KeyLoadError("pass exactly one key source: --kms-key-blob or --dev-key-file")
+    if args.dev_key_file is not None:
+        key = load_dev_key(args.dev_key_file)
+        policy.check_key(key)  # before touching the NSM: a refused key must not get an attestation
+        nsm = _open_nsm(args, required=False)
+    else:
+        nsm = _open_nsm(args, required=True)  # KMS releases the key only to an attested enclave
+        key = _load_key(args, nsm)
+    server = SignerServer(key, policy, nsm=nsm, cpu=args.cpu, spin_us=args.spin_us)
     bound = server.bind(address)
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -83,6 +141,10 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # Latency: objects alive now (modules, key, policy) leave the collector's young generations,
+    # and collections become rarer; the serving loop allocates few container objects.
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
     print(f"sentinel signer {key.address} listening on {bound} (policy: {policy.mode})", file=sys.stderr)
     sys.stderr.flush()
     try:

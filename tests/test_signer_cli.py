@@ -82,7 +82,7 @@ def test_router_unreachable_and_usage(tmp_path: Path) -> None:
     "args,code,match",
     [
         (["--listen", "udp:x"], 2, "unknown scheme"),
-        (["--listen", "unix:{tmp}/s", "--policy", str(DEV_POLICY)], 2, "no signing key"),
+        (["--listen", "unix:{tmp}/s", "--policy", str(DEV_POLICY)], 2, "exactly one key source"),
         (["--listen", "unix:{tmp}/s", "--dev-key-file", "{tmp}/key"], 1, "refuses development keys"),
         (["--listen", "unix:{tmp}/s", "--dev-key-file", "{tmp}/short", "--policy", str(DEV_POLICY)], 2,
          "expected 64 hex digits"),
