@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("run", help="run the router service (TOML configuration)")
     parser.add_argument("--config", required=True, metavar="FILE", help="router TOML file")
+    parser.add_argument("--log-format", choices=("text", "json"), default="json",
+                        help="stderr log lines: JSON objects (default) or plain text")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                        default="info")
     parser.set_defaults(func=run)
 
 
@@ -29,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from router.core import RouterConfig
     from router.signer_client import SignerClient
 
+    _setup_logging(args.log_format, args.log_level)
     cfg = load_config(args.config)
     if cfg.cpu is not None and cfg.cpu not in os.sched_getaffinity(0):
         raise ConfigError(f"{args.config}: cpu {cfg.cpu} is not available to this process")
@@ -48,6 +53,19 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(_serve(router_cfg, client, cfg.listen[len("unix:"):]))
     finally:
         client.close()
+
+
+def _setup_logging(fmt: str, level: str) -> None:
+    from router._logfmt import JsonFormatter
+
+    root = logging.getLogger()
+    root.setLevel(getattr(logging, level.upper()))
+    for handler in root.handlers:
+        if fmt == "json":
+            handler.setFormatter(JsonFormatter())
+    # aiohttp/websockets chatter is not the router's story
+    for name in ("aiohttp", "websockets"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 async def _serve(router_cfg: object, client: object, path: str) -> int:

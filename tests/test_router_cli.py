@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from anvil_support import DEV_ADDR_0, ROOT
+from anvil_support import DEV_ADDR_0, DEV_KEY_0, ROOT
 from router_support import balance, dest, mined_nonces
 from signer_support import error_of, header, read_frame, running_signer
 
@@ -97,6 +97,13 @@ def test_run_and_submit_end_to_end(service, anvil) -> None:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(15) == 0
     assert not sock.exists()
+    # structured logs on stderr: JSON lines with hashes and outcomes, never key or signed bytes
+    lines = [json.loads(x) for x in proc.stderr.read().decode().splitlines() if x.startswith("{")]
+    sends = [x for x in lines if x["msg"] == "broadcast"]
+    assert len(sends) >= 6 and {"endpoint", "tx", "nonce", "outcome", "us"} <= set(sends[0])
+    text = json.dumps(lines)
+    assert DEV_KEY_0.hex() not in text
+    assert out["tx_hash"][2:] in text
 
 
 def _raw(sock: Path) -> socket.socket:

@@ -91,3 +91,42 @@ def test_reorg_whose_new_chain_includes_our_transaction(anvil) -> None:
 
     asyncio.run(main())
     _check_chain(anvil, intents, 1)
+
+
+def test_no_secret_or_signed_bytes_in_logs_and_reprs(anvil, caplog) -> None:
+    """A reorg cycle with the key in this process: the key never shows in logs or reprs, and logs
+    name transactions by hash only (signed bytes stay out of them too)."""
+    import logging
+
+    from anvil_support import DEV_KEY_0
+    from router_support import dev_signer
+
+    from router._logfmt import JsonFormatter
+
+    signer = dev_signer()
+    intents = transfers(2, tag="secret")
+    seen: list[str] = []
+
+    async def main() -> None:
+        async with running_router(anvil, signer) as router:
+            handles = [await router.submit(i) for i in intents]
+            for h in handles:
+                await h.receipt(timeout=20)
+            anvil.rpc("anvil_reorg", 2, [])
+            await wait_for(lambda: router.counters["reorgs"] >= 1, what="reorg detection")
+            for h in handles:
+                await h.receipt(timeout=20)
+            seen.extend(f.raw.hex() for f in router.nonces.all())
+            seen.extend([repr(router), repr(signer), repr(handles[0]), repr(handles[0].flight),
+                         str(router.stats())])
+
+    caplog.set_level(logging.DEBUG)
+    asyncio.run(main())
+    fmt = JsonFormatter()
+    logs = "\n".join(fmt.format(r) for r in caplog.records)
+    assert '"outcome": "accepted"' in logs and '"msg": "reorg"' in logs
+    key = DEV_KEY_0.hex()
+    reprs = "\n".join(seen[2:])
+    assert key not in logs and key not in reprs and key.upper() not in logs
+    for raw in seen[:2]:
+        assert raw not in logs and raw not in reprs
