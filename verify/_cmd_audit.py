@@ -6,6 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report.passed(fail_on) else 1
 
 
-def _print_report(console, report: AuditReport, fail_on: Severity) -> None:  # type: ignore[no-untyped-def]
+def _print_report(console: Console, report: AuditReport, fail_on: Severity) -> None:
     counts = report.counts()
     failed = report.failed(fail_on)
     if failed:

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -122,7 +123,7 @@ def _with_tax(report: JitterReport, slippage: float, volume: float) -> JitterRep
     return replace(report, tax=jitter_tax(report.stats.stddev_ns, slippage, volume))
 
 
-def _print_report(console, report: JitterReport) -> None:  # type: ignore[no-untyped-def]
+def _print_report(console: Console, report: JitterReport) -> None:
     s = report.stats
     above = next(x for x in s.stalls if x.threshold_ns == report.threshold_ns)
     where = (

@@ -38,11 +38,12 @@ class Percentiles:
     max_ns: float
 
     def to_json(self) -> dict[str, float]:
+        # 0.1 ns is far below any clock's resolution; more digits would only be float noise.
         return {
-            "p50_ns": self.p50_ns,
-            "p99_ns": self.p99_ns,
-            "p99_9_ns": self.p99_9_ns,
-            "max_ns": self.max_ns,
+            "p50_ns": round(self.p50_ns, 1),
+            "p99_ns": round(self.p99_ns, 1),
+            "p99_9_ns": round(self.p99_9_ns, 1),
+            "max_ns": round(self.max_ns, 1),
         }
 
 
