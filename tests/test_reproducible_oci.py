@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -247,3 +249,28 @@ def test_from_image_unreachable_api(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/nothing.sock")
     with pytest.raises(ImageSourceError, match="DOCKER_HOST"):
         load_from_docker("x", scratch=tmp_path)
+
+
+@pytest.mark.slow
+def test_cli_build_from_image_via_docker_host(tmp_path: Path, podman_api: str) -> None:
+    import docker
+
+    src = docker_save_tar(tmp_path / "img.tar", [BASE], cmd=["/bin/app"], tag="localhost/cli-img:1")
+    client = docker.DockerClient(base_url=podman_api)
+    try:
+        client.images.load(src.read_bytes())
+    finally:
+        client.close()
+    out = tmp_path / "out"
+    env = dict(os.environ, DOCKER_HOST=podman_api)
+    res = subprocess.run(
+        [sys.executable, "-m", "reproducible", "build", "--out", str(out), "--from-image",
+         "localhost/cli-img:1", "--json"],
+        capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert (out / "sentinel.eif").is_file() and summary["mode"] == "development"
+    doc = json.loads((out / "measurements.json").read_text())
+    assert {"kind": "image", "name": "localhost/cli-img:1"}.items() <= next(
+        i for i in doc["Sentinel"]["inputs"] if i["kind"] == "image").items()
