@@ -163,11 +163,11 @@ def load_policy(path: str | os.PathLike[str] = DEFAULT_POLICY) -> Policy:
 class RateLimiter:
     """Token bucket shared by every connection; time is injected for tests (`now_ns`)."""
 
-    def __init__(self, per_second: float, burst: int) -> None:
+    def __init__(self, per_second: float, burst: int, *, now_ns: int | None = None) -> None:
         self._rate = per_second / 1e9  # tokens per nanosecond
         self._burst = float(burst)
         self._tokens = float(burst)
-        self._last = time.monotonic_ns()
+        self._last = time.monotonic_ns() if now_ns is None else now_ns
         self._lock = threading.Lock()
 
     def take(self, now_ns: int | None = None) -> None:
@@ -178,7 +178,8 @@ class RateLimiter:
         """
         now = time.monotonic_ns() if now_ns is None else now_ns
         with self._lock:
-            tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+            # max(0, ...): a clock read before another thread's update must not drain the bucket
+            tokens = min(self._burst, self._tokens + max(0, now - self._last) * self._rate)
             self._last = max(self._last, now)
             if tokens < 1.0:
                 self._tokens = tokens

@@ -95,8 +95,8 @@ def test_create_and_any_destination_in_development() -> None:
 
 
 def test_rate_limit_token_bucket() -> None:
-    limiter = RateLimiter(per_second=10, burst=2)
     t0 = 10**12
+    limiter = RateLimiter(per_second=10, burst=2, now_ns=t0)
     limiter.take(t0)
     limiter.take(t0)
     with pytest.raises(RateLimited, match="retry later") as info:
@@ -105,6 +105,8 @@ def test_rate_limit_token_bucket() -> None:
     limiter.take(t0 + 100_000_000)  # 0.1 s later: one token refilled
     with pytest.raises(RateLimited):
         limiter.take(t0 + 100_000_001)
+    with pytest.raises(RateLimited):
+        limiter.take(t0 - 5)  # a stale clock read (another thread was later) refills nothing
     limiter.take(t0 + 10**10)  # refill is capped at the burst
     limiter.take(t0 + 10**10)
     with pytest.raises(RateLimited):
