@@ -188,6 +188,14 @@ def test_cli_json_plot_and_tax(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_require_quiet_exit_code_follows_verdict(capsys: pytest.CaptureFixture[str]) -> None:
+    code, doc, _ = cli(capsys, "--duration", "0.05", "--json", "--require-quiet")
+    assert doc is not None
+    quiet = doc["stalls_above_threshold"] == 0 and doc["context_switches"]["involuntary"] == 0
+    assert doc["verdict"] == ("quiet" if quiet else "noisy")
+    assert code == (0 if quiet else 1)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

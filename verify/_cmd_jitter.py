@@ -169,6 +169,11 @@ def _print_report(console: Console, report: JitterReport) -> None:
         f"context switches during the run: {report.involuntary_switches} involuntary, "
         f"{report.voluntary_switches} voluntary"
     )
+    if report.cpu_isolated is False:
+        console.print(
+            f"hint: CPU {report.cpu} is not isolated; `python -m verify audit --cpus {report.cpu}` "
+            "lists what to change"
+        )
     if report.tax is not None:
         t = report.tax
         console.print(
