@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 
 import cbor2
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -204,6 +204,14 @@ def parse_signature_section(data: bytes) -> SignatureSection:
         certificate = x509.load_pem_x509_certificate(entries[0].certificate_pem)
     except ValueError as e:
         raise ValueError(f"signing certificate is not a PEM X.509 certificate ({e})") from e
+    try:
+        # cryptography parses lazily: touch now what describe() and verification read later.
+        certificate.public_key()
+        certificate.subject.rfc4514_string()
+        certificate.issuer.rfc4514_string()
+        _ = (certificate.not_valid_before_utc, certificate.not_valid_after_utc)
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise ValueError(f"signing certificate does not parse ({e})") from e
     cose = CoseSign1.from_bytes(entries[0].cose_sign1)
     return SignatureSection(
         entries=tuple(entries),
