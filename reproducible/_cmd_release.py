@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="create --key-file (default build/release-dev-key.pem) when missing")
     r.add_argument("--kms-endpoint-url", help="KMS endpoint (tests: a local moto server)")
     r.add_argument("--kms-region", help="AWS region of the KMS key")
+    r.add_argument("--sign-eif", action="store_true",
+                   help="sign the EIF with the release key (PCR8) and publish the signed image")
     r.add_argument("--public-key-out", help="write the release public key PEM here")
     r.add_argument("--json", action="store_true", help="what was published, as JSON on stdout")
     r.set_defaults(func=_cmd_release)
@@ -61,9 +63,16 @@ def _cmd_release(args: argparse.Namespace, console: Console) -> int:
 
     build = Path(args.build)
     signer = _signer(args, build)
+    eif, measurements = build / EIF_NAME, build / MEASUREMENTS_NAME
+    if args.sign_eif:
+        from reproducible.release_keys import EifSigningKey
+        from reproducible.sign_eif import sign_built_eif
+
+        eif, measurements = sign_built_eif(build, build / "signed", EifSigningKey.self_signed(signer))
+        console.print(f"signed {eif} (PCR8 published with the release)")
     artifacts = publish_release(
-        eif=build / EIF_NAME,
-        measurements=build / MEASUREMENTS_NAME,
+        eif=eif,
+        measurements=measurements,
         out_dir=Path(args.out),
         signer=signer,
         builder_version=project_version(),

@@ -345,3 +345,38 @@ def test_release_table_update(tmp_path: Path) -> None:
     rows = [line for line in text.splitlines() if line.startswith("| 0.")]
     assert rows == ["| 0.1.0 | development | a | b | c | - | e | f |",
                     "| 0.2.0 | development | A | B | C | - | E | F |"]
+
+
+def test_sign_built_eif_then_publish(tmp_path: Path, dev_key: LocalReleaseKey, kms: Any,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from reproducible.sign_eif import sign_built_eif
+
+    build = build_output(tmp_path / "build")
+    unsigned = measure_eif(build / "sentinel.eif")
+    eif, measurements = sign_built_eif(build, tmp_path / "signed", EifSigningKey.self_signed(dev_key))
+    signed = measure_eif(eif)
+    assert signed.is_signed and signed.signature_ok
+    assert {i: signed.pcrs[i] for i in (0, 1, 2)} == {i: unsigned.pcrs[i] for i in (0, 1, 2)}
+    doc = json.loads(measurements.read_text())
+    assert doc["Measurements"]["PCR8"] == signed.pcrs[8].hex()
+    assert doc["Sentinel"]["eif_sha256"] == sha256_file(eif)
+    assert [s["type"] for s in doc["Sentinel"]["sections"]][-1] == "signature"
+    # A local key signs deterministically: the signed image is reproducible too.
+    again, _ = sign_built_eif(build, tmp_path / "again", EifSigningKey.self_signed(dev_key))
+    assert again.read_bytes() == eif.read_bytes()
+    with pytest.raises(Exception, match="already signed"):
+        sign_built_eif(tmp_path / "signed", tmp_path / "twice", EifSigningKey.self_signed(dev_key))
+
+    artifacts = publish_release(eif=eif, measurements=measurements, out_dir=tmp_path / "m",
+                                signer=dev_key, builder_version="0.1.0")
+    assert "| 9.9.9 | development |" in artifacts.readme.read_text()
+    assert signed.pcrs[8].hex()[:16] in artifacts.readme.read_text()
+    code, _, err = run_verify(capsys, str(artifacts.measurements), "--key",
+                              str(public_pem(dev_key, tmp_path / "pub.pem")), "--eif", str(eif))
+    assert code == 0, err
+
+    # The same with the production key kind: AWS KMS signs the EIF's COSE signature.
+    key_meta = kms.create_key(KeySpec="ECC_NIST_P384", KeyUsage="SIGN_VERIFY")["KeyMetadata"]
+    kms_eif, _ = sign_built_eif(build, tmp_path / "kms",
+                                EifSigningKey.self_signed(KmsReleaseKey(key_meta["KeyId"], client=kms)))
+    assert measure_eif(kms_eif).signature_ok
