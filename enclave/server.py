@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import socket
 import threading
 import time
@@ -101,6 +102,9 @@ class SignerServer:
         self._listener: socket.socket | None = None
         self._address: Address | None = None
         self._closing = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        self._serving = False
+        self._released = False
         self._accept_thread: threading.Thread | None = None
         table: list[_Handler | None] = [None] * 256
         table[Op.PING] = self._op_ping
@@ -136,10 +140,28 @@ class SignerServer:
         if self._listener is None or self._address is None:
             raise RuntimeError("bind() first")
         listener, addr = self._listener, self._address
+        # Wait on the listener *and* a wake-up pipe: shutdown() of a listening AF_VSOCK socket does
+        # not wake a thread blocked in accept() (it does for AF_UNIX/AF_INET), a pipe always does.
+        poller = select.poll()
+        poller.register(listener, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        listener.setblocking(False)
         logger.info("serving %s for %s", addr, self._key.address)
+        self._serving = True
+        try:
+            self._accept_loop(poller, listener, addr)
+        finally:
+            self._release_listener()
+
+    def _accept_loop(self, poller: select.poll, listener: socket.socket, addr: Address) -> None:
         while not self._closing.is_set():
+            poller.poll()
+            if self._closing.is_set():
+                break
             try:
                 conn = accept(listener, addr)
+            except BlockingIOError:  # the peer went away between poll and accept
+                continue
             except OSError:
                 if self._closing.is_set():
                     break
@@ -165,22 +187,35 @@ class SignerServer:
 
     def close(self) -> None:
         """Stop accepting, disconnect every client, remove a Unix socket file."""
+        if self._closing.is_set():
+            return
         self._closing.set()
-        if self._listener is not None:
-            # shutdown() wakes a thread blocked in accept() on Linux; close() alone does not.
-            with contextlib.suppress(OSError):
-                self._listener.shutdown(socket.SHUT_RDWR)
-            self._listener.close()
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        if self._accept_thread is not None:
+            self._accept_thread.join(5)
+        if not self._serving:
+            self._release_listener()
         with self._lock:
             conns = [c for c, _ in self._live.values()]
         for c in conns:
             with contextlib.suppress(OSError):
                 c.shutdown(socket.SHUT_RDWR)
-        if self._accept_thread is not None:
-            self._accept_thread.join(5)
         if self._address is not None and self._address.kind == "unix":
             with contextlib.suppress(OSError):
                 os.unlink(self._address.path)
+
+    def _release_listener(self) -> None:
+        # By whoever owns the accept loop, or by close() if it never ran; exactly once, because a
+        # second os.close() could hit a descriptor number some other code has opened since.
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        if self._listener is not None:
+            self._listener.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
     def __enter__(self) -> SignerServer:
         return self
