@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from verify.eif import EifImage
 from verify.errors import MalformedMeasurements
 
 __all__ = [
     "HASH_ALGORITHM",
     "PcrDiff",
     "PublishedMeasurements",
+    "describe_sections",
     "diff_pcrs",
     "dump_measurements",
     "load_measurements",
@@ -153,6 +155,11 @@ def measurements_document(
     if sentinel is not None:
         doc["Sentinel"] = {"schema": SCHEMA, **{k: v for k, v in sentinel.items() if k != "schema"}}
     return doc
+
+
+def describe_sections(image: EifImage) -> list[dict[str, Any]]:
+    """The `Sentinel.sections` list for an image: type, header offset and body size, in order."""
+    return [{"type": s.type.label, "offset": s.offset, "size": s.size} for s in image.sections]
 
 
 def dump_measurements(doc: dict[str, Any], dest: str | os.PathLike[str] | None = None) -> bytes:
