@@ -256,6 +256,12 @@ class Router:
                     if not await self._nonce_too_low(flight, repeated=too_low > 1):
                         return
                 except (ReplacementUnderpriced, FeeTooLow) as e:
+                    if isinstance(e, ReplacementUnderpriced) and flight.filler:
+                        # The hole is occupied by a pooled transaction after all (e.g. from a
+                        # previous run): never outbid it with a filler.
+                        self.counters["gap_occupied"] += 1
+                        self.nonces.mark_failed(flight, e)
+                        return
                     if not self._bump(flight, e):
                         return
                 except InvalidTransaction as e:
@@ -354,7 +360,7 @@ class Router:
         log.error("intent failed", extra={"intent": flight.intent.id, "nonce": flight.nonce,
                                           "error": error.diagnostics()})
         self._notify()
-        if self.config.fill_gaps:
+        if self.config.fill_gaps and not flight.filler:
             await self._fill_gap(flight.nonce)
 
     async def _fill_gap(self, nonce: int) -> None:
@@ -368,7 +374,8 @@ class Router:
             log.error("cannot fill nonce gap: signer refused",
                       extra={"nonce": nonce, "error": e.diagnostics()})
             return
-        flight = InFlight(nonce, filler, fees, signed.raw, signed.hash, hashes=[signed.hash])
+        flight = InFlight(nonce, filler, fees, signed.raw, signed.hash, hashes=[signed.hash],
+                          filler=True)
         self.nonces.adopt(flight)
         self._handles[filler.id] = Handle(self, flight)
         self.counters["gap_filled"] += 1
@@ -473,11 +480,14 @@ class Router:
         """Time-driven work for quiet chains: re-send pending transactions, look for nonce gaps."""
         while True:
             await asyncio.sleep(min(1.0, self.config.rebroadcast_after_seconds / 2))
-            self._resend_stale()
             try:
+                self._resend_stale()
                 await self._check_gap()
             except RouterError as e:
                 log.warning("nonce gap check failed", extra={"error": e.diagnostics()})
+            except Exception:  # keep the time-driven work alive whatever one round hit
+                log.exception("maintenance round failed")
+            self._prune_handles()
 
     async def _check_gap(self) -> None:
         """If the chain's nonce is below our lowest pending nonce and nothing of ours covers the
@@ -504,7 +514,22 @@ class Router:
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.append(task)  # type: ignore[arg-type]
-        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+        task.add_done_callback(self._reap)
+
+    def _reap(self, task: asyncio.Future[None]) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)  # type: ignore[arg-type]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("router task failed", exc_info=task.exception())
+
+    def _prune_handles(self, keep: int = 100_000) -> None:
+        """Forget the oldest settled handles beyond `keep` (a long-running service)."""
+        excess = len(self._handles) - keep
+        if excess <= 0:
+            return
+        for key in [k for k, h in self._handles.items()
+                    if h.flight.state is not TxState.PENDING][:excess]:
+            del self._handles[key]
 
     def _notify(self) -> None:
         self._changed.set()

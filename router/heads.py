@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import websockets
 
@@ -76,10 +76,9 @@ def parse_header(obj: object, where: str = "header") -> Header:
     return h
 
 
-@dataclass(frozen=True)
-class ChainUpdate:
+class ChainUpdate(NamedTuple):
     """The result of one header: blocks that left and joined our canonical chain (both in
-    ascending order). `removed` non-empty means a reorg."""
+    ascending order). `removed` non-empty means a reorg. (A NamedTuple: built for every head.)"""
 
     header: Header
     added: tuple[Header, ...]
@@ -303,7 +302,13 @@ class HeadWatcher:
                         header = self._decode(message, sub_id)
                         if header is not None:
                             self.stats.heads += 1
-                            await self._on_header(header, received)
+                            try:
+                                await self._on_header(header, received)
+                            except (asyncio.CancelledError, websockets.WebSocketException):
+                                raise
+                            except Exception:  # a bug in one head must not stop the watcher
+                                log.exception("head handler failed",
+                                              extra={"number": header.number})
             except asyncio.CancelledError:
                 raise
             except (OSError, websockets.WebSocketException, TransportError, TimeoutError) as e:

@@ -53,6 +53,8 @@ class InFlight:
     error: RouterError | None = None
     #: A replacement signed ahead of time (fees, raw, hash) for the reorg path; see core.presign.
     standby: tuple[Fees, bytes, bytes] | None = None
+    #: A zero-value transfer to ourselves that only fills a nonce hole (core._fill_gap).
+    filler: bool = False
 
     def __repr__(self) -> str:  # raw bytes stay out of logs and reprs
         return (
