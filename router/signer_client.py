@@ -198,6 +198,7 @@ class SignerClient:
 
     def _reconnect(self) -> None:
         self.close()
+        self._key_info = None  # a restarted signer may hold another key
         deadline = time.monotonic() + self._connect_timeout
         delay = self._backoff
         while True:
