@@ -26,6 +26,7 @@ from signer_support import (
 from enclave import _wire
 from enclave._wire import Op
 from enclave.errors import ErrorCode, PolicyDenied, TransportError
+from enclave.keys import KeyOrigin, SigningKey
 from enclave.policy import Policy, load_policy
 from enclave.server import SignerServer
 from enclave.transport import listen, parse_address
@@ -273,6 +274,10 @@ def test_client_reconnects_after_signer_restart(tmp_path: Path) -> None:
     with running_signer(tmp_path):
         client.ping()  # the old connection is dead; the client reconnects and retries once
         assert client.address().address == DEV_ADDR_0
+    other = SigningKey(b"\x07" * 32, origin=KeyOrigin.DEV)
+    with running_signer(tmp_path, key=other):
+        client.ping()
+        assert client.address().address == other.address  # no stale identity after a reconnect
     client.close()
 
 
