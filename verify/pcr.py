@@ -8,9 +8,9 @@ Each PCR is a TPM-style extend of one SHA-384 stream from 48 zero bytes:
 - PCR2: the remaining ramdisks (the hash of nothing when there is only one),
 - PCR8: the DER of the signing certificate, when a signature section exists.
 
-Bytes are read once into a small pool of reusable buffers. The PCR0 stream is hashed on a worker
-thread while this thread reads, keeps the CRC-32 (ISO-HDLC, i.e. zlib's) over everything but the
-header's CRC field, and hashes PCR2 (hashlib drops the GIL on large buffers).
+Bytes are read once into a small pool of reusable buffers. A worker thread hashes the PCR0 stream
+and keeps the CRC-32 (ISO-HDLC, i.e. zlib's) over everything but the header's CRC field, while
+this thread reads and hashes PCR2 (hashlib and the CRC drop the GIL on large buffers).
 """
 
 from __future__ import annotations
@@ -149,20 +149,21 @@ class _Lanes:
 
     def __init__(self, chunk_size: int, depth: int) -> None:
         self._free = [bytearray(chunk_size) for _ in range(depth)]
-        self._inflight: deque[tuple[bytearray, Future[None] | None]] = deque()
+        self._inflight: deque[tuple[bytearray | None, Future[None] | None]] = deque()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="pcr")
 
     def buffer(self) -> bytearray:
-        if self._free:
-            return self._free.pop()
-        buf, fut = self._inflight.popleft()
-        if fut is not None:
-            fut.result()
-        return buf
+        while not self._free:
+            buf, fut = self._inflight.popleft()
+            if fut is not None:
+                fut.result()
+            if buf is not None:
+                self._free.append(buf)
+        return self._free.pop()
 
     def submit(
         self,
-        buf: bytearray,
+        buf: bytearray | None,
         view: memoryview,
         on_worker: Callable[[memoryview], None] | None,
         on_main: Callable[[memoryview], None] | None,
@@ -184,6 +185,23 @@ class _Lanes:
                     fut.result()
         finally:
             self._worker.shutdown(wait=True)
+
+
+class _Crc:
+    """The running CRC; updated only on the worker lane, so always in file order."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: memoryview) -> None:
+        self.value = crc32(data, self.value)
+
+    def and_then(self, fn: Callable[[memoryview], None]) -> Callable[[memoryview], None]:
+        def both(data: memoryview) -> None:
+            fn(data)
+            self.value = crc32(data, self.value)
+
+        return both
 
 
 def _read_into(f: BinaryIO, view: memoryview, section: EifSection | None, pos: int) -> None:
@@ -233,20 +251,21 @@ def _measure_open(f: BinaryIO, image: EifImage, chunk_size: int) -> EifMeasureme
         f.seek(0)
         head = bytearray(CRC_OFFSET + 4)
         _read_into(f, memoryview(head), None, 0)
-        crc = crc32(memoryview(head)[:CRC_OFFSET])
+        crc = _Crc()
+        lanes.submit(None, memoryview(head)[:CRC_OFFSET], crc.update, None)
         ramdisk_seen = 0
         for section in image.sections:
             sh = bytearray(section.body_offset - section.offset)
             _read_into(f, memoryview(sh), section, section.offset)
-            crc = crc32(sh, crc)
+            lanes.submit(None, memoryview(sh), crc.update, None)
             t = section.type
-            on_worker = on_main = None
+            on_worker, on_main = crc.update, None
             if t in _MEASURED:
                 to_pcr2 = t is SectionType.RAMDISK and ramdisk_seen > 0
                 ramdisk_seen += t is SectionType.RAMDISK
                 if to_pcr2 and pcr1 is None:
                     pcr1 = lanes.on_worker(shared.copy)
-                on_worker = shared.update
+                on_worker = crc.and_then(shared.update)
                 if to_pcr2:
                     on_main = pcr2.update
                 elif pcr1 is not None:  # kernel or cmdline after the fork: unusual, but measured
@@ -262,7 +281,6 @@ def _measure_open(f: BinaryIO, image: EifImage, chunk_size: int) -> EifMeasureme
                 _read_into(f, view, section, pos)
                 if keep:
                     small[section.index] += view
-                crc = crc32(view, crc)
                 lanes.submit(buf, view, on_worker, on_main)
                 remaining -= n
                 pos += n
@@ -274,7 +292,7 @@ def _measure_open(f: BinaryIO, image: EifImage, chunk_size: int) -> EifMeasureme
         pcr1 = shared
     pcrs = {0: extend(pcr0.digest()), 1: extend(pcr1.digest()), 2: extend(pcr2.digest())}
     header = image.header
-    crc_ok = None if header.version < 2 else crc == header.crc32
+    crc_ok = None if header.version < 2 else crc.value == header.crc32
 
     metadata = None
     if (section := image.metadata) is not None:
@@ -301,12 +319,12 @@ def _measure_open(f: BinaryIO, image: EifImage, chunk_size: int) -> EifMeasureme
             signature_ok = True
         except SignatureInvalid as e:
             signature_ok, signature_error = False, str(e)
-    logger.debug("measured %s: crc %08x, pcrs %s", image, crc, {k: v.hex() for k, v in pcrs.items()})
+    logger.debug("measured %s: crc %08x, pcrs %s", image, crc.value, {k: v.hex() for k, v in pcrs.items()})
     return EifMeasurements(
         image=image,
         pcrs=pcrs,
         crc_expected=header.crc32,
-        crc_computed=crc,
+        crc_computed=crc.value,
         crc_ok=crc_ok,
         metadata=metadata,
         cmdline=bytes(small[image.cmdline.index]),
