@@ -28,12 +28,23 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 
 
+_SNAPSHOT: dict[str, Path] = {}
+
+
 def _build(out: Path, **kw) -> BuildResult:
+    # Every build of this module uses one snapshot of enclave/, so PCR2 comparisons hold even
+    # while someone edits the working tree.
+    if "enclave_dir" not in kw and "enclave" in _SNAPSHOT:
+        kw["enclave_dir"] = _SNAPSHOT["enclave"]
+        kw["policy"] = _SNAPSHOT["enclave"] / "policy.dev.toml"
     return run_build(BuildOptions(out=out, **kw), Console(file=io.StringIO(), width=120))
 
 
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory) -> BuildResult:
+    snap = tmp_path_factory.mktemp("payload") / "enclave"
+    shutil.copytree(ROOT / "enclave", snap, ignore=shutil.ignore_patterns("__pycache__"))
+    _SNAPSHOT["enclave"] = snap
     return _build(tmp_path_factory.mktemp("dev") / "build")
 
 
@@ -64,7 +75,7 @@ def test_measurements_describe_inputs_and_sections(dev: BuildResult) -> None:
 
 def test_one_payload_byte_moves_pcr2_and_pcr0_only(dev: BuildResult, tmp_path: Path) -> None:
     enclave = tmp_path / "enclave"
-    shutil.copytree(ROOT / "enclave", enclave, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(_SNAPSHOT["enclave"], enclave)
     init = enclave / "__init__.py"
     init.write_bytes(init.read_bytes() + b"#")
     changed = _build(tmp_path / "b", enclave_dir=enclave, policy=enclave / "policy.dev.toml")
