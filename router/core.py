@@ -116,7 +116,11 @@ class Handle:
                 and landed is not None
                 and tip is not None
                 and tip.number - landed.block_number + 1 >= confirmations
-                and router.view.is_canonical(landed.block_hash)
+                and (
+                    router.view.is_canonical(landed.block_hash)
+                    # older than the header ring: the receipt's block hash is the judge
+                    or tip.number - landed.block_number >= router.config.forget_after_blocks
+                )
             ):
                 try:
                     rcpt = await router._any(lambda rpc, h=landed.tx_hash: rpc.receipt(h))
@@ -161,17 +165,32 @@ class Router:
     async def start(self, *, wait_connected: float = 10.0) -> None:
         """Check the endpoints' chain, read the nonce, subscribe to heads.
 
+        An unreachable endpoint is skipped (it still gets broadcasts, and may come back); one
+        that answers must serve the configured chain and agree on the nonce.
+
         Raises:
             ConfigError: an endpoint serves another chain.
-            NonceSourceError, MalformedResponse, TransportError: from the endpoints.
+            TransportError: no endpoint is reachable.
+            NonceSourceError, MalformedResponse: from the endpoints.
         """
+        reachable: list[RpcClient] = []
         for rpc in self.rpcs:
-            cid = await rpc.chain_id()
+            try:
+                cid = await rpc.chain_id()
+            except TransportError as e:
+                log.warning("endpoint unreachable at start", extra={"error": e.diagnostics()})
+                continue
             if cid != self.config.chain_id:
                 raise ConfigError(
                     f"{rpc.label} serves chain id {cid}, configured {self.config.chain_id}"
                 )
-        await self.nonces.sync(self.rpcs)
+            reachable.append(rpc)
+        if not reachable:
+            raise TransportError(
+                f"none of the {len(self.rpcs)} RPC endpoints is reachable "
+                f"({', '.join(r.label for r in self.rpcs)})"
+            )
+        await self.nonces.sync(reachable)
         latest = await self._latest_header()
         self.view.reset(latest)
         self._tasks = [

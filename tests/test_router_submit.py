@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from anvil_support import free_port
 from router_support import balance, mined_nonces, running_router, transfers
 
 from router.nonces import TxState
@@ -12,11 +13,18 @@ from router.nonces import TxState
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_many_intents_at_once_all_mined_each_nonce_once(anvil) -> None:
+@pytest.mark.parametrize("mining", ["automine", "interval"])
+def test_many_intents_at_once_all_mined_each_nonce_once(anvil, mining: str) -> None:
+    """40 intents at once; with interval mining many of ours share a block. A second, dead
+    endpoint is configured too: broadcasts go to both, the live one wins."""
     intents = transfers(40, tag="burst")
+    if mining == "interval":
+        anvil.rpc("evm_setAutomine", False)
+        anvil.rpc("evm_setIntervalMining", 1)
+    dead = f"http://127.0.0.1:{free_port()}"
 
     async def main() -> None:
-        async with running_router(anvil) as router:
+        async with running_router(anvil, rpc_urls=(dead, anvil.rpc_url)) as router:
             handles = await asyncio.gather(*(router.submit(i) for i in intents))
             receipts = await asyncio.gather(*(h.receipt(timeout=30) for h in handles))
             assert all(int(r["status"], 16) == 1 for r in receipts)
@@ -26,8 +34,32 @@ def test_many_intents_at_once_all_mined_each_nonce_once(anvil) -> None:
             again = await router.submit(intents[0])
             assert again is handles[0]
             assert router.counters["submitted"] == 40
+            assert router.broadcaster.counters[f"{dead} transport"] >= 40
+            blocks = {h.flight.landed.block_hash for h in handles if h.flight.landed}
+            if mining == "interval":
+                assert len(blocks) < 40  # several of ours per block
 
     asyncio.run(main())
     assert sorted(mined_nonces(anvil)) == list(range(40))
     for i, intent in enumerate(intents):
         assert balance(anvil, intent.to) == intent.value, i
+
+
+def test_no_reachable_endpoint_is_a_clear_error() -> None:
+    from anvil_support import Anvil
+    from router_support import config_for, dev_signer
+
+    from router.core import Router
+    from router.errors import TransportError
+
+    ghost = Anvil(port=free_port(), chain_id=31337)  # never started
+
+    async def main() -> None:
+        router = Router(config_for(ghost), dev_signer())
+        try:
+            with pytest.raises(TransportError, match="none of the 1 RPC endpoints is reachable"):
+                await router.start()
+        finally:
+            await router.close()
+
+    asyncio.run(main())
