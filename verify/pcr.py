@@ -230,8 +230,9 @@ def measure_eif(
     `signature_ok`); call `check_sound()` to turn them into errors.
 
     Raises:
-        MalformedEif: missing file, structure that is not a sound EIF, or a metadata or signature
-            section that does not parse (names section and byte offset).
+        MalformedInput: the file is missing or unreadable.
+        MalformedEif: structure that is not a sound EIF, or a metadata or signature section that
+            does not parse (names section and byte offset).
     """
     with open_eif(path) as f:
         image = EifReader(limits).read(f, os.fstat(f.fileno()).st_size)
