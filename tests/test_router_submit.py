@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 from anvil_support import free_port
-from router_support import balance, mined_nonces, running_router, transfers
+from router_support import balance, mined_nonces, running_router, transfers, wait_for
 
 from router.nonces import TxState
 
@@ -61,5 +61,22 @@ def test_no_reachable_endpoint_is_a_clear_error() -> None:
                 await router.start()
         finally:
             await router.close()
+
+    asyncio.run(main())
+
+
+def test_receipt_of_a_transaction_older_than_the_ring(anvil) -> None:
+    """After 150 more blocks the landing block has left the header ring (and the flight was
+    forgotten); the receipt is still answered, checked against the receipt's block hash."""
+
+    async def main() -> None:
+        async with running_router(anvil, head_ring=32, forget_after_blocks=16) as router:
+            h = await router.submit(transfers(1, tag="old")[0])
+            first = await h.receipt(timeout=20)
+            anvil.rpc("anvil_mine", hex(150))
+            await wait_for(lambda: router.view.tip.number >= 151, what="150 heads")
+            assert router.nonces.all() == []  # forgotten: buried deep enough
+            again = await h.receipt(confirmations=100, timeout=10)
+            assert again["blockHash"] == first["blockHash"]
 
     asyncio.run(main())
