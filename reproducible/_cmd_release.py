@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 _MEASUREMENTS_DIR = Path(__file__).resolve().parents[1] / "measurements"
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r = sub.add_parser("release", help="publish measurements/<version>.json, sign it, write provenance")
     r.add_argument("--build", default="build", help="the build output directory (default: build)")
     r.add_argument("--out", default=str(_MEASUREMENTS_DIR), help="where releases are published")

@@ -70,7 +70,7 @@ def provenance_statement(
     dependencies = [_dependency(item) for item in sentinel["inputs"]]
     if source_commit is not None:
         dependencies.insert(0, {"name": "sentinel source", "digest": {"gitCommit": source_commit}})
-    internal = {
+    internal: dict[str, Any] = {
         "source_date_epoch": sentinel["source_date_epoch"],
         **{k: sentinel[k] for k in ("kernel_version", "cmdline") if k in sentinel},
     }

@@ -152,7 +152,7 @@ class KmsReleaseKey:
             )
         except self._errors as e:
             raise ReleaseKeyError(f"KMS Sign with {self._key_id} failed: {e}") from e
-        signature = answer["Signature"]
+        signature = bytes(answer["Signature"])
         try:
             # A signature that does not verify would publish an unverifiable release: check now.
             self._public.verify(signature, message, ec.ECDSA(hashes.SHA384()))

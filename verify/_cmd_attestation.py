@@ -36,7 +36,7 @@ from verify.attestation.roots import fingerprint
 from verify.errors import MalformedInput
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "attestation",
         help="verify a Nitro attestation document (chain, signature, PCRs, nonce, freshness)",

@@ -45,7 +45,7 @@ class DescribedEnclave:
     pcrs: dict[int, bytes]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "enclave",
         help="compare running enclaves (nitro-cli describe-enclaves) with published measurements",

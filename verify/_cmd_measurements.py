@@ -22,7 +22,7 @@ from verify.errors import MalformedInput
 from verify.signed_release import verify_release
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "measurements",
         help="check the release signature of a measurements file",

@@ -116,7 +116,7 @@ def _statement(envelope: Envelope) -> dict[str, Any]:
 
 
 def _subject_named(statement: dict[str, Any], what: str, digest: str) -> str:
-    signed = {s["name"]: s["digest"].get("sha256") for s in statement["subject"]}
+    signed: dict[str, object] = {s["name"]: s["digest"].get("sha256") for s in statement["subject"]}
     for name, value in signed.items():
         if value == digest:
             return name

@@ -21,9 +21,10 @@ import functools
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -62,6 +63,7 @@ __all__ = [
     "VerifiedAttestation",
     "verify",
 ]
+
 
 class _DocumentTime:
     def __repr__(self) -> str:
@@ -107,7 +109,7 @@ class VerifiedAttestation:
     validated_at: datetime
 
     @property
-    def pcrs(self) -> Any:
+    def pcrs(self) -> Mapping[int, bytes]:
         return self.document.pcrs
 
 
