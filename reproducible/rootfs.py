@@ -10,10 +10,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,13 +238,3 @@ def customer_ramdisk(rootfs: Tree, cmd: tuple[str, ...], env: tuple[str, ...]) -
     tree.add_file("env", ("".join(e + "\n" for e in env)).encode())
     return tree
 
-
-def digest_tree(tree: Tree) -> str:
-    """A quick identity of a tree's content (for reports)."""
-    h = hashlib.sha256()
-    for path, e in tree.items():
-        h.update(f"{path}\0{e.kind}\0{e.mode:o}\0{e.target}\0".encode())
-    return h.hexdigest()
-
-
-ProgressFn = Callable[[int], None]

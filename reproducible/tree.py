@@ -8,7 +8,6 @@ name with `..`, an absolute path, or a path through a symlink that points outsid
 from __future__ import annotations
 
 import posixpath
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,6 +205,3 @@ def _escapes(base: str, target: str) -> bool:
             depth += 1
     return False
 
-
-def mode_of(st_mode: int) -> int:
-    return stat.S_IMODE(st_mode)
