@@ -48,7 +48,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     keys = p.add_argument_group("signing key (exactly one source)")
     keys.add_argument(
-        "--kms-key-blob", metavar="FILE", help="KMS ciphertext of the key (python -m enclave kms-blob)"
+        "--kms-key-blob",
+        metavar="FILE",
+        help="KMS ciphertext of the key (python -m enclave kms-blob)",
     )
     keys.add_argument(
         "--dev-key-file",
@@ -145,7 +147,10 @@ def run(args: argparse.Namespace) -> int:
     # and collections become rarer; the serving loop allocates few container objects.
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
-    print(f"sentinel signer {key.address} listening on {bound} (policy: {policy.mode})", file=sys.stderr)
+    print(
+        f"sentinel signer {key.address} listening on {bound} (policy: {policy.mode})",
+        file=sys.stderr,
+    )
     sys.stderr.flush()
     try:
         server.serve_forever()

@@ -56,9 +56,7 @@ def _make_fast() -> Callable[[bytes | bytearray | memoryview], bytes]:
         s = st.state
         # cffi passes bytes as a const pointer directly; other buffers need a (cheap) view object.
         buf = data if type(data) is bytes else raw_ffi.from_buffer(data)
-        if reset(s) or absorb(s, buf, len(data)) or digest(
-            s, st.out_ptr, 32, _RATE_PADDING
-        ):
+        if reset(s) or absorb(s, buf, len(data)) or digest(s, st.out_ptr, 32, _RATE_PADDING):
             raise RuntimeError("keccak C core failed")
         return bytes(st.out)
 

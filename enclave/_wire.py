@@ -108,9 +108,13 @@ def check_header(magic: bytes, version: int, length: int) -> None:
         ProtocolError: BAD_MAGIC, BAD_VERSION or PAYLOAD_TOO_LARGE, checked in that order.
     """
     if magic != MAGIC:
-        raise ProtocolError(ErrorCode.BAD_MAGIC, f"bad magic 0x{magic.hex()} (expected 0x{MAGIC.hex()})")
+        raise ProtocolError(
+            ErrorCode.BAD_MAGIC, f"bad magic 0x{magic.hex()} (expected 0x{MAGIC.hex()})"
+        )
     if version != VERSION:
-        raise ProtocolError(ErrorCode.BAD_VERSION, f"protocol version {version} (supported: {VERSION})")
+        raise ProtocolError(
+            ErrorCode.BAD_VERSION, f"protocol version {version} (supported: {VERSION})"
+        )
     if length > MAX_PAYLOAD:
         raise ProtocolError(
             ErrorCode.PAYLOAD_TOO_LARGE, f"payload of {length} bytes (limit {MAX_PAYLOAD})"
@@ -159,7 +163,9 @@ def encode_sign_tx(tx: UnsignedTx) -> bytes:
     data = tx.data
     try:
         # Fast path (this is on the client's hot path): struct and int.to_bytes enforce the ranges.
-        if (tx.tx_type != TX_EIP1559 and tx.tx_type != TX_LEGACY) or (to is not None and len(to) != 20):
+        if (tx.tx_type != TX_EIP1559 and tx.tx_type != TX_LEGACY) or (
+            to is not None and len(to) != 20
+        ):
             raise ValueError
         if len(data) > MAX_PAYLOAD - TX_FIXED_SIZE:
             raise ValueError
@@ -210,10 +216,11 @@ def decode_sign_tx(payload: memoryview) -> UnsignedTx:
     n = len(payload)
     if n < TX_FIXED_SIZE:
         raise ProtocolError(
-            ErrorCode.BAD_LENGTH, f"sign-tx payload: got {n} bytes, expected at least {TX_FIXED_SIZE}"
+            ErrorCode.BAD_LENGTH,
+            f"sign-tx payload: got {n} bytes, expected at least {TX_FIXED_SIZE}",
         )
-    (tx_type, flags, reserved, data_len, chain_id, nonce, gas, value, max_fee, prio, to) = _unpack_tx(
-        payload, 0
+    (tx_type, flags, reserved, data_len, chain_id, nonce, gas, value, max_fee, prio, to) = (
+        _unpack_tx(payload, 0)
     )
     if data_len != n - TX_FIXED_SIZE:
         raise ProtocolError(
@@ -285,7 +292,8 @@ def decode_attest(payload: memoryview) -> tuple[bytes | None, bytes | None, byte
     n = len(payload)
     if n < ATTEST_FIXED.size:
         raise ProtocolError(
-            ErrorCode.BAD_LENGTH, f"attest payload: got {n} bytes, expected at least {ATTEST_FIXED.size}"
+            ErrorCode.BAD_LENGTH,
+            f"attest payload: got {n} bytes, expected at least {ATTEST_FIXED.size}",
         )
     ln, lu, lk, reserved = ATTEST_FIXED.unpack_from(payload, 0)
     if reserved:

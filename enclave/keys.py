@@ -36,7 +36,8 @@ def checksum_address(address: bytes) -> str:
     lower = address.hex()
     nibbles = keccak256(lower.encode("ascii")).hex()
     return "0x" + "".join(
-        c.upper() if c.isalpha() and int(n, 16) >= 8 else c for c, n in zip(lower, nibbles[:40], strict=True)
+        c.upper() if c.isalpha() and int(n, 16) >= 8 else c
+        for c, n in zip(lower, nibbles[:40], strict=True)
     )
 
 
@@ -87,7 +88,9 @@ class SigningKey:
     __str__ = __repr__
 
     def __reduce__(self) -> object:
-        raise TypeError("SigningKey cannot be pickled or copied: keys stay in this process's memory")
+        raise TypeError(
+            "SigningKey cannot be pickled or copied: keys stay in this process's memory"
+        )
 
     def __copy__(self) -> SigningKey:
         raise TypeError("SigningKey cannot be copied")
@@ -108,7 +111,9 @@ def load_dev_key(path: str | os.PathLike[str]) -> SigningKey:
         with p.open("rb") as f:
             raw = f.read(_DEV_KEY_MAX_FILE + 1)
     except OSError as e:
-        raise KeyLoadError(f"dev key file {p}: cannot read ({e.strerror or type(e).__name__})") from None
+        raise KeyLoadError(
+            f"dev key file {p}: cannot read ({e.strerror or type(e).__name__})"
+        ) from None
     if len(raw) > _DEV_KEY_MAX_FILE:
         raise KeyLoadError(f"dev key file {p}: larger than {_DEV_KEY_MAX_FILE} bytes")
     text = raw.strip()

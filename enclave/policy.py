@@ -118,7 +118,8 @@ class Policy:
         """
         if tx.chain_id not in self.chain_ids:
             raise PolicyDenied(
-                "chain_ids", f"chain id {tx.chain_id} not allowed (allowed: {sorted(self.chain_ids)})"
+                "chain_ids",
+                f"chain id {tx.chain_id} not allowed (allowed: {sorted(self.chain_ids)})",
             )
         if tx.to is None:
             if not self.allow_create:
@@ -240,9 +241,7 @@ def _parse(doc: dict[str, Any], source: str) -> Policy:
     chain_ids = doc["chain_ids"]
     if not isinstance(chain_ids, list) or not chain_ids:
         raise _err(source, "chain_ids must be a non-empty list of integers")
-    chains = frozenset(
-        _uint(source, "chain_ids[]", c, limit=(1 << 64) - 1) for c in chain_ids
-    )
+    chains = frozenset(_uint(source, "chain_ids[]", c, limit=(1 << 64) - 1) for c in chain_ids)
     if 0 in chains:
         raise _err(source, "chain id 0 is not a chain (EIP-155)")
     rate = doc["rate_limit"]

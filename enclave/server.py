@@ -85,7 +85,9 @@ class SignerServer:
     ) -> None:
         policy.check_key(key)
         if cpu is not None and cpu not in os.sched_getaffinity(0):
-            raise ValueError(f"cpu {cpu} is not available to this process ({os.sched_getaffinity(0)})")
+            raise ValueError(
+                f"cpu {cpu} is not available to this process ({os.sched_getaffinity(0)})"
+            )
         if spin_us < 0:
             raise ValueError("spin_us must be >= 0")
         self._key = key
@@ -412,7 +414,9 @@ class SignerServer:
     def _op_attest(self, p: memoryview, c: list[int]) -> bytes:
         nonce, user_data, public_key = _wire.decode_attest(p)
         if self._nsm is None:
-            raise AttestationUnavailable("no Nitro Secure Module (device absent, emulator not allowed)")
+            raise AttestationUnavailable(
+                "no Nitro Secure Module (device absent, emulator not allowed)"
+            )
         doc = self._nsm.attestation(user_data=user_data, nonce=nonce, public_key=public_key)
         if len(doc) > MAX_PAYLOAD:
             raise EnclaveError(f"attestation document of {len(doc)} bytes exceeds the frame limit")

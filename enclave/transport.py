@@ -50,7 +50,9 @@ def _port(text: str, address: str, limit: int) -> int:
     try:
         port = int(text, 10)
     except ValueError:
-        raise TransportError(f"address {address!r}: port {text!r} is not a decimal number") from None
+        raise TransportError(
+            f"address {address!r}: port {text!r} is not a decimal number"
+        ) from None
     if not 0 <= port <= limit:
         raise TransportError(f"address {address!r}: port {port} out of range 0..{limit}")
     return port
@@ -139,7 +141,9 @@ def listen(addr: Address | str, *, backlog: int = 16) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(_sockaddr(addr))
         if addr.kind == "unix":
-            os.chmod(addr.path, 0o600)  # only this user (the parent's router) may ask for signatures
+            os.chmod(
+                addr.path, 0o600
+            )  # only this user (the parent's router) may ask for signatures
         sock.listen(backlog)
     except OSError as e:
         sock.close()

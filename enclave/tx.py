@@ -115,7 +115,13 @@ def _rlp_scalar_bytes(b: bytes) -> bytes:
 def _body(tx: UnsignedTx) -> tuple[bytes, bytes]:
     """(fields encoded once and shared by signing payload and signed tx, signing preimage)."""
     enc_int = rlp_encode_int
-    to = _EMPTY if tx.to is None else _BYTE[0x94] + tx.to if len(tx.to) == 20 else rlp_encode_bytes(tx.to)
+    to = (
+        _EMPTY
+        if tx.to is None
+        else _BYTE[0x94] + tx.to
+        if len(tx.to) == 20
+        else rlp_encode_bytes(tx.to)
+    )
     if tx.tx_type == TX_EIP1559:
         fields = b"".join(
             (
@@ -162,7 +168,9 @@ def sign_tx(key: _DigestSigner, tx: UnsignedTx) -> SignedTx:
     r = _rlp_scalar_bytes(sig[0:32])
     s = _rlp_scalar_bytes(sig[32:64])
     if tx.tx_type == TX_EIP1559:
-        raw = b"\x02" + rlp_encode_list(b"".join((fields, _BYTE[sig[64]] if sig[64] else _EMPTY, r, s)))
+        raw = b"\x02" + rlp_encode_list(
+            b"".join((fields, _BYTE[sig[64]] if sig[64] else _EMPTY, r, s))
+        )
     else:
         v = rlp_encode_int(tx.chain_id * 2 + 35 + sig[64])
         raw = rlp_encode_list(b"".join((fields, v, r, s)))

@@ -10,7 +10,10 @@ from router._cli import emit_json
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("address", help="print the signer's EVM address")
     parser.add_argument(
-        "--signer", required=True, metavar="ADDR", help="unix:PATH | tcp:127.0.0.1:PORT | vsock:CID:PORT"
+        "--signer",
+        required=True,
+        metavar="ADDR",
+        help="unix:PATH | tcp:127.0.0.1:PORT | vsock:CID:PORT",
     )
     parser.add_argument(
         "--json", action="store_true", help="print {address, public_key} as JSON on stdout"

@@ -15,9 +15,14 @@ from router.errors import MalformedInput
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("sign-tx", help="have the signer sign a transaction (JSON-RPC fields)")
+    parser = subparsers.add_parser(
+        "sign-tx", help="have the signer sign a transaction (JSON-RPC fields)"
+    )
     parser.add_argument(
-        "--signer", required=True, metavar="ADDR", help="unix:PATH | tcp:127.0.0.1:PORT | vsock:CID:PORT"
+        "--signer",
+        required=True,
+        metavar="ADDR",
+        help="unix:PATH | tcp:127.0.0.1:PORT | vsock:CID:PORT",
     )
     parser.add_argument(
         "--tx", required=True, metavar="TX.json", help="transaction file ('-' reads stdin)"

@@ -83,7 +83,9 @@ def parse_tx(obj: object, *, signer_address: bytes | None = None) -> UnsignedTx:
         raise MalformedInput(f"transaction: missing fields {missing}")
     has_1559 = "maxFeePerGas" in obj or "maxPriorityFeePerGas" in obj
     if has_1559 and "gasPrice" in obj:
-        raise MalformedInput("transaction: gasPrice (legacy) and maxFeePerGas (EIP-1559) both given")
+        raise MalformedInput(
+            "transaction: gasPrice (legacy) and maxFeePerGas (EIP-1559) both given"
+        )
     if not has_1559 and "gasPrice" not in obj:
         raise MalformedInput("transaction: needs maxFeePerGas + maxPriorityFeePerGas, or gasPrice")
     tx_type = TX_EIP1559 if has_1559 else TX_LEGACY
@@ -98,7 +100,9 @@ def parse_tx(obj: object, *, signer_address: bytes | None = None) -> UnsignedTx:
         max_fee = _quantity("maxFeePerGas", obj["maxFeePerGas"])
         prio = _quantity("maxPriorityFeePerGas", obj["maxPriorityFeePerGas"])
         if prio > max_fee:
-            raise MalformedInput(f"transaction: maxPriorityFeePerGas {prio} above maxFeePerGas {max_fee}")
+            raise MalformedInput(
+                f"transaction: maxPriorityFeePerGas {prio} above maxFeePerGas {max_fee}"
+            )
     else:
         max_fee, prio = _quantity("gasPrice", obj["gasPrice"]), 0
     if obj.get("accessList") not in (None, []):

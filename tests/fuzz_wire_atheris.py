@@ -20,7 +20,10 @@ from wire_fuzz_support import check_answers, exchange  # noqa: E402
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="sentinel-atheris-") as tmp, running_signer(Path(tmp)) as srv:
+    with (
+        tempfile.TemporaryDirectory(prefix="sentinel-atheris-") as tmp,
+        running_signer(Path(tmp)) as srv,
+    ):
         address = str(srv.address)
 
         def one_input(data: bytes) -> None:

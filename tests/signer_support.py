@@ -37,7 +37,10 @@ def running_signer(
 
     Busy-polling is off by default: the tests share two cores with everything else."""
     server = SignerServer(
-        key or dev_key(), policy or load_policy(DEV_POLICY), nsm=nsm, spin_us=spin_us  # type: ignore[arg-type]
+        key or dev_key(),
+        policy or load_policy(DEV_POLICY),
+        nsm=nsm,
+        spin_us=spin_us,  # type: ignore[arg-type]
     )
     server.bind(listen or f"unix:{tmp_path / 'signer.sock'}")
     server.start()

@@ -47,7 +47,10 @@ def _fees(anvil: Anvil) -> tuple[int, int]:
 
 def test_anvil_mines_both_types_and_a_creation(anvil: Anvil, tmp_path: Path) -> None:
     max_fee, prio = _fees(anvil)
-    with running_signer(tmp_path) as server, SignerClient.connect(str(server.address), spin_us=0) as c:
+    with (
+        running_signer(tmp_path) as server,
+        SignerClient.connect(str(server.address), spin_us=0) as c,
+    ):
         nonce = int(str(anvil.rpc("eth_getTransactionCount", DEV_ADDR_0, "pending")), 16)
         dest = bytes.fromhex("70997970C51812dc3A010C7d01b50e0d17dc79C8")
         txs = [
@@ -81,7 +84,10 @@ def test_anvil_mines_a_funded_dev_key_via_the_cli(anvil: Anvil, tmp_path: Path) 
     try:
         max_fee, prio = _fees(anvil)
         for i, fees in enumerate(
-            [{"maxFeePerGas": hex(max_fee), "maxPriorityFeePerGas": hex(prio)}, {"gasPrice": str(max_fee)}]
+            [
+                {"maxFeePerGas": hex(max_fee), "maxPriorityFeePerGas": hex(prio)},
+                {"gasPrice": str(max_fee)},
+            ]
         ):
             tx_file = tmp_path / f"tx{i}.json"
             tx_file.write_text(json.dumps(
@@ -95,7 +101,12 @@ def test_anvil_mines_a_funded_dev_key_via_the_cli(anvil: Anvil, tmp_path: Path) 
             )  # fmt: skip
             assert out.returncode == 0, out.stderr
             signed = json.loads(out.stdout)
-            _send(anvil, bytes.fromhex(signed["raw"][2:]), bytes.fromhex(signed["hash"][2:]), key.address)
+            _send(
+                anvil,
+                bytes.fromhex(signed["raw"][2:]),
+                bytes.fromhex(signed["hash"][2:]),
+                key.address,
+            )
     finally:
         proc.terminate()
         proc.wait(10)

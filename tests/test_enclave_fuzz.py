@@ -95,7 +95,12 @@ def test_server_answers_every_frame_and_keeps_serving(signer: str, stream: bytes
 def test_decoders_raise_only_protocol_errors(payload: bytes) -> None:
     from enclave.errors import ProtocolError
 
-    for decode in (_wire.decode_sign_tx, _wire.decode_attest, _wire.decode_error, _wire.Stats.decode):
+    for decode in (
+        _wire.decode_sign_tx,
+        _wire.decode_attest,
+        _wire.decode_error,
+        _wire.Stats.decode,
+    ):
         try:
             decode(memoryview(payload))
         except ProtocolError as e:
@@ -132,6 +137,10 @@ def test_oracle_catches_missing_extra_and_reordered_answers(signer: str) -> None
     check_answers(stream, answers)
     first = 12
     second = first + 12 + int.from_bytes(answers[first + 8 : first + 12], "little")
-    for bad in (answers[:-1], answers + b"\0", answers[first:second] + answers[:first] + answers[second:]):
+    for bad in (
+        answers[:-1],
+        answers + b"\0",
+        answers[first:second] + answers[:first] + answers[second:],
+    ):
         with pytest.raises(AssertionError):
             check_answers(stream, bad)

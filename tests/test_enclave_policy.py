@@ -37,7 +37,9 @@ address = "{ROUTER}"
 """
 
 POLICY = Policy.from_toml(BASE)
-OK = UnsignedTx(TX_EIP1559, 1, 0, 60000, bytes.fromhex(TOKEN[2:]), 0, TRANSFER + bytes(64), 10**11, 10**9)
+OK = UnsignedTx(
+    TX_EIP1559, 1, 0, 60000, bytes.fromhex(TOKEN[2:]), 0, TRANSFER + bytes(64), 10**11, 10**9
+)
 
 
 def test_allowed_transaction_passes() -> None:
@@ -76,7 +78,9 @@ def test_limits_are_inclusive() -> None:
 def test_sign_digest_rule() -> None:
     with pytest.raises(PolicyDenied, match="sign_digest"):
         POLICY.check_digest()
-    Policy.from_toml(BASE.replace("max_gas = 500000", "max_gas = 500000\nsign_digest = true")).check_digest()
+    Policy.from_toml(
+        BASE.replace("max_gas = 500000", "max_gas = 500000\nsign_digest = true")
+    ).check_digest()
 
 
 def test_production_refuses_dev_keys() -> None:

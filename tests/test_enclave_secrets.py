@@ -83,13 +83,17 @@ def test_no_secret_in_logs_errors_reprs_or_responses(
                 lambda: client.attest(nonce=b"x"),
                 lambda: client.sign_tx(UnsignedTx(TX_EIP1559, 5, 0, 1, b"\1" * 20, 0, b"", 1, 1)),
                 # calldata carrying the secret, denied: denials name rules, never echo request bytes
-                lambda: client.sign_tx(UnsignedTx(TX_EIP1559, 5, 0, 1, SECRET[:20], 0, SECRET, 1, 1)),
+                lambda: client.sign_tx(
+                    UnsignedTx(TX_EIP1559, 5, 0, 1, SECRET[:20], 0, SECRET, 1, 1)
+                ),
             ):
                 try:
                     call()
                 except RouterError as e:
                     errors.append(e)
-            signed = client.sign_tx(UnsignedTx(TX_EIP1559, 31337, 0, 21000, b"\1" * 20, 0, b"", 1, 1))
+            signed = client.sign_tx(
+                UnsignedTx(TX_EIP1559, 31337, 0, 21000, b"\1" * 20, 0, b"", 1, 1)
+            )
             responses += signed.raw + signed.hash
     assert len(errors) == 3
     for e in errors:

@@ -63,7 +63,9 @@ def test_serve_with_a_kms_key_under_a_production_policy(tmp_path: Path) -> None:
         try:
             with SignerClient.connect(f"unix:{sock}", spin_us=0, connect_timeout=60) as signer:
                 assert signer.address().address == address
-                signed = signer.sign_tx(UnsignedTx(TX_EIP1559, 31337, 0, 21000, DEST, 1, b"", 10**9, 1))
+                signed = signer.sign_tx(
+                    UnsignedTx(TX_EIP1559, 31337, 0, 21000, DEST, 1, b"", 10**9, 1)
+                )
                 assert Account.recover_transaction(signed.raw) == address
                 assert kms.recipient_decrypts == 1
         finally:

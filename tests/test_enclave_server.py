@@ -46,13 +46,22 @@ def test_operations_over_unix_socket(tmp_path: Path) -> None:
         client.ping()
         info = client.address()
         assert info.address == DEV_ADDR_0
-        assert info.public_key == coincurve.PrivateKey(DEV_KEY_0).public_key.format(compressed=False)
+        assert info.public_key == coincurve.PrivateKey(DEV_KEY_0).public_key.format(
+            compressed=False
+        )
         digest = os.urandom(32)
         sig = client.sign_digest(digest)
-        assert coincurve.PublicKey.from_signature_and_message(sig, digest, hasher=None).format(
-            compressed=False
-        ) == info.public_key
-        for tx in (TX, TX._replace(tx_type=TX_LEGACY, max_priority_fee_per_gas=0), TX._replace(to=None)):
+        assert (
+            coincurve.PublicKey.from_signature_and_message(sig, digest, hasher=None).format(
+                compressed=False
+            )
+            == info.public_key
+        )
+        for tx in (
+            TX,
+            TX._replace(tx_type=TX_LEGACY, max_priority_fee_per_gas=0),
+            TX._replace(to=None),
+        ):
             signed = client.sign_tx(tx)
             assert Account.recover_transaction(signed.raw) == DEV_ADDR_0
         stats = client.stats()
@@ -171,7 +180,11 @@ def test_oversized_payload_is_drained_not_stored(tmp_path: Path) -> None:
 
 
 def test_pipelined_and_byte_by_byte_frames(tmp_path: Path) -> None:
-    frames = b"".join(header(Op.PING, i, 0) for i in range(1, 50)) + header(Op.SIGN_DIGEST, 50, 32) + bytes(range(32))
+    frames = (
+        b"".join(header(Op.PING, i, 0) for i in range(1, 50))
+        + header(Op.SIGN_DIGEST, 50, 32)
+        + bytes(range(32))
+    )
     with running_signer(tmp_path) as server, raw_connect(server) as sock:
         sock.sendall(frames)
         assert [read_frame(sock)[1] for _ in range(50)] == list(range(1, 51))
@@ -235,7 +248,11 @@ def test_attest_with_emulated_nsm(tmp_path: Path) -> None:
     with running_signer(tmp_path, nsm=nsm) as server, _client(server) as client:
         doc = client.attest(nonce=b"n" * 32, user_data=b"hello", public_key=b"k" * 100)
         parsed = parse_document(doc).document
-        assert (parsed.nonce, parsed.user_data, parsed.public_key) == (b"n" * 32, b"hello", b"k" * 100)
+        assert (parsed.nonce, parsed.user_data, parsed.public_key) == (
+            b"n" * 32,
+            b"hello",
+            b"k" * 100,
+        )
         assert client.stats().attestations == 1
 
 
@@ -293,9 +310,7 @@ def test_client_connect_errors(tmp_path: Path) -> None:
 
 def test_busy_polling_and_pinning(tmp_path: Path) -> None:
     cpu = min(os.sched_getaffinity(0))
-    server = SignerServer(
-        dev_key(), load_policy(DEV_POLICY), cpu=cpu, spin_us=50
-    )
+    server = SignerServer(dev_key(), load_policy(DEV_POLICY), cpu=cpu, spin_us=50)
     server.bind(f"unix:{tmp_path / 's.sock'}")
     server.start()
     before = os.sched_getaffinity(0)

@@ -57,7 +57,11 @@ def _eth_account_dict(tx: UnsignedTx) -> dict[str, object]:
         "to": checksum_address(tx.to) if tx.to is not None else b"",
     }
     if tx.tx_type == TX_EIP1559:
-        d.update(type=2, maxFeePerGas=tx.max_fee_per_gas, maxPriorityFeePerGas=tx.max_priority_fee_per_gas)
+        d.update(
+            type=2,
+            maxFeePerGas=tx.max_fee_per_gas,
+            maxPriorityFeePerGas=tx.max_priority_fee_per_gas,
+        )
     else:
         d["gasPrice"] = tx.max_fee_per_gas
     return d

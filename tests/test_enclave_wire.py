@@ -12,7 +12,17 @@ from enclave import _wire
 from enclave.errors import ErrorCode, ProtocolError
 from enclave.tx import TX_EIP1559, TX_LEGACY, UnsignedTx
 
-TX = UnsignedTx(TX_EIP1559, 1, 5, 21000, b"\x11" * 20, 10**18, b"\xa9\x05\x9c\xbb" + bytes(64), 3 * 10**10, 10**9)
+TX = UnsignedTx(
+    TX_EIP1559,
+    1,
+    5,
+    21000,
+    b"\x11" * 20,
+    10**18,
+    b"\xa9\x05\x9c\xbb" + bytes(64),
+    3 * 10**10,
+    10**9,
+)
 
 txs = st.builds(
     lambda t, chain, nonce, gas, to, value, data, fee, prio: UnsignedTx(

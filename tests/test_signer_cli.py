@@ -33,7 +33,13 @@ def signer(tmp_path: Path) -> Iterator[str]:
 
 TX_1559 = {"chainId": 31337, "nonce": "0x5", "to": "0x" + "22" * 20, "value": "1000", "gas": 21000,
            "maxFeePerGas": "0x4a817c800", "maxPriorityFeePerGas": 10**9, "data": "0xabcd"}  # fmt: skip
-TX_LEGACY = {"chainId": "31337", "nonce": 0, "to": "0x" + "22" * 20, "gas": "0x5208", "gasPrice": 10**9}
+TX_LEGACY = {
+    "chainId": "31337",
+    "nonce": 0,
+    "to": "0x" + "22" * 20,
+    "gas": "0x5208",
+    "gasPrice": 10**9,
+}
 
 
 @pytest.mark.parametrize("tx", [TX_1559, TX_LEGACY], ids=["eip1559", "legacy"])
@@ -90,7 +96,9 @@ def test_router_unreachable_and_usage(tmp_path: Path) -> None:
     ],
     ids=["address", "no-key", "prod-policy-dev-key", "bad-key", "no-policy"],
 )  # fmt: skip
-def test_serve_refuses_bad_configuration(tmp_path: Path, args: list[str], code: int, match: str) -> None:
+def test_serve_refuses_bad_configuration(
+    tmp_path: Path, args: list[str], code: int, match: str
+) -> None:
     (tmp_path / "key").write_text(DEV_KEY_0.hex())
     (tmp_path / "short").write_text(DEV_KEY_0.hex()[:-2])
     out = _run("-m", "enclave", "serve", *(a.format(tmp=tmp_path) for a in args))
@@ -132,6 +140,12 @@ def test_parse_tx_errors(obj: object, match: str) -> None:
 def test_parse_tx_accepts_json_rpc_forms() -> None:
     tx = parse_tx({**TX_1559, "type": "0x2", "input": "0xabcd", "accessList": [], "from": DEV_ADDR_0},
                   signer_address=bytes.fromhex(DEV_ADDR_0[2:]))  # fmt: skip
-    assert (tx.tx_type, tx.nonce, tx.value, tx.max_fee_per_gas, tx.data) == (2, 5, 1000, 20 * 10**9, b"\xab\xcd")
+    assert (tx.tx_type, tx.nonce, tx.value, tx.max_fee_per_gas, tx.data) == (
+        2,
+        5,
+        1000,
+        20 * 10**9,
+        b"\xab\xcd",
+    )
     creation = parse_tx({**TX_LEGACY, "to": None})
     assert creation.to is None and creation.tx_type == 0

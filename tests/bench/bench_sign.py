@@ -31,7 +31,9 @@ N = int(os.environ.get("SENTINEL_BENCH_N", "20000"))
 BLOCKS = 10
 
 
-def _interleaved(fn: Callable[[], object], base: Callable[[], object], n: int) -> tuple[list[float], list[float]]:
+def _interleaved(
+    fn: Callable[[], object], base: Callable[[], object], n: int
+) -> tuple[list[float], list[float]]:
     samples: list[float] = []
     baseline: list[float] = []
     per = max(1, n // BLOCKS)
@@ -70,7 +72,9 @@ def _start_signer(sock: Path, key_file: Path, cpu: int, *extra: str) -> subproce
     while not sock.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"signer did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
+            raise RuntimeError(
+                f"signer did not start: {proc.stderr.read().decode() if proc.stderr else ''}"
+            )
         time.sleep(0.02)
     return proc
 
