@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
     load_der_public_key,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from moto.server import ThreadedMotoServer
 
 from reproducible.release import ReleaseError, publish_release, update_release_table
@@ -380,3 +382,35 @@ def test_sign_built_eif_then_publish(tmp_path: Path, dev_key: LocalReleaseKey, k
     kms_eif, _ = sign_built_eif(build, tmp_path / "kms",
                                 EifSigningKey.self_signed(KmsReleaseKey(key_meta["KeyId"], client=kms)))
     assert measure_eif(kms_eif).signature_ok
+
+
+
+@pytest.fixture(scope="module")
+def signed_release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("signed")
+    key = LocalReleaseKey.generate(tmp / "key.pem")
+    build = build_output(tmp / "build")
+    artifacts = publish_release(eif=build / "sentinel.eif", measurements=build / "measurements.json",
+                                out_dir=tmp / "m", signer=key, builder_version="0.1.0")
+    return {"key": key, "artifacts": artifacts, "envelope": artifacts.signature.read_bytes(),
+            "scratch": tmp / "scratch.sig"}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(position=st.integers(0, 10**6), mask=st.integers(1, 255))
+def test_corrupted_signature_file_never_passes_or_crashes(
+    signed_release: dict[str, Any], position: int, mask: int
+) -> None:
+    original = signed_release["envelope"]
+    corrupted = bytearray(original)
+    corrupted[position % len(original)] ^= mask
+    signed_release["scratch"].write_bytes(bytes(corrupted))
+    check = verify_release(signed_release["artifacts"].measurements,
+                           signed_release["key"].public_key(),
+                           signature=signed_release["scratch"], fail_fast=False)
+    if check:
+        # Only a change JSON or base64 decoding cannot see (whitespace, unused padding bits)
+        # may pass: the envelope must carry exactly what was signed.
+        assert parse_envelope(bytes(corrupted)) == parse_envelope(original)
+    else:
+        assert check.exit_code in (1, 2)
