@@ -39,6 +39,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.config}: cpu {cfg.cpu} is not available to this process")
     client = SignerClient.connect(cfg.signer, cpu=cfg.cpu)
     try:
+        if cfg.attestation is not None:
+            from router.attest import check_signer
+
+            pcrs = check_signer(client, cfg.attestation)
+            stderr_console().print(
+                "signer attested: "
+                + ", ".join(f"PCR{i} {pcrs[i].hex()[:16]}.." for i in sorted(cfg.attestation.pcrs))
+            )
         signer_address = client.address().address
         if cfg.sender is not None and cfg.sender.lower() != signer_address.lower():
             raise ConfigError(

@@ -19,7 +19,14 @@ bump_percent = 13
 rebroadcast_after_seconds = 2.0
 presign_replacements = true
 fill_gaps = true
+
+[attestation]                                 # optional: attest the signer before routing
+measurements = "measurements/0.1.0.json"      # the published PCRs the enclave must show
+pcrs = [0, 1, 2]                              # optional: which of them (default: all)
+root = "emulator-root.pem"                    # optional: default is the AWS Nitro root
+max_age_seconds = 300
 ```
+Relative paths in [attestation] are relative to the configuration file.
 Unknown keys are refused (a typo must not silently fall back to a default).
 """
 
@@ -30,10 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .attest import AttestationPolicy
 from .errors import ConfigError
 from .fees import FeePolicy
 
-_TOP = {"chain_id", "signer", "listen", "sender", "rpc", "ws", "cpu", "fees", "router"}
+_TOP = {"chain_id", "signer", "listen", "sender", "rpc", "ws", "cpu", "fees", "router",
+        "attestation"}
+_ATTEST = {"measurements", "root", "pcrs", "max_age_seconds"}
 _FEES = {"priority_fee", "base_fee_multiplier_percent", "max_fee_cap", "bump_percent",
          "bump_on_reorg"}
 _ROUTER = {"rebroadcast_after_seconds", "rebroadcast_after_heads", "presign_replacements",
@@ -51,6 +61,7 @@ class RunConfig:
     cpu: int | None
     fees: FeePolicy
     tuning: dict[str, Any]
+    attestation: AttestationPolicy | None = None
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -100,6 +111,26 @@ def load_config(path: str | Path) -> RunConfig:
                             for k, v in fees_doc.items()})
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where} [fees]: {e}") from e
+    attestation = None
+    if "attestation" in doc:
+        att = _table(doc, "attestation", where)
+        _no_unknown(att, _ATTEST, f"{where} [attestation]")
+        base = p.parent
+        indices = att.get("pcrs")
+        if indices is not None and not (
+            isinstance(indices, list) and indices
+            and all(isinstance(i, int) and 0 <= i < 32 for i in indices)
+        ):
+            raise ConfigError(f"{where} [attestation]: pcrs must be a list of indices 0..31")
+        max_age = att.get("max_age_seconds", 300)
+        if not isinstance(max_age, int | float) or isinstance(max_age, bool) or max_age <= 0:
+            raise ConfigError(f"{where} [attestation]: max_age_seconds must be positive")
+        attestation = AttestationPolicy.from_files(
+            base / _str(att, "measurements", f"{where} [attestation]"),
+            root=None if "root" not in att else base / _str(att, "root", f"{where} [attestation]"),
+            indices=indices,
+            max_age_seconds=float(max_age),
+        )
     return RunConfig(
         chain_id=_int(doc, "chain_id", where),
         signer=_str(doc, "signer", where),
@@ -110,6 +141,7 @@ def load_config(path: str | Path) -> RunConfig:
         cpu=cpu,
         fees=fees,
         tuning=dict(router_doc),
+        attestation=attestation,
     )
 
 

@@ -170,3 +170,56 @@ def test_config_and_input_errors_exit_2(tmp_path: Path, anvil) -> None:
     assert r.returncode == 1 and "router API" in r.stderr
     assert all("Traceback" not in x for x in (r.stderr,))
     assert os.path.exists(tmp_path / "router.toml")
+
+
+def _measurements(path: Path, pcrs: dict[int, bytes]) -> Path:
+    doc = {"Measurements": {"HashAlgorithm": "Sha384 { ... }",
+                            **{f"PCR{i}": v.hex() for i, v in pcrs.items()}}}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _run_until_ready_or_exit(cfg: Path, sock: Path) -> tuple[int | None, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "router", "run", "--config", str(cfg)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not sock.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    code = proc.wait(15)
+    return (None if sock.exists() or code == 0 else code), proc.stderr.read()  # type: ignore[union-attr]
+
+
+def test_signer_attested_before_routing(tmp_path: Path, anvil) -> None:
+    from enclave.nsm.emulator import EmulatedNsm
+
+    pcrs = {0: bytes([1]) * 48, 1: bytes([2]) * 48, 2: bytes([3]) * 48}
+    good = _measurements(tmp_path / "good.json", pcrs)
+    bad = _measurements(tmp_path / "bad.json", {**pcrs, 0: bytes([9]) * 48})
+    nsm = EmulatedNsm(pcrs=pcrs)
+    (tmp_path / "root.pem").write_bytes(nsm.root_pem)
+    sock = tmp_path / "router.sock"
+    with running_signer(tmp_path, nsm=nsm) as signer:
+        cfg = _config(tmp_path, anvil, str(signer.address))
+        base = cfg.read_text()
+        cfg.write_text(base + '[attestation]\nmeasurements = "good.json"\nroot = "root.pem"\n')
+        code, err = _run_until_ready_or_exit(cfg, sock)
+        assert code is None and "signer attested: PCR0 0101010101010101.." in err, err
+        cfg.write_text(base + '[attestation]\nmeasurements = "bad.json"\nroot = "root.pem"\n')
+        code, err = _run_until_ready_or_exit(cfg, sock)
+        assert code == 1 and "PCR0" in err and "signer attestation refused" in err, err
+        assert not sock.exists()
+        # the real AWS root: an emulator's document does not chain to it
+        cfg.write_text(base + '[attestation]\nmeasurements = "good.json"\n')
+        code, err = _run_until_ready_or_exit(cfg, sock)
+        assert code == 1 and "signer attestation refused" in err, err
+        cfg.write_text(base + '[attestation]\nmeasurements = "missing.json"\n')
+        code, err = _run_until_ready_or_exit(cfg, sock)
+        assert code == 2 and "attestation measurements" in err, err
+    with running_signer(tmp_path) as signer:  # no NSM at all
+        cfg = _config(tmp_path, anvil, str(signer.address))
+        cfg.write_text(cfg.read_text() + '[attestation]\nmeasurements = "good.json"\n')
+        code, err = _run_until_ready_or_exit(cfg, sock)
+        assert code == 1 and "Secure Module" in err, err
+    assert bad.exists() and good.exists()
