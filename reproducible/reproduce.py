@@ -1,6 +1,6 @@
 """`python -m reproducible.reproduce`: the reproducibility proof that `nox -s reproduce` runs.
 
-Two builds, each from its own fresh copy of the source tree in its own temporary directory, with a
+Two builds, each from its own fresh copy of the committed source tree (git HEAD) in its own temporary directory, with a
 different TZ, umask, LC_ALL, HOME and source-file mtimes. Both EIFs must have the same sha256, and
 their PCRs must equal the committed measurements/<version>.json (each build runs with `--check`), as
 must the EIF's sha256 recorded there. Exit 0 when all hold, 1 when something differs, 2 on usage
@@ -10,11 +10,13 @@ or build errors.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,27 +47,37 @@ VARIANTS = (
 )
 
 
-def source_files(root: Path) -> list[Path]:
-    """The tracked files when this is a git checkout, otherwise every file outside build dirs."""
-    if (root / ".git").exists() and shutil.which("git"):
-        res = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True)
-        if res.returncode == 0:
-            return [root / p for p in res.stdout.decode().split("\0") if p and (root / p).is_file()]
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
-        out += [Path(dirpath) / f for f in sorted(filenames)]
-    return out
+def _git_head_tar(root: Path) -> bytes | None:
+    """The committed tree (HEAD) as a tar, when this is a git checkout: what gets published must
+    be what was committed, not whatever the working tree holds at the moment."""
+    if not (root / ".git").exists() or shutil.which("git") is None:
+        return None
+    res = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=root, capture_output=True)
+    return res.stdout if res.returncode == 0 else None
 
 
 def copy_tree(root: Path, dest: Path, mtime: int | None) -> None:
-    for src in source_files(root):
-        rel = src.relative_to(root)
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, target)
-        shutil.copymode(src, target)
-        if mtime is not None:
+    """A fresh copy of the sources: git's HEAD when available, else every file outside build dirs."""
+    dest.mkdir(parents=True, exist_ok=True)
+    blob = _git_head_tar(root)
+    if blob is not None:
+        with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+            tar.extractall(dest, filter="data")
+        files = [p for p in dest.rglob("*") if p.is_file()]
+    else:
+        files = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+            for f in sorted(filenames):
+                src = Path(dirpath) / f
+                target = dest / src.relative_to(root)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, target)
+                shutil.copymode(src, target)
+                files.append(target)
+    if mtime is not None:
+        for target in files:
+            rel = target.relative_to(dest)
             os.utime(target, (mtime + len(rel.parts), mtime + len(str(rel))))
 
 
