@@ -8,11 +8,13 @@ network.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,40 @@ def test_cli_offline_with_empty_cache_is_exit_2_without_traceback(tmp_path: Path
     assert res.returncode == 2
     assert "--offline, but not in the cache" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "b" / "sentinel.eif").exists()
+
+
+def _roots_lock(tmp_path: Path) -> Path:
+    from reproducible.lock import dump_lock
+
+    base = load_lock()
+    lock = base.with_pins([], [])
+    lock = replace(lock, debian=replace(lock.debian, kernel=(), bootstrap=(), runtime=("sentinel-test",)),
+                   python=replace(lock.python, requirements=("sentineltestpkg",)))
+    path = tmp_path / "lock.toml"
+    path.write_text(dump_lock(lock))
+    return path
+
+
+def test_lock_refresh_pins_what_the_registries_offer(registries, tmp_path: Path) -> None:
+    from reproducible.fetch import refresh
+
+    lock, cache = registries
+    roots = load_lock(_roots_lock(tmp_path))
+    new = refresh(roots, cache)
+    assert [(d.name, d.version, d.sha256) for d in new.debs] == [
+        ("sentinel-test", "1.0", lock.debs[0].sha256)]
+    assert [(w.filename, w.sha256) for w in new.wheels] == [
+        (lock.wheels[0].filename, lock.wheels[0].sha256)]
+
+
+def test_cli_lock_dry_run_prints_changes_and_writes_nothing(registries, tmp_path: Path) -> None:
+    path = _roots_lock(tmp_path)
+    before = path.read_bytes()
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    res = subprocess.run([sys.executable, "-m", "reproducible", "lock", "--lock", str(path),
+                          "--dry-run", "--json"], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).parent.parent)
+    assert res.returncode == 0, res.stderr
+    assert "+ deb sentinel-test 1.0" in res.stderr and "+ wheel sentineltestpkg 1.0" in res.stderr
+    assert json.loads(res.stdout)["changes"] == ["+ deb sentinel-test 1.0", "+ wheel sentineltestpkg 1.0"]
+    assert path.read_bytes() == before
