@@ -147,8 +147,9 @@ class ChainView:
             self._known[header.hash] = header
             self._canon[header.number] = header.hash
             self.tip = header
-            self._prune()
-            return ChainUpdate(header=header, added=(header,), ancestor=tip)
+            if len(self._known) > 2 * self.depth + 8:
+                self._prune()
+            return ChainUpdate(header, (header,), (), tip)
         if self._canon.get(header.number) == header.hash:
             return DUPLICATE
         # Walk back through known headers until one is canonical: that is the common ancestor.
@@ -171,19 +172,19 @@ class ChainView:
                 raise ReorgTooDeep(f"header #{header.number}: side branch longer than {self.depth}")
         branch.reverse()
         ancestor = parent
-        removed = tuple(
-            self._known[self._canon[n]]
-            for n in range(ancestor.number + 1, tip.number + 1)
-            if n in self._canon
-        )
+        canon, known = self._canon, self._known
+        removed = []
         for n in range(ancestor.number + 1, tip.number + 1):
-            self._canon.pop(n, None)
+            gone = canon.pop(n, None)
+            if gone is not None:
+                removed.append(known[gone])
         for h in branch:
-            self._known[h.hash] = h
-            self._canon[h.number] = h.hash
+            known[h.hash] = h
+            canon[h.number] = h.hash
         self.tip = header
-        self._prune()
-        return ChainUpdate(header=header, added=tuple(branch), removed=removed, ancestor=ancestor)
+        if len(known) > 2 * self.depth + 8:
+            self._prune()
+        return ChainUpdate(header, tuple(branch), tuple(removed), ancestor)
 
     @staticmethod
     def _check_link(parent: Header, child: Header) -> None:
@@ -201,8 +202,6 @@ class ChainView:
     def _prune(self) -> None:
         assert self.tip is not None
         floor = self.tip.number - self.depth
-        if len(self._known) <= 2 * self.depth + 8:
-            return
         for n in [n for n in self._canon if n < floor]:
             del self._canon[n]
         for k in [k for k, h in self._known.items() if h.number < floor]:

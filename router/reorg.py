@@ -48,8 +48,9 @@ class ReorgReactor:
         policy = self.policy
         base = base_fee or 0
         replace = policy.bump_on_reorg
+        for_resign = policy.for_resign
         for flight in flights:
-            fees = policy.for_resign(base, flight.fees, replace=replace)
+            fees = for_resign(base, flight.fees, replace=replace)
             if fees is None:
                 out.append(Resigned(flight, False))
                 continue
