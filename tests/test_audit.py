@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from verify._cli import main
-from verify.audit import AuditOptions, HostTree, Severity, Status, run_audit
+from verify.audit import AuditOptions, HostTree, MalformedHostTree, Severity, Status, run_audit
 from verify.audit.cmdline import parse_cmdline
 from verify.audit.cpulist import format_cpulist, parse_cpulist, parse_cpumask
 
@@ -264,6 +264,21 @@ def test_bad_input_exits_2(
     assert code == 2
     assert message in err
     assert "Traceback" not in err
+
+
+def test_tar_expanding_too_far_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from verify.audit import tree as tree_module
+
+    monkeypatch.setattr(tree_module, "MAX_TAR_BYTES", 4096)
+    bomb = tmp_path / "bomb.tar.gz"
+    with tarfile.open(bomb, "w:gz") as tar:
+        for i in range(3):
+            info = tarfile.TarInfo(f"proc/junk{i}")
+            info.size = 2000
+            tar.addfile(info, io.BytesIO(b"\0" * 2000))
+    assert bomb.stat().st_size < 4096
+    with pytest.raises(MalformedHostTree, match="expands beyond"):
+        HostTree.from_path(bomb)
 
 
 def test_tar_member_escaping_the_tree_is_rejected(

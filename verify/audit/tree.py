@@ -1,7 +1,7 @@
 """Where the audit reads /proc and /sys from: the live host, a captured directory, or a capture tar.
 
-Every read goes through `HostTree`, which remembers each file it returned and each directory it
-listed, so `--capture` can write exactly what the verdict depended on and nothing else. A file that
+Every read goes through `HostTree`, which remembers each file it returned, so `--capture` can write
+exactly what the verdict depended on and nothing else (directories are implied by the files). A file that
 is missing, unreadable (no root) or not text is `None` to the checks, which report it as "unknown";
 the tree itself never raises for a host-side problem.
 """
@@ -56,7 +56,6 @@ class HostTree:
         self._root = Path(root)
         self._members = members
         self._read: dict[str, bytes] = {}
-        self._listed: set[str] = set()
 
     @classmethod
     def live(cls) -> HostTree:
@@ -78,6 +77,7 @@ class HostTree:
             if p.stat().st_size > MAX_TAR_BYTES:
                 raise MalformedHostTree(f"--root {p}: larger than {MAX_TAR_BYTES} bytes")
             members: dict[str, bytes] = {}
+            total = 0
             with tarfile.open(p, "r:*") as tar:
                 for count, info in enumerate(tar):
                     if count >= MAX_TAR_MEMBERS:
@@ -90,6 +90,9 @@ class HostTree:
                         raise MalformedHostTree(f"--root {p}: member {info.name!r}: {e}") from e
                     if info.size > MAX_FILE_BYTES:
                         continue  # treated as unreadable, like an oversized live file
+                    total += info.size
+                    if total > MAX_TAR_BYTES:  # a compressed tar can expand far beyond its size
+                        raise MalformedHostTree(f"--root {p}: expands beyond {MAX_TAR_BYTES} bytes")
                     fileobj = tar.extractfile(info)
                     if fileobj is not None:
                         members[name] = fileobj.read(MAX_FILE_BYTES)
@@ -148,7 +151,6 @@ class HostTree:
             }
             if not names:
                 return None
-            self._listed.add(key)
             return sorted(names)
         try:
             local = self._local(key)
@@ -158,7 +160,6 @@ class HostTree:
         except OSError as e:
             logger.debug("unlistable %s: %s", key, e)
             return None
-        self._listed.add(key)
         return names
 
     @property
