@@ -8,7 +8,10 @@ basicConstraints and keyUsage only, and a cabundle that starts with the root.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -204,3 +207,23 @@ def resign(document: bytes, key: ec.EllipticCurvePrivateKey, *, payload: bytes |
     protected, unprotected, old_payload, _ = cbor2.loads(document)
     body = old_payload if payload is None else payload
     return cbor2.dumps([protected, unprotected, body, sign_es384(key, protected, body)])
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    """`python -m verify ARGS` in this process: (exit code, stdout, stderr).
+
+    The CLI's `logging.basicConfig` binds the root logger to whatever stderr is at its first call;
+    an earlier in-process call would leave a handler on a long-closed capture stream (and logging
+    prints "--- Logging error ---" tracebacks). Each call here starts from no root handlers.
+    """
+    from verify import _cli
+
+    saved = logging.root.handlers[:]
+    logging.root.handlers.clear()
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = _cli.main(list(args))
+    finally:
+        logging.root.handlers[:] = saved
+    return code, out.getvalue(), err.getvalue()

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from attestation_support import run_cli
 from cryptography import x509
 
 from enclave.nsm.emulator import EmulatedNsm, EmulatorCa
-from verify import _cli
 from verify.attestation import DOCUMENT_TIME, AttestationVerifier, ChainInvalid, UnsafeNoOp
 from verify.measurements import dump_measurements, measurements_document
 
@@ -35,12 +35,6 @@ def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[s
         cwd=ROOT,
         timeout=60,
     )
-
-
-def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = _cli.main(["attestation", *args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def evervault_measurements(tmp_path: Path, **changes: bytes) -> Path:
@@ -82,13 +76,13 @@ def test_pcr_mismatch_exit_1_names_the_pcr(tmp_path: Path) -> None:
     assert "PCR2" in result.stderr and "FAILED" in result.stderr
 
 
-def test_explicit_pcr_selection(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_explicit_pcr_selection(tmp_path: Path) -> None:
     measurements = evervault_measurements(tmp_path, pcr2=bytes(48))
-    code, out, _ = run_main(capsys, str(EVERVAULT), "--measurements", str(measurements),
+    code, out, _ = run_cli("attestation", str(EVERVAULT), "--measurements", str(measurements),
                             "--pcrs", "0,1,8", "--json")
     assert code == 0
     assert [c["name"] for c in json.loads(out)["checks"]][-3:] == ["PCR0", "PCR1", "PCR8"]
-    code, _, err = run_main(capsys, str(EVERVAULT), "--measurements", str(measurements),
+    code, _, err = run_cli("attestation", str(EVERVAULT), "--measurements", str(measurements),
                             "--pcrs", "0,4")
     assert code == 2 and "no expected value for PCR 4" in err
 
@@ -104,13 +98,13 @@ def test_base64_on_stdin_and_nonce() -> None:
     assert [c["name"] for c in json.loads(wrong.stdout)["checks"] if not c["ok"]] == ["nonce"]
 
 
-def test_after_leaf_expiry_and_max_age(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_main(capsys, str(ETERNIS), "--at", "2024-09-09T22:49:13Z", "--json")
+def test_after_leaf_expiry_and_max_age() -> None:
+    code, out, _ = run_cli("attestation", str(ETERNIS), "--at", "2024-09-09T22:49:13Z", "--json")
     assert code == 1
     assert [c["name"] for c in json.loads(out)["checks"] if not c["ok"]] == ["chain"]
-    code, _, _ = run_main(capsys, str(ETERNIS), "--at", "2024-09-09T19:50:00Z", "--max-age", "60")
+    code, _, _ = run_cli("attestation", str(ETERNIS), "--at", "2024-09-09T19:50:00Z", "--max-age", "60")
     assert code == 0
-    code, out, _ = run_main(capsys, str(ETERNIS), "--at", "2024-09-09T19:51:00Z",
+    code, out, _ = run_cli("attestation", str(ETERNIS), "--at", "2024-09-09T19:51:00Z",
                             "--max-age", "60", "--json")
     assert code == 1
     assert [c["name"] for c in json.loads(out)["checks"] if not c["ok"]] == ["freshness"]
@@ -131,16 +125,16 @@ def test_after_leaf_expiry_and_max_age(capsys: pytest.CaptureFixture[str]) -> No
     ids=["no file", "bad nonce", "bad time", "naive time", "pcrs alone", "no root", "negative age",
          "no measurements"],
 )
-def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
-    code, out, err = run_main(capsys, *args)
+def test_bad_arguments_exit_2(args: list[str], message: str) -> None:
+    code, out, err = run_cli("attestation", *args)
     assert code == 2
     assert message in err and "Traceback" not in err and out == ""
 
 
-def test_garbage_input_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_garbage_input_exit_2(tmp_path: Path) -> None:
     path = tmp_path / "doc.bin"
     path.write_bytes(ETERNIS.read_bytes()[:100])
-    code, out, err = run_main(capsys, str(path), "--json")
+    code, out, err = run_cli("attestation", str(path), "--json")
     assert code == 2
     report = json.loads(out)
     assert report["checks"] == [{"name": "structure", "ok": False, "error": "MalformedAttestation",
@@ -179,13 +173,12 @@ def test_emulator_document_end_to_end(emulator: EmulatedNsm, tmp_path: Path) -> 
     assert [c["name"] for c in json.loads(aws.stdout)["checks"] if not c["ok"]] == ["chain"]
 
 
-def test_emulator_document_pcr_mismatch(emulator: EmulatedNsm, tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_emulator_document_pcr_mismatch(emulator: EmulatedNsm, tmp_path: Path) -> None:
     document = emulator.attestation(user_data=None, nonce=None, public_key=b"pk")
     (tmp_path / "doc.bin").write_bytes(document)
     (tmp_path / "root.pem").write_bytes(emulator.root_pem)
     dump_measurements(measurements_document({**PCRS, 1: bytes(48)}), tmp_path / "m.json")
-    code, out, _ = run_main(capsys, str(tmp_path / "doc.bin"), "--root", str(tmp_path / "root.pem"),
+    code, out, _ = run_cli("attestation", str(tmp_path / "doc.bin"), "--root", str(tmp_path / "root.pem"),
                             "--measurements", str(tmp_path / "m.json"), "--json")
     assert code == 1
     assert [c["name"] for c in json.loads(out)["checks"] if not c["ok"]] == ["PCR1"]

@@ -7,18 +7,16 @@ masks (low bit, all bits); one verifier is shared so the chain cache is in play,
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import cbor2
 import pytest
+from attestation_support import run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from verify import _cli
 from verify.attestation import (
     DOCUMENT_TIME,
     AttestationVerifier,
@@ -158,11 +156,9 @@ def test_random_corruption_never_passes(data: bytes) -> None:
 def test_random_corruption_cli_exits_1_or_2(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
     path = tmp_path_factory.mktemp("doc") / "doc.bin"
     path.write_bytes(data)
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = _cli.main(["attestation", str(path), "--json"])
-    assert code in (1, 2), (code, data[:16].hex(), len(data), err.getvalue()[-3000:])
-    assert "Traceback" not in err.getvalue()
+    code, _, err = run_cli("attestation", str(path), "--json")
+    assert code in (1, 2), (code, data[:16].hex(), len(data), err[-3000:])
+    assert "Traceback" not in err
 
 
 @settings(max_examples=200, deadline=None)

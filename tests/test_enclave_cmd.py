@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from attestation_support import run_cli
 
-from verify import _cli
 from verify.measurements import dump_measurements, measurements_document
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,12 +81,11 @@ def test_debug_mode_and_stopped_enclaves_fail(measurements: Path) -> None:
     assert failed(result) == [["state", "mode", "PCR0", "PCR1", "PCR2"]]
 
 
-def test_explicit_pcrs(measurements: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_explicit_pcrs(measurements: Path, tmp_path: Path) -> None:
     path = tmp_path / "describe.json"
     path.write_text(json.dumps([described({**PCRS, 1: bytes(48)})]))
-    code = _cli.main(["enclave", "--measurements", str(measurements), "--describe", str(path),
-                      "--pcrs", "0,2", "--json"])
-    out, _ = capsys.readouterr()
+    code, out, _ = run_cli("enclave", "--measurements", str(measurements), "--describe", str(path),
+                           "--pcrs", "0,2", "--json")
     assert code == 0
     assert [c["name"] for c in json.loads(out)["enclaves"][0]["checks"]][2:] == ["PCR0", "PCR2"]
 

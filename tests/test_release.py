@@ -16,6 +16,7 @@ from typing import Any
 
 import boto3
 import pytest
+from attestation_support import run_cli
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -36,7 +37,6 @@ from reproducible.release_keys import (
     ReleaseKeyError,
     self_signed_certificate,
 )
-from verify import _cli
 from verify.dsse import UnknownSigner, key_id, pae, parse_envelope, sign_envelope
 from verify.eif import write_eif
 from verify.errors import MalformedInput, SignatureInvalid
@@ -186,14 +186,12 @@ def test_self_signed_certificate_with_local_key_is_reproducible(dev_key: LocalRe
 # --- publish + verify ----------------------------------------------------------------------------
 
 
-def run_verify(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any], str]:
-    code = _cli.main(["measurements", *args, "--json"])
-    out, err = capsys.readouterr()
+def run_verify(*args: str) -> tuple[int, dict[str, Any], str]:
+    code, out, err = run_cli("measurements", *args, "--json")
     return code, json.loads(out) if out else {}, err
 
 
-def test_publish_with_local_key_and_verify(tmp_path: Path, dev_key: LocalReleaseKey,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_publish_with_local_key_and_verify(tmp_path: Path, dev_key: LocalReleaseKey) -> None:
     build = build_output(tmp_path / "build")
     out = tmp_path / "measurements"
     out.mkdir()
@@ -225,7 +223,7 @@ def test_publish_with_local_key_and_verify(tmp_path: Path, dev_key: LocalRelease
     assert artifacts.key_id[:16] in readme
 
     pub = public_pem(dev_key, tmp_path / "pub.pem")
-    code, report, err = run_verify(capsys, str(artifacts.measurements), "--key", str(pub),
+    code, report, err = run_verify(str(artifacts.measurements), "--key", str(pub),
                                    "--provenance", str(artifacts.provenance),
                                    "--eif", str(build / "sentinel.eif"))
     assert code == 0, err
@@ -259,8 +257,7 @@ def test_publish_refuses_changed_release_and_foreign_eif(tmp_path: Path, dev_key
                         out_dir=out, signer=dev_key, builder_version="0.1.0")
 
 
-def test_publish_with_kms_key_through_the_cli(kms: Any, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_publish_with_kms_key_through_the_cli(kms: Any, tmp_path: Path) -> None:
     key_meta = kms.create_key(KeySpec="ECC_NIST_P384", KeyUsage="SIGN_VERIFY")["KeyMetadata"]
     kms.create_alias(AliasName="alias/sentinel-release", TargetKeyId=key_meta["KeyId"])
     build = build_output(tmp_path / "build")
@@ -281,12 +278,11 @@ def test_publish_with_kms_key_through_the_cli(kms: Any, tmp_path: Path,
     kms_key = load_der_public_key(kms_public)
     assert isinstance(kms_key, ec.EllipticCurvePublicKey)
     assert published["key_id"] == key_id(kms_key)
-    code, report, err = run_verify(capsys, published["measurements"], "--key", published["public_key"])
+    code, report, err = run_verify(published["measurements"], "--key", published["public_key"])
     assert code == 0, err
 
 
-def test_verify_refusals(tmp_path: Path, dev_key: LocalReleaseKey,
-                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_refusals(tmp_path: Path, dev_key: LocalReleaseKey) -> None:
     build = build_output(tmp_path / "build")
     out = tmp_path / "measurements"
     artifacts = publish_release(eif=build / "sentinel.eif", measurements=build / "measurements.json",
@@ -297,7 +293,7 @@ def test_verify_refusals(tmp_path: Path, dev_key: LocalReleaseKey,
     def failed(report: dict[str, Any]) -> list[tuple[str, str]]:
         return [(c["name"], c["error"]) for c in report["checks"] if not c["ok"]]
 
-    code, report, _ = run_verify(capsys, str(artifacts.measurements), "--key", str(other))
+    code, report, _ = run_verify(str(artifacts.measurements), "--key", str(other))
     assert code == 1 and failed(report) == [("signature", "UnknownSigner")]
 
     # A changed PCR in the published file: the file's digest is no longer the signed one.
@@ -305,7 +301,7 @@ def test_verify_refusals(tmp_path: Path, dev_key: LocalReleaseKey,
     doc["Measurements"]["PCR0"] = "00" * 48
     tampered = tmp_path / "tampered.json"
     tampered.write_text(json.dumps(doc))
-    code, report, _ = run_verify(capsys, str(tampered), "--key", str(pub),
+    code, report, _ = run_verify(str(tampered), "--key", str(pub),
                                  "--signature", str(artifacts.signature))
     assert code == 1 and failed(report) == [("subject", "DigestMismatch"), ("pcrs", "PcrMismatch")]
 
@@ -316,7 +312,7 @@ def test_verify_refusals(tmp_path: Path, dev_key: LocalReleaseKey,
     envelope["signatures"][0]["sig"] = base64.b64encode(bytes(sig)).decode()
     bad_sig = tmp_path / "bad.sig"
     bad_sig.write_text(json.dumps(envelope))
-    code, report, _ = run_verify(capsys, str(artifacts.measurements), "--key", str(pub),
+    code, report, _ = run_verify(str(artifacts.measurements), "--key", str(pub),
                                  "--signature", str(bad_sig))
     assert code == 1 and failed(report) == [("signature", "SignatureInvalid")]
 
@@ -327,12 +323,12 @@ def test_verify_refusals(tmp_path: Path, dev_key: LocalReleaseKey,
 
     # Malformed inputs: exit 2, named.
     (tmp_path / "garbage.sig").write_text("{")
-    code, report, _ = run_verify(capsys, str(artifacts.measurements), "--key", str(pub),
+    code, report, _ = run_verify(str(artifacts.measurements), "--key", str(pub),
                                  "--signature", str(tmp_path / "garbage.sig"))
     assert code == 2 and failed(report) == [("envelope", "MalformedInput")]
-    code, _, err = run_verify(capsys, str(artifacts.measurements), "--key", str(artifacts.measurements))
+    code, _, err = run_verify(str(artifacts.measurements), "--key", str(artifacts.measurements))
     assert code == 2 and "not a PEM public key" in err
-    code, report, _ = run_verify(capsys, str(tmp_path / "missing.json"), "--key", str(pub))
+    code, report, _ = run_verify(str(tmp_path / "missing.json"), "--key", str(pub))
     assert code == 2 and ("measurements", "MalformedInput") in failed(report)
 
 
@@ -349,8 +345,7 @@ def test_release_table_update(tmp_path: Path) -> None:
                     "| 0.2.0 | development | A | B | C | - | E | F |"]
 
 
-def test_sign_built_eif_then_publish(tmp_path: Path, dev_key: LocalReleaseKey, kms: Any,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_sign_built_eif_then_publish(tmp_path: Path, dev_key: LocalReleaseKey, kms: Any) -> None:
     from reproducible.sign_eif import sign_built_eif
 
     build = build_output(tmp_path / "build")
@@ -373,7 +368,7 @@ def test_sign_built_eif_then_publish(tmp_path: Path, dev_key: LocalReleaseKey, k
                                 signer=dev_key, builder_version="0.1.0")
     assert "| 9.9.9 | development |" in artifacts.readme.read_text()
     assert signed.pcrs[8].hex()[:16] in artifacts.readme.read_text()
-    code, _, err = run_verify(capsys, str(artifacts.measurements), "--key",
+    code, _, err = run_verify(str(artifacts.measurements), "--key",
                               str(public_pem(dev_key, tmp_path / "pub.pem")), "--eif", str(eif))
     assert code == 0, err
 
