@@ -7,6 +7,7 @@ name instead of silently flowing into the image.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -68,10 +69,27 @@ class Cache:
             raise ArtifactMismatch(name, sha256, got, "the downloaded file")
         dest = self.blob_path(sha256)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".part")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
+        # A unique temp name per writer: concurrent builds may store the same blob at once.
+        fd, tmp = tempfile.mkstemp(prefix=f".{sha256[:12]}.", suffix=".part", dir=dest.parent)
+        try:
+            with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+                shutil.copyfileobj(f, out, CHUNK)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return dest
+
+    @contextlib.contextmanager
+    def locked(self, name: str) -> Iterator[None]:
+        """An exclusive lock between builds sharing this cache (e.g. the private APT state)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f"{name}.lock", "a+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
     def scratch(self, prefix: str) -> Iterator[Path]:

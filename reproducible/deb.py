@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tarfile
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,17 +86,47 @@ def unpack(
         ArtifactMismatch: a previously unpacked file was altered.
     """
     root = cache.root / "unpacked" / sha256
+    found = _cached(root, name, filter_id)
+    if found is not None:
+        return found
+    # Unpack beside the final place and rename it in, so a concurrent build never sees half.
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{sha256[:12]}.", dir=root.parent))
+    try:
+        members = _extract(deb, name, keep, tmp / "files")
+        (tmp / "manifest.json").write_text(json.dumps({
+            "version": MANIFEST_VERSION, "filter": filter_id,
+            "members": [m.__dict__ for m in members],
+        }))
+        shutil.rmtree(root, ignore_errors=True)
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            found = _cached(root, name, filter_id)  # another build won the race
+            if found is None:
+                raise
+            return found
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root / "files", members
+
+
+def _cached(root: Path, name: str, filter_id: str) -> tuple[Path, list[Member]] | None:
     manifest = root / "manifest.json"
-    if manifest.is_file():
+    try:
         doc = json.loads(manifest.read_text())
-        if doc.get("version") == MANIFEST_VERSION and doc.get("filter") == filter_id:
-            members = [Member(**m) for m in doc["members"]]
-            _verify(root, name, members)
-            return root / "files", members
-    shutil.rmtree(root, ignore_errors=True)
-    files = root / "files"
+    except (OSError, json.JSONDecodeError):
+        return None
+    if doc.get("version") != MANIFEST_VERSION or doc.get("filter") != filter_id:
+        return None
+    members = [Member(**m) for m in doc["members"]]
+    _verify(root, name, members)
+    return root / "files", members
+
+
+def _extract(deb: Path, name: str, keep: Callable[[str], bool], files: Path) -> list[Member]:
     files.mkdir(parents=True)
-    members = []
+    members: list[Member] = []
     with _open_data(deb) as tar:
         try:
             for ti in tar:
@@ -113,17 +144,12 @@ def unpack(
                     src = tar.extractfile(ti)
                     assert src is not None
                     data = src.read()
-                    dest = files / hashlib.sha256(path.encode()).hexdigest()
-                    dest.write_bytes(data)
+                    (files / hashlib.sha256(path.encode()).hexdigest()).write_bytes(data)
                     members.append(Member(path, "file", ti.mode & 0o7777,
                                           sha256=hashlib.sha256(data).hexdigest(), size=len(data)))
         except (tarfile.TarError, EOFError, OSError) as e:
             raise MalformedArtifact(f"{name}: corrupt data.tar: {e}") from e
-    manifest.write_text(json.dumps({
-        "version": MANIFEST_VERSION, "filter": filter_id,
-        "members": [m.__dict__ for m in members],
-    }))
-    return files, members
+    return members
 
 
 def _verify(files_root: Path, name: str, members: list[Member]) -> None:

@@ -66,7 +66,7 @@ def fetch_all(
         if progress:
             progress(f"apt-get download ({len(missing_debs)} packages)")
         apt = make_apt(lock, cache)
-        with cache.scratch("apt-") as tmp:
+        with cache.locked("apt"), cache.scratch("apt-") as tmp:
             got = apt.download([(d.name, d.version) for d in missing_debs], tmp)
             for d in missing_debs:
                 debs[d.name] = cache.put(d.label, d.sha256, got[(d.name, d.version)])
@@ -87,18 +87,19 @@ def refresh(lock: Lock, cache: Cache) -> Lock:
         FetchError: a root cannot be resolved.
     """
     apt = make_apt(lock, cache)
-    apt.update()
     debs: list[DebPin] = []
-    for role, roots in (("kernel", lock.debian.kernel), ("bootstrap", lock.debian.bootstrap),
-                        ("runtime", lock.debian.runtime)):
-        for name in roots:
-            rec = apt.candidate(name)
-            # A kernel metapackage carries no files: pin the versioned image it points at.
-            if role == "kernel" and name.startswith("linux-image-") and rec.depends:
-                image = [d for d in rec.depends if d.startswith("linux-image-")]
-                if len(image) == 1:
-                    rec = apt.candidate(image[0])
-            debs.append(DebPin(rec.name, rec.version, rec.sha256, role))
+    with cache.locked("apt"):
+        apt.update()
+        for role, roots in (("kernel", lock.debian.kernel), ("bootstrap", lock.debian.bootstrap),
+                            ("runtime", lock.debian.runtime)):
+            for name in roots:
+                rec = apt.candidate(name)
+                # A kernel metapackage carries no files: pin the versioned image it points at.
+                if role == "kernel" and name.startswith("linux-image-") and rec.depends:
+                    image = [d for d in rec.depends if d.startswith("linux-image-")]
+                    if len(image) == 1:
+                        rec = apt.candidate(image[0])
+                debs.append(DebPin(rec.name, rec.version, rec.sha256, role))
     with cache.scratch("resolve-") as tmp:
         wheels = pypi.resolve(lock.python, tmp)
         for w in wheels:
