@@ -116,3 +116,36 @@ def test_malformed_describe_output(measurements: Path, stdin: str, message: str)
 def test_pcr_not_in_measurements(measurements: Path) -> None:
     result = run(measurements, [described(PCRS)], "--pcrs", "0,8")
     assert result.returncode == 2 and "no expected value for PCR 8" in result.stderr
+
+
+def test_runs_nitro_cli_when_stdin_is_a_terminal(measurements: Path, tmp_path: Path) -> None:
+    """No piped input: the command runs `nitro-cli describe-enclaves` itself.
+
+    nitro-cli cannot exist on this machine, so a stand-in on PATH prints what the real one prints
+    for one running enclave (and fails on any other subcommand); stdin is a real pseudo-terminal.
+    """
+    import os
+    import pty
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (tmp_path / "describe.json").write_text(json.dumps([described(PCRS)]))
+    script = bin_dir / "nitro-cli"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'[ "$1" = describe-enclaves ] && exec cat {tmp_path / "describe.json"}\n'
+        "echo unexpected arguments >&2; exit 64\n"
+    )
+    script.chmod(0o755)
+    primary, secondary = pty.openpty()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "verify", "enclave", "--measurements", str(measurements), "--json"],
+            stdin=secondary, capture_output=True, text=True, cwd=ROOT, timeout=60,
+            env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+        )
+    finally:
+        os.close(primary)
+        os.close(secondary)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["enclaves"][0]["id"] == "i-0123456789abcdef0-enc0123456789abcdef"

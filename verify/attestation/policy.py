@@ -32,6 +32,7 @@ __all__ = [
     "PublicKeyEquals",
     "UnsafeNoOp",
     "UserDataEquals",
+    "leaf_checks",
     "pcrs_equal",
 ]
 
