@@ -29,8 +29,13 @@ def good_image(signed: bool = False) -> bytes:
 
     with tempfile.TemporaryDirectory() as d:
         dest = Path(d) / "g.eif"
-        write_eif(dest, kernel=KERNEL, cmdline=CMDLINE, ramdisks=RAMDISKS,
-                  signer=SIGNER if signed else None)
+        write_eif(
+            dest,
+            kernel=KERNEL,
+            cmdline=CMDLINE,
+            ramdisks=RAMDISKS,
+            signer=SIGNER if signed else None,
+        )
         return dest.read_bytes()
 
 
@@ -81,33 +86,59 @@ BAD_EIFS: list[tuple[str, bytes, list[str]]] = [
     ("33-sections", set_header_u16(GOOD, 26, 33), ["section count 33", "offset 26"]),
     ("count-too-high", set_header_u16(GOOD, 26, 6), ["lists 6 sections", "ends after 5"]),
     ("count-too-low", set_header_u16(GOOD, 26, 4), ["section slot 4", "section count 4"]),
-    ("offset-disagrees", set_header_u64(GOOD, OFFSETS_AT + 8, SEC1 + 1),
-     [f"section 1 at offset {SEC1 + 1}", f"starts at {SEC1}", "offset 36"]),
-    ("size-disagrees", set_header_u64(GOOD, SIZES_AT, 101),
-     ["section header says 100 bytes", "lists 101", "offset 552"]),
+    (
+        "offset-disagrees",
+        set_header_u64(GOOD, OFFSETS_AT + 8, SEC1 + 1),
+        [f"section 1 at offset {SEC1 + 1}", f"starts at {SEC1}", "offset 36"],
+    ),
+    (
+        "size-disagrees",
+        set_header_u64(GOOD, SIZES_AT, 101),
+        ["section header says 100 bytes", "lists 101", "offset 552"],
+    ),
     ("truncated-section-header", GOOD[: SEC1 + 5], ["truncated section header", f"offset {SEC1}"]),
     ("truncated-body", GOOD[:-7], ["truncated section body", "section 4 (ramdisk)"]),
     ("trailing-bytes", fix_crc(GOOD + b"junk"), ["4 trailing bytes", f"offset {len(GOOD)}"]),
-    ("unknown-type-6", _patched(GOOD, SEC1, b"\x00\x06"),
-     ["unknown section type 6", f"section 1, at byte offset {SEC1}"]),
+    (
+        "unknown-type-6",
+        _patched(GOOD, SEC1, b"\x00\x06"),
+        ["unknown section type 6", f"section 1, at byte offset {SEC1}"],
+    ),
     ("invalid-type-0", _patched(GOOD, SEC1, b"\x00\x00"), ["unknown section type 0"]),
-    ("crc-mismatch", _patched(GOOD, len(GOOD) - 1, b"X", recrc=False),
-     ["CRC32 mismatch", "offset 544"]),
-    ("two-kernels", build_raw([(1, b"k"), (1, b"k"), (2, b""), (3, b"r")]),
-     ["more than 1 kernel", "section 1 (kernel)"]),
+    (
+        "crc-mismatch",
+        _patched(GOOD, len(GOOD) - 1, b"X", recrc=False),
+        ["CRC32 mismatch", "offset 544"],
+    ),
+    (
+        "two-kernels",
+        build_raw([(1, b"k"), (1, b"k"), (2, b""), (3, b"r")]),
+        ["more than 1 kernel", "section 1 (kernel)"],
+    ),
     ("no-ramdisk", build_raw([(1, b"k"), (2, b"")]), ["no ramdisk section"]),
-    ("metadata-not-json", build_raw([(1, b"k"), (2, b""), (5, b"{oops"), (3, b"r")]),
-     ["metadata is not UTF-8 JSON", "section 2 (metadata)"]),
-    ("metadata-not-object", build_raw([(1, b"k"), (2, b""), (5, b"[1]"), (3, b"r")]),
-     ["expected an object"]),
+    (
+        "metadata-not-json",
+        build_raw([(1, b"k"), (2, b""), (5, b"{oops"), (3, b"r")]),
+        ["metadata is not UTF-8 JSON", "section 2 (metadata)"],
+    ),
+    (
+        "metadata-not-object",
+        build_raw([(1, b"k"), (2, b""), (5, b"[1]"), (3, b"r")]),
+        ["expected an object"],
+    ),
     ("cmdline-over-limit", _with_cmdline_len((1 << 20) + 1), ["exceeds the limit of 1048576"]),
     ("signature-garbage", _bad_signature(b"\xff\xfe"), ["signature section does not parse"]),
-    ("signature-wrong-pcr0", _resigned_over_wrong_pcr0(),
-     ["does not verify", "different PCR0", "section 5 (signature)"]),
+    (
+        "signature-wrong-pcr0",
+        _resigned_over_wrong_pcr0(),
+        ["does not verify", "different PCR0", "section 5 (signature)"],
+    ),
 ]
 
 
-@pytest.mark.parametrize(("data", "needles"), [c[1:] for c in BAD_EIFS], ids=[c[0] for c in BAD_EIFS])
+@pytest.mark.parametrize(
+    ("data", "needles"), [c[1:] for c in BAD_EIFS], ids=[c[0] for c in BAD_EIFS]
+)
 def test_bad_eif_exits_2_with_one_clear_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], data: bytes, needles: list[str]
 ) -> None:
@@ -149,13 +180,18 @@ def test_json_has_describe_eif_shape(tmp_path: Path, capsys: pytest.CaptureFixtu
     want = expected_pcrs(KERNEL, CMDLINE, RAMDISKS, SIGNER.certificate_pem)
     assert doc["EifVersion"] == 4
     assert doc["Measurements"] == {
-        "HashAlgorithm": "Sha384 { ... }", **{f"PCR{i}": v.hex() for i, v in want.items()}
+        "HashAlgorithm": "Sha384 { ... }",
+        **{f"PCR{i}": v.hex() for i, v in want.items()},
     }
     assert doc["IsSigned"] is True and doc["CheckCRC"] is True and doc["SignatureCheck"] is True
     assert doc["ImageName"] == "sentinel" and "BuildTime" in doc["Metadata"]
     path.write_bytes(GOOD)
     doc = json.loads(run(capsys, "pcr", str(path), "--json")[1])
-    assert doc["IsSigned"] is False and "SignatureCheck" not in doc and "PCR8" not in doc["Measurements"]
+    assert (
+        doc["IsSigned"] is False
+        and "SignatureCheck" not in doc
+        and "PCR8" not in doc["Measurements"]
+    )
 
 
 def _measurements(tmp_path: Path, doc: object) -> Path:
@@ -171,9 +207,15 @@ def test_measurements_match_exit_0_nitro_cli_json_too(
     path.write_bytes(GOOD)
     want = expected_pcrs(KERNEL, CMDLINE, RAMDISKS)
     # `nitro-cli build-enclave` prints {"Measurements": {...}}
-    built = {"Measurements": {"HashAlgorithm": "Sha384 { ... }",
-                              **{f"PCR{i}": v.hex() for i, v in want.items()}}}
-    rc, _, err = run(capsys, "pcr", str(path), "--measurements", str(_measurements(tmp_path, built)))
+    built = {
+        "Measurements": {
+            "HashAlgorithm": "Sha384 { ... }",
+            **{f"PCR{i}": v.hex() for i, v in want.items()},
+        }
+    }
+    rc, _, err = run(
+        capsys, "pcr", str(path), "--measurements", str(_measurements(tmp_path, built))
+    )
     assert rc == 0 and "OK: every PCR" in err
     # our own --json (describe-eif shape) fed back in
     described = run(capsys, "pcr", str(path), "--json")[1]
@@ -181,15 +223,20 @@ def test_measurements_match_exit_0_nitro_cli_json_too(
     assert run(capsys, "pcr", str(path), "--measurements", str(tmp_path / "d.json"))[0] == 0
 
 
-def test_pcr_mismatch_exit_1_names_each_pcr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_pcr_mismatch_exit_1_names_each_pcr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "g.eif"
     path.write_bytes(GOOD)
     want = expected_pcrs(KERNEL, CMDLINE, RAMDISKS)
     wrong = {0: want[0], 1: b"\x01" * 48, 2: b"\x02" * 48}
-    doc = {"Measurements": {f"PCR{i}": v.hex() for i, v in wrong.items()},
-           "Sentinel": {"schema": 1, "version": "0.1.0"}}
-    rc, out, err = run(capsys, "pcr", str(path), "--json", "--measurements",
-                       str(_measurements(tmp_path, doc)))
+    doc = {
+        "Measurements": {f"PCR{i}": v.hex() for i, v in wrong.items()},
+        "Sentinel": {"schema": 1, "version": "0.1.0"},
+    }
+    rc, out, err = run(
+        capsys, "pcr", str(path), "--json", "--measurements", str(_measurements(tmp_path, doc))
+    )
     assert rc == 1
     assert f"PCR1: expected {'01' * 48}, got {want[1].hex()}" in err
     assert f"PCR2: expected {'02' * 48}, got {want[2].hex()}" in err
@@ -199,7 +246,9 @@ def test_pcr_mismatch_exit_1_names_each_pcr(tmp_path: Path, capsys: pytest.Captu
     assert [d["PCR"] for d in comparison["Differences"]] == [1, 2]
 
 
-def test_pcr8_expected_but_image_unsigned(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_pcr8_expected_but_image_unsigned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "g.eif"
     path.write_bytes(GOOD)
     pcrs = measure_eif(path).pcrs
@@ -213,18 +262,30 @@ BAD_MEASUREMENTS = [
     ("no-measurements", b'{"PCR0": "00"}', 'a "Measurements" member'),
     ("list", b"[]", 'a "Measurements" member'),
     ("short-pcr", b'{"Measurements": {"PCR0": "abcd"}}', "PCR0 must be 96 hex digits"),
-    ("sha256", json.dumps({"Measurements": {"HashAlgorithm": "Sha256 { ... }", "PCR0": "00" * 48}}).encode(),
-     "is not SHA-384"),
-    ("odd-key", json.dumps({"Measurements": {"PCR0": "00" * 48, "Extra": 1}}).encode(),
-     "unexpected key 'Extra'"),
+    (
+        "sha256",
+        json.dumps(
+            {"Measurements": {"HashAlgorithm": "Sha256 { ... }", "PCR0": "00" * 48}}
+        ).encode(),
+        "is not SHA-384",
+    ),
+    (
+        "odd-key",
+        json.dumps({"Measurements": {"PCR0": "00" * 48, "Extra": 1}}).encode(),
+        "unexpected key 'Extra'",
+    ),
     ("no-pcrs", b'{"Measurements": {"HashAlgorithm": "Sha384 { ... }"}}', "holds no PCR values"),
-    ("bad-schema", json.dumps({"Measurements": {"PCR0": "00" * 48}, "Sentinel": {"schema": 9}}).encode(),
-     "schema 9 is not supported"),
+    (
+        "bad-schema",
+        json.dumps({"Measurements": {"PCR0": "00" * 48}, "Sentinel": {"schema": 9}}).encode(),
+        "schema 9 is not supported",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("content", "needle"), [c[1:] for c in BAD_MEASUREMENTS],
-                         ids=[c[0] for c in BAD_MEASUREMENTS])
+@pytest.mark.parametrize(
+    ("content", "needle"), [c[1:] for c in BAD_MEASUREMENTS], ids=[c[0] for c in BAD_MEASUREMENTS]
+)
 def test_bad_measurements_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, needle: str
 ) -> None:
@@ -249,9 +310,13 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys)[0] == 2
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(cut=st.integers(0, len(GOOD_SIGNED) - 1))
-def test_any_truncation_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], cut: int) -> None:
+def test_any_truncation_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cut: int
+) -> None:
     path = tmp_path / "t.eif"
     path.write_bytes(GOOD_SIGNED[:cut])
     rc, _, err = run(capsys, "pcr", str(path))
@@ -262,11 +327,19 @@ def test_real_process_exit_codes_and_no_traceback(tmp_path: Path) -> None:
     good, bad = tmp_path / "good.eif", tmp_path / "bad.eif"
     good.write_bytes(GOOD)
     bad.write_bytes(GOOD[:1000])
-    ok = subprocess.run([sys.executable, "-m", "verify", "pcr", str(good), "--json"],
-                        capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [sys.executable, "-m", "verify", "pcr", str(good), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0 and json.loads(ok.stdout)["CheckCRC"] is True
-    fail = subprocess.run([sys.executable, "-m", "verify", "pcr", str(bad)],
-                          capture_output=True, text=True, timeout=60)
+    fail = subprocess.run(
+        [sys.executable, "-m", "verify", "pcr", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert fail.returncode == 2 and fail.stdout == ""
     assert fail.stderr.count("\n") == 1 and "truncated" in fail.stderr
     assert "Traceback" not in fail.stderr

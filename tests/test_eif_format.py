@@ -67,14 +67,26 @@ def test_v4_layout_puts_metadata_after_cmdline(tmp_path: Path) -> None:
     meta = default_identity(image_name="sentinel", image_version="9.9.9")
     dest = tmp_path / "a.eif"
     write_eif(
-        dest, kernel=KERNEL, cmdline=CMDLINE, ramdisks=[b"r0", b"r1"], metadata=meta,
-        default_mem=1 << 30, default_cpus=2,
+        dest,
+        kernel=KERNEL,
+        cmdline=CMDLINE,
+        ramdisks=[b"r0", b"r1"],
+        metadata=meta,
+        default_mem=1 << 30,
+        default_cpus=2,
     )
     meta_bytes = encode_metadata(meta)
     expected = build_raw(
-        [(KERNEL_T, KERNEL), (CMDLINE_T, CMDLINE), (METADATA_T, meta_bytes),
-         (RAMDISK_T, b"r0"), (RAMDISK_T, b"r1")],
-        version=4, default_mem=1 << 30, default_cpus=2,
+        [
+            (KERNEL_T, KERNEL),
+            (CMDLINE_T, CMDLINE),
+            (METADATA_T, meta_bytes),
+            (RAMDISK_T, b"r0"),
+            (RAMDISK_T, b"r1"),
+        ],
+        version=4,
+        default_mem=1 << 30,
+        default_cpus=2,
     )
     assert dest.read_bytes() == expected
 
@@ -84,9 +96,19 @@ def test_metadata_json_matches_nitro_cli_shape() -> None:
     raw = encode_metadata(meta)
     assert b" " not in raw.replace(b"Unknown", b"")  # compact, like serde_json::to_vec
     parsed = json.loads(raw)
-    assert list(parsed) == ["ImageName", "ImageVersion", "BuildMetadata", "DockerInfo", "CustomMetadata"]
+    assert list(parsed) == [
+        "ImageName",
+        "ImageVersion",
+        "BuildMetadata",
+        "DockerInfo",
+        "CustomMetadata",
+    ]
     assert list(parsed["BuildMetadata"]) == [
-        "BuildTime", "BuildTool", "BuildToolVersion", "OperatingSystem", "KernelVersion"
+        "BuildTime",
+        "BuildTool",
+        "BuildToolVersion",
+        "OperatingSystem",
+        "KernelVersion",
     ]
     # serde_json::Value maps are BTreeMaps: sorted keys at every depth
     assert raw.index(b'"a"') < raw.index(b'"b"') and raw.index(b'"y"') < raw.index(b'"z"')
@@ -99,7 +121,10 @@ def test_signed_image_ends_with_signature_and_crc_covers_it(tmp_path: Path) -> N
     )
     data = dest.read_bytes()
     assert [s.type for s in image.sections] == [
-        SectionType.KERNEL, SectionType.CMDLINE, SectionType.METADATA, SectionType.RAMDISK,
+        SectionType.KERNEL,
+        SectionType.CMDLINE,
+        SectionType.METADATA,
+        SectionType.RAMDISK,
         SectionType.SIGNATURE,
     ]
     assert image.sections[-1].end == len(data) == image.file_size
@@ -113,8 +138,13 @@ def test_output_is_deterministic_also_when_signed(tmp_path: Path) -> None:
     ramdisk.write_bytes(os.urandom(300_000))
     outs = []
     for name in ("a.eif", "b.eif"):
-        write_eif(tmp_path / name, kernel=KERNEL, cmdline=CMDLINE, ramdisks=[ramdisk, b"app"],
-                  signer=signer)
+        write_eif(
+            tmp_path / name,
+            kernel=KERNEL,
+            cmdline=CMDLINE,
+            ramdisks=[ramdisk, b"app"],
+            signer=signer,
+        )
         outs.append((tmp_path / name).read_bytes())
     assert outs[0] == outs[1]
 
@@ -157,10 +187,21 @@ def test_copy_section_extracts_each_body(tmp_path: Path) -> None:
         ({"ramdisks": [b"r"] * 32}, ValueError, "too many sections"),
         ({"default_mem": -1}, ValueError, "default_mem"),
     ],
-    ids=["no-ramdisk", "version-5", "v3-metadata", "v2-signer", "nul-cmdline", "str-kernel",
-         "missing-ramdisk", "too-many", "negative-mem"],
+    ids=[
+        "no-ramdisk",
+        "version-5",
+        "v3-metadata",
+        "v2-signer",
+        "nul-cmdline",
+        "str-kernel",
+        "missing-ramdisk",
+        "too-many",
+        "negative-mem",
+    ],
 )
-def test_writer_rejects_bad_arguments(tmp_path: Path, kwargs: dict, error: type, match: str) -> None:
+def test_writer_rejects_bad_arguments(
+    tmp_path: Path, kwargs: dict, error: type, match: str
+) -> None:
     args = {"kernel": KERNEL, "cmdline": CMDLINE, "ramdisks": [b"r"]}
     if kwargs.get("signer") == "S":
         kwargs = {**kwargs, "signer": LocalEifSigner.generate()}
@@ -178,7 +219,9 @@ def test_old_versions_read(tmp_path: Path) -> None:
         assert image.version == version and image.metadata is None and not image.is_signed
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     kernel=st.binary(max_size=3000),
     cmdline=st.binary(max_size=200).filter(lambda b: b"\0" not in b),
@@ -188,12 +231,24 @@ def test_old_versions_read(tmp_path: Path) -> None:
     mem=st.integers(0, 2**64 - 1),
 )
 def test_round_trip_random_sections(
-    tmp_path: Path, kernel: bytes, cmdline: bytes, ramdisks: list[bytes], version: int,
-    flags: int, mem: int,
+    tmp_path: Path,
+    kernel: bytes,
+    cmdline: bytes,
+    ramdisks: list[bytes],
+    version: int,
+    flags: int,
+    mem: int,
 ) -> None:
     dest = tmp_path / "rt.eif"
-    write_eif(dest, kernel=kernel, cmdline=cmdline, ramdisks=ramdisks, version=version,
-              flags=flags, default_mem=mem)
+    write_eif(
+        dest,
+        kernel=kernel,
+        cmdline=cmdline,
+        ramdisks=ramdisks,
+        version=version,
+        flags=flags,
+        default_mem=mem,
+    )
     image = read_eif(dest)
     assert (image.version, image.header.flags, image.header.default_mem) == (version, flags, mem)
     data = dest.read_bytes()

@@ -23,8 +23,9 @@ P = {0: b"\x00" * 48, 1: b"\x01" * 48, 2: b"\x02" * 48}
 
 
 def test_document_round_trips_through_a_file(tmp_path: Path) -> None:
-    doc = measurements_document(P, sentinel={"version": "0.1.0", "mode": "development",
-                                             "source_date_epoch": 0})
+    doc = measurements_document(
+        P, sentinel={"version": "0.1.0", "mode": "development", "source_date_epoch": 0}
+    )
     assert doc["Measurements"]["HashAlgorithm"] == "Sha384 { ... }"
     assert doc["Sentinel"]["schema"] == 1
     data = dump_measurements(doc, tmp_path / "m.json")
@@ -36,8 +37,14 @@ def test_document_round_trips_through_a_file(tmp_path: Path) -> None:
 
 def test_nitro_cli_build_enclave_output_is_accepted() -> None:
     # The shape `nitro-cli build-enclave` prints (upper-case hex is tolerated).
-    out = {"Measurements": {"HashAlgorithm": "Sha384 { ... }", "PCR0": "AB" * 48,
-                            "PCR1": "cd" * 48, "PCR2": "ef" * 48}}
+    out = {
+        "Measurements": {
+            "HashAlgorithm": "Sha384 { ... }",
+            "PCR0": "AB" * 48,
+            "PCR1": "cd" * 48,
+            "PCR2": "ef" * 48,
+        }
+    }
     loaded = load_measurements(json.dumps(out).encode())
     assert loaded.pcrs == {0: b"\xab" * 48, 1: b"\xcd" * 48, 2: b"\xef" * 48}
     assert loaded.sentinel is None
@@ -70,5 +77,9 @@ def test_measured_image_matches_its_own_document(tmp_path: Path) -> None:
     loaded = load_measurements(dump_measurements(doc))
     assert diff_pcrs(loaded.pcrs, m.pcrs) == []
     assert [s["type"] for s in loaded.sentinel["sections"]] == [  # type: ignore[index]
-        "kernel", "cmdline", "metadata", "ramdisk", "ramdisk"
+        "kernel",
+        "cmdline",
+        "metadata",
+        "ramdisk",
+        "ramdisk",
     ]

@@ -28,8 +28,13 @@ SIGNER = LocalEifSigner.generate()
 
 def _write(tmp_path: Path, ramdisks: list[bytes], **kw: object) -> Path:
     dest = tmp_path / "image.eif"
-    write_eif(dest, kernel=kw.pop("kernel", KERNEL), cmdline=kw.pop("cmdline", CMDLINE),  # type: ignore[arg-type]
-              ramdisks=ramdisks, **kw)  # type: ignore[arg-type]
+    write_eif(
+        dest,
+        kernel=kw.pop("kernel", KERNEL),
+        cmdline=kw.pop("cmdline", CMDLINE),  # type: ignore[arg-type]
+        ramdisks=ramdisks,
+        **kw,
+    )  # type: ignore[arg-type]
     return dest
 
 
@@ -128,7 +133,9 @@ def test_signature_section_encoding_is_nitro_cli_s(tmp_path: Path) -> None:
     assert cbor2.loads(payload) == {"register_index": 0, "register_value": list(m.pcrs[0])}
     assert len(signature) == 96
     to_sign = cbor2.dumps(["Signature1", protected, b"", payload])
-    der = encode_dss_signature(int.from_bytes(signature[:48], "big"), int.from_bytes(signature[48:], "big"))
+    der = encode_dss_signature(
+        int.from_bytes(signature[:48], "big"), int.from_bytes(signature[48:], "big")
+    )
     SIGNER._key.public_key().verify(der, to_sign, ec.ECDSA(hashes.SHA384()))
     assert m.pcrs[8] == tpm_extend(pem_to_der(SIGNER.certificate_pem))
 
@@ -176,7 +183,9 @@ def test_signature_by_another_key_does_not_verify(tmp_path: Path) -> None:
     ],
     ids=["garbage", "empty-list", "no-cert", "bad-pem", "bad-vector"],
 )
-def test_unparseable_signature_section_is_malformed(tmp_path: Path, body: bytes, match: str) -> None:
+def test_unparseable_signature_section_is_malformed(
+    tmp_path: Path, body: bytes, match: str
+) -> None:
     path = _write(tmp_path, [b"ramdisk"], signer=SIGNER)
     _replace_signature(path, body)
     with pytest.raises(MalformedEif, match=match) as info:
@@ -214,13 +223,20 @@ def test_memory_does_not_grow_with_file_size(tmp_path: Path) -> None:
     assert peaks[1] < peaks[0] + (1 << 20)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_any_flipped_byte_is_caught(tmp_path: Path, data: st.DataObject) -> None:
     path = tmp_path / "f.eif"
     if not path.exists():
-        write_eif(path, kernel=b"kernel" * 50, cmdline=b"c=1", ramdisks=[b"boot" * 40, b"app" * 30],
-                  signer=SIGNER)
+        write_eif(
+            path,
+            kernel=b"kernel" * 50,
+            cmdline=b"c=1",
+            ramdisks=[b"boot" * 40, b"app" * 30],
+            signer=SIGNER,
+        )
     good = path.read_bytes()
     clean = measure_eif(path).pcrs
     pos = data.draw(st.integers(0, len(good) - 1), label="pos")

@@ -53,7 +53,10 @@ def build_parser(commands: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
         description="Check Sentinel enclave images, measurements and attestations without trusting us.",
     )
     parser.add_argument(
-        "-v", "--verbose", action="store_true", help="debug logging; re-raise errors with tracebacks"
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug logging; re-raise errors with tracebacks",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in commands:

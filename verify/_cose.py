@@ -68,7 +68,9 @@ def der_to_raw(der: bytes, length: int) -> bytes:
 
 def raw_to_der(raw: bytes) -> bytes:
     half = len(raw) // 2
-    return encode_dss_signature(int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big"))
+    return encode_dss_signature(
+        int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
+    )
 
 
 @dataclass(frozen=True)
@@ -141,4 +143,3 @@ class CoseSign1:
 
 def protected_for(alg: int) -> bytes:
     return cbor2.dumps({1: alg})
-

@@ -236,7 +236,9 @@ def verify_pcr_signature(section: SignatureSection, pcrs: dict[int, bytes]) -> N
     try:
         section.cose.verify(public_key)
     except InvalidSignature:
-        raise SignatureInvalid("the COSE_Sign1 signature does not verify with the certificate's key") from None
+        raise SignatureInvalid(
+            "the COSE_Sign1 signature does not verify with the certificate's key"
+        ) from None
     except ValueError as e:
         raise SignatureInvalid(str(e)) from e
     expected = encode_pcr_info(0, pcrs[0])

@@ -79,7 +79,9 @@ def load_measurements(source: str | os.PathLike[str] | bytes) -> PublishedMeasur
         except FileNotFoundError:
             raise MalformedMeasurements(f"no such measurements file: {name}") from None
         except OSError as e:
-            raise MalformedMeasurements(f"cannot read measurements file {name}: {e.strerror}") from e
+            raise MalformedMeasurements(
+                f"cannot read measurements file {name}: {e.strerror}"
+            ) from e
     if len(data) > MAX_FILE_SIZE:
         raise MalformedMeasurements(f"{name}: larger than {MAX_FILE_SIZE} bytes")
     try:
@@ -88,12 +90,12 @@ def load_measurements(source: str | os.PathLike[str] | bytes) -> PublishedMeasur
         raise MalformedMeasurements(f"{name}: not UTF-8 JSON ({e})") from e
     if not isinstance(doc, dict) or "Measurements" not in doc:
         raise MalformedMeasurements(
-            f"{name}: expected a JSON object with a \"Measurements\" member (Sentinel's or "
+            f'{name}: expected a JSON object with a "Measurements" member (Sentinel\'s or '
             "nitro-cli's format)"
         )
     block = doc["Measurements"]
     if not isinstance(block, dict):
-        raise MalformedMeasurements(f"{name}: \"Measurements\" must be an object")
+        raise MalformedMeasurements(f'{name}: "Measurements" must be an object')
     algorithm = block.get("HashAlgorithm", HASH_ALGORITHM)
     if not isinstance(algorithm, str) or not algorithm.startswith("Sha384"):
         raise MalformedMeasurements(
@@ -106,22 +108,24 @@ def load_measurements(source: str | os.PathLike[str] | bytes) -> PublishedMeasur
             continue
         match = _PCR_KEY.fullmatch(key)
         if match is None or int(match.group(1)) > 31:
-            raise MalformedMeasurements(f"{name}: unexpected key {key!r} in \"Measurements\"")
+            raise MalformedMeasurements(f'{name}: unexpected key {key!r} in "Measurements"')
         if not isinstance(value, str) or not _HEX96.fullmatch(value):
             raise MalformedMeasurements(
                 f"{name}: {key} must be 96 hex digits (a SHA-384 value), got {value!r}"
             )
         pcrs[int(match.group(1))] = bytes.fromhex(value)
     if not pcrs:
-        raise MalformedMeasurements(f"{name}: \"Measurements\" holds no PCR values")
+        raise MalformedMeasurements(f'{name}: "Measurements" holds no PCR values')
     sentinel = doc.get("Sentinel")
     if sentinel is not None and not isinstance(sentinel, dict):
-        raise MalformedMeasurements(f"{name}: \"Sentinel\" must be an object")
+        raise MalformedMeasurements(f'{name}: "Sentinel" must be an object')
     if sentinel is not None and sentinel.get("schema") != SCHEMA:
         raise MalformedMeasurements(
             f"{name}: Sentinel schema {sentinel.get('schema')!r} is not supported (expected {SCHEMA})"
         )
-    return PublishedMeasurements(pcrs=pcrs, hash_algorithm=algorithm, sentinel=sentinel, source=name)
+    return PublishedMeasurements(
+        pcrs=pcrs, hash_algorithm=algorithm, sentinel=sentinel, source=name
+    )
 
 
 def diff_pcrs(

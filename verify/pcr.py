@@ -322,7 +322,9 @@ def _measure_open(f: BinaryIO, image: EifImage, chunk_size: int) -> EifMeasureme
             signature_ok = True
         except SignatureInvalid as e:
             signature_ok, signature_error = False, str(e)
-    logger.debug("measured %s: crc %08x, pcrs %s", image, crc.value, {k: v.hex() for k, v in pcrs.items()})
+    logger.debug(
+        "measured %s: crc %08x, pcrs %s", image, crc.value, {k: v.hex() for k, v in pcrs.items()}
+    )
     return EifMeasurements(
         image=image,
         pcrs=pcrs,

@@ -12,7 +12,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["BUILD_INFO_KEYS", "IDENTITY_KEYS", "decode_metadata", "default_identity", "encode_metadata"]
+__all__ = [
+    "BUILD_INFO_KEYS",
+    "IDENTITY_KEYS",
+    "decode_metadata",
+    "default_identity",
+    "encode_metadata",
+]
 
 IDENTITY_KEYS = ("ImageName", "ImageVersion", "BuildMetadata", "DockerInfo", "CustomMetadata")
 BUILD_INFO_KEYS = ("BuildTime", "BuildTool", "BuildToolVersion", "OperatingSystem", "KernelVersion")

@@ -247,9 +247,7 @@ def iter_section_chunks(
         yield chunk
 
 
-def copy_section(
-    path: str | os.PathLike[str], section: EifSection, dest_fileobj: BinaryIO
-) -> int:
+def copy_section(path: str | os.PathLike[str], section: EifSection, dest_fileobj: BinaryIO) -> int:
     """Copy one section body of the EIF at `path` into `dest_fileobj`, in chunks; returns bytes.
 
     Raises:
