@@ -140,13 +140,21 @@ def test_run_restores_affinity_and_gc() -> None:
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        (JitterConfig(cpu=100_000, duration_s=0.01), "may only run on CPUs"),
+        (JitterConfig(cpu=100_000, duration_s=0.01), "cannot pin there"),
+        (JitterConfig(cpu=-1, duration_s=0.01), "expected a CPU number"),
         (JitterConfig(duration_s=0), "--duration"),
         (JitterConfig(duration_s=float("nan")), "--duration"),
         (JitterConfig(duration_s=0.01, threshold_ns=0), "--threshold"),
         (JitterConfig(duration_s=0.01, loop="asm"), "--loop"),
     ],
-    ids=["foreign-cpu", "zero-duration", "nan-duration", "zero-threshold", "unknown-loop"],
+    ids=[
+        "foreign-cpu",
+        "negative-cpu",
+        "zero-duration",
+        "nan-duration",
+        "zero-threshold",
+        "unknown-loop",
+    ],
 )
 def test_invalid_options(config: JitterConfig, message: str) -> None:
     with pytest.raises(InvalidJitterOption, match=message):
@@ -188,6 +196,31 @@ def test_cli_json_plot_and_tax(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_pins_outside_the_inherited_mask() -> None:
+    # As on a host with isolcpus: the process starts on the housekeeping CPU, measures on another.
+    home, target = sorted(os.sched_getaffinity(0))[:2]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "verify",
+            "jitter",
+            "--cpu",
+            str(target),
+            "--duration",
+            "0.05",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: os.sched_setaffinity(0, {home}),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["cpu"] == target
+
+
 def test_require_quiet_exit_code_follows_verdict(capsys: pytest.CaptureFixture[str]) -> None:
     code, doc, _ = cli(capsys, "--duration", "0.05", "--json", "--require-quiet")
     assert doc is not None
@@ -199,7 +232,7 @@ def test_require_quiet_exit_code_follows_verdict(capsys: pytest.CaptureFixture[s
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--cpu", "100000", "--duration", "0.01"], "may only run on CPUs"),
+        (["--cpu", "100000", "--duration", "0.01"], "cannot pin there"),
         (["--duration", "-1"], "--duration"),
         (["--threshold", "0", "--duration", "0.01"], "--threshold"),
         (["--slippage", "0.1", "--duration", "0.01"], "go together"),

@@ -16,7 +16,7 @@ from verify.jitter.errors import InvalidJitterOption, LoopUnavailable
 from verify.jitter.stats import GapStats, summarize
 from verify.jitter.tax import JitterTax
 
-__all__ = ["JitterConfig", "JitterReport", "default_cpu", "run_jitter"]
+__all__ = ["JitterConfig", "JitterReport", "candidate_cpus", "default_cpu", "run_jitter"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,14 @@ class JitterReport:
         return doc
 
 
+def _read_cpus(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip() or "none"
+    except OSError:
+        return "unknown"
+
+
 def _isolated() -> frozenset[int] | None:
     try:
         with open("/sys/devices/system/cpu/isolated") as f:
@@ -84,11 +92,28 @@ def _isolated() -> frozenset[int] | None:
         return None
 
 
-def default_cpu() -> int:
-    """An isolated CPU we may run on, else the highest allowed one (CPU 0 gets most housekeeping)."""
+def candidate_cpus() -> list[int]:
+    """CPUs to try when --cpu is not given: isolated ones first, then the highest allowed one.
+
+    Isolated CPUs are usually outside the inherited affinity mask (that is what isolation does),
+    but a process may still pin itself there unless its cpuset forbids it, so they are tried first.
+    """
     allowed = os.sched_getaffinity(0)
-    isolated = (_isolated() or frozenset()) & allowed
-    return min(isolated) if isolated else max(allowed)
+    return [*sorted(_isolated() or ()), max(allowed)]
+
+
+def default_cpu() -> int:
+    """The CPU `run_jitter` uses without --cpu, where pinning there is permitted."""
+    allowed = os.sched_getaffinity(0)
+    for cpu in candidate_cpus():
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError:
+            continue
+        finally:
+            os.sched_setaffinity(0, allowed)
+        return cpu
+    return max(allowed)
 
 
 def _choose_loop(kind: str) -> tuple[Any, str, str]:
@@ -119,16 +144,22 @@ def run_jitter(config: JitterConfig) -> JitterReport:
         )
     if config.loop not in ("auto", "compiled", "python"):
         raise InvalidJitterOption(f"--loop {config.loop!r}: expected auto, compiled or python")
+    if config.cpu is not None and config.cpu < 0:
+        raise InvalidJitterOption(f"--cpu {config.cpu}: expected a CPU number >= 0")
     allowed = os.sched_getaffinity(0)
     cpu = default_cpu() if config.cpu is None else config.cpu
-    if cpu not in allowed:
-        raise InvalidJitterOption(
-            f"--cpu {cpu}: this process may only run on CPUs {sorted(allowed)} (got {cpu})"
-        )
     spin, loop, note = _choose_loop(config.loop)
     duration_ns = int(config.duration_s * 1e9)
     gc_was_enabled = gc.isenabled()
-    os.sched_setaffinity(0, {cpu})
+    try:
+        # May be outside the inherited mask (an isolated CPU): only the cpuset limits it.
+        os.sched_setaffinity(0, {cpu})
+    except (OSError, OverflowError) as e:
+        why = e.strerror if isinstance(e, OSError) else "out of range"
+        raise InvalidJitterOption(
+            f"--cpu {cpu}: cannot pin there ({why}); "
+            f"online CPUs: {_read_cpus('/sys/devices/system/cpu/online')}"
+        ) from e
     try:
         gc.disable()  # a collection inside the loop would be the tool's own stall, not the host's
         spin(WARMUP_NS)
