@@ -23,7 +23,6 @@ from .broadcast import Broadcaster
 from .errors import (
     ConfigError,
     FeeTooLow,
-    IntentFailed,
     InvalidTransaction,
     MalformedResponse,
     NonceSourceError,
@@ -35,6 +34,7 @@ from .errors import (
     TransportError,
 )
 from .fees import FeePolicy
+from .handle import Handle
 from .heads import ChainUpdate, ChainView, Header, HeadTracker, HeadWatcher, parse_header
 from .intent import Intent
 from .nonces import InFlight, Landed, NonceManager, TxState
@@ -70,73 +70,6 @@ class RouterConfig:
             raise ConfigError("at least one RPC endpoint is required")
         if not (self.sender.startswith("0x") and len(self.sender) == 42):
             raise ConfigError(f"sender must be a 0x-hex address, got {self.sender!r:.50}")
-
-
-class Handle:
-    """What `submit` returns: the intent's current state and an awaitable receipt."""
-
-    def __init__(self, router: Router, flight: InFlight) -> None:
-        self._router = router
-        self.flight = flight
-        self.intent = flight.intent
-
-    def __repr__(self) -> str:
-        return f"Handle({self.flight!r})"
-
-    @property
-    def nonce(self) -> int:
-        return self.flight.nonce
-
-    @property
-    def tx_hash(self) -> bytes:
-        return self.flight.landed.tx_hash if self.flight.landed else self.flight.hash
-
-    @property
-    def state(self) -> TxState:
-        return self.flight.state
-
-    async def receipt(self, confirmations: int = 1, timeout: float | None = None) -> dict[str, Any]:
-        """The receipt once the transaction is in a canonical block `confirmations` deep.
-
-        Raises:
-            IntentFailed: the intent can no longer be landed (cause chained).
-            TimeoutError: not landed within `timeout` seconds.
-        """
-        router = self._router
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            f = self.flight
-            if f.state is TxState.FAILED:
-                raise IntentFailed(f"intent {self.intent.id} (nonce {f.nonce}) failed: "
-                                   f"{f.error.diagnostics() if f.error else 'unknown'}") from f.error
-            tip = router.view.tip
-            landed = f.landed
-            if (
-                f.state is TxState.LANDED
-                and landed is not None
-                and tip is not None
-                and tip.number - landed.block_number + 1 >= confirmations
-                and (
-                    router.view.is_canonical(landed.block_hash)
-                    # older than the header ring: the receipt's block hash is the judge
-                    or tip.number - landed.block_number >= router.config.forget_after_blocks
-                )
-            ):
-                try:
-                    rcpt = await router._any(lambda rpc, h=landed.tx_hash: rpc.receipt(h))
-                except RouterError as e:
-                    log.warning("receipt lookup failed", extra={"error": e.diagnostics()})
-                    rcpt = None
-                if rcpt is not None and rcpt["blockHash"] == _hex.to_hex(landed.block_hash):
-                    return rcpt
-            event = router._changed
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"intent {self.intent.id} not landed within {timeout} s")
-            try:
-                await asyncio.wait_for(event.wait(), 0.5 if remaining is None else min(remaining, 0.5))
-            except TimeoutError:
-                pass
 
 
 class Router:
