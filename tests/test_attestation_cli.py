@@ -195,3 +195,15 @@ def test_emulator_documents_through_the_library(emulator: EmulatedNsm) -> None:
         AttestationVerifier.aws_nitro(now=DOCUMENT_TIME).verify(
             emulator.attestation(user_data=None, nonce=None, public_key=None), UnsafeNoOp()
         )
+
+
+def test_document_text_is_never_read_as_markup(tmp_path: Path) -> None:
+    """module_id is chosen by whoever made the document; the report prints it literally."""
+    from attestation_support import TestPki, make_document
+
+    pki = TestPki.generate("markup")
+    (tmp_path / "root.pem").write_bytes(pki.root_pem)
+    (tmp_path / "doc.bin").write_bytes(make_document(pki, module_id="[/] [bold]i-x[/bold] [red]"))
+    code, _, err = run_cli("attestation", str(tmp_path / "doc.bin"), "--root", str(tmp_path / "root.pem"))
+    assert code == 0, err
+    assert "[/] [bold]i-x[/bold] [red]" in err

@@ -162,7 +162,8 @@ def _print_report(source: str, report: VerificationReport) -> None:
     console.print(table)
     if report.attestation is not None:
         doc = report.attestation.document
-        console.print(f"module {doc.module_id}, made {doc.timestamp.isoformat()}")
+        # Document text is attacker-chosen until verified: never let it be read as rich markup.
+        console.print(escape(f"module {doc.module_id}, made {doc.timestamp.isoformat()}"))
         for index, value in doc.pcrs.items():
             if any(value):
                 console.print(f"  PCR{index:<2} {value.hex()}")

@@ -88,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     if check.statement is not None:
         predicate = check.statement["predicate"]
-        console.print(f"release {predicate.get('version')} ({predicate.get('mode')}), key {key_id(key)}")
+        console.print(
+            escape(f"release {predicate.get('version')} ({predicate.get('mode')}), key {key_id(key)}")
+        )
     console.print("[green]OK[/]" if check else "[bold red]FAILED[/]", escape(args.file))
     return check.exit_code
