@@ -325,3 +325,34 @@ def test_busy_polling_and_pinning(tmp_path: Path) -> None:
     assert os.sched_getaffinity(0) == before  # pinning applies to the connection thread only
     with pytest.raises(ValueError, match="not available"):
         SignerServer(dev_key(), load_policy(DEV_POLICY), cpu=4096)
+
+
+def _conn_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "sentinel-conn"]
+
+
+def _thread_cpu_ticks(native_id: int) -> int:
+    fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+
+
+def test_connection_thread_is_pinned_and_spin_is_bounded(tmp_path: Path) -> None:
+    cpu = max(os.sched_getaffinity(0))
+    server = SignerServer(dev_key(), load_policy(DEV_POLICY), cpu=cpu, spin_us=200)
+    server.bind(f"unix:{tmp_path / 's.sock'}")
+    server.start()
+    try:
+        with SignerClient.connect(f"unix:{tmp_path / 's.sock'}", spin_us=0) as c:
+            c.ping()
+            (thread,) = _conn_threads()
+            assert thread.native_id is not None
+            assert os.sched_getaffinity(thread.native_id) == {cpu}
+            # Idle: after its bounded spin the thread blocks, so it burns (almost) no CPU.
+            time.sleep(0.1)
+            before = _thread_cpu_ticks(thread.native_id)
+            time.sleep(1.0)
+            spent = _thread_cpu_ticks(thread.native_id) - before
+            assert spent <= 5, f"idle connection thread used {spent} ticks in 1 s"
+            c.ping()
+    finally:
+        server.close()
