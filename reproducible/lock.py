@@ -69,6 +69,8 @@ class PythonSpec:
     abi: str
     platforms: tuple[str, ...]
     requirements: tuple[str, ...]
+    drop: tuple[str, ...] = ()  # site-packages paths (fnmatch) left out of the image
+    keep: tuple[str, ...] = ()  # exceptions to `drop`
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,8 @@ def parse_lock(text: str, *, source: str = "lock.toml") -> Lock:
         abi=_get(py_t, "abi", str, "[python]"),  # type: ignore[arg-type]
         platforms=_strings(py_t, "platforms", "[python]"),  # type: ignore[arg-type]
         requirements=_strings(py_t, "requirements", "[python]"),  # type: ignore[arg-type]
+        drop=_strings(py_t, "drop", "[python]") if "drop" in py_t else (),  # type: ignore[arg-type]
+        keep=_strings(py_t, "keep", "[python]") if "keep" in py_t else (),  # type: ignore[arg-type]
     )
     kernel = KernelSpec(
         modules=_strings(k_t, "modules", "[kernel]"),  # type: ignore[arg-type]
@@ -232,6 +236,11 @@ def dump_lock(lock: Lock) -> str:
         f"abi = {_q(p.abi)}",
         f"platforms = {_qlist(p.platforms)}",
         f"requirements = {_qlist(p.requirements)}",
+        *(["# Left out of site-packages (fnmatch), unless matched by `keep`: botocore ships every",
+            "# AWS service's model (the enclave only talks to KMS), pycryptodome its self-tests."]
+          if p.drop else []),
+        *([f"drop = {_qlist(p.drop)}"] if p.drop else []),
+        *([f"keep = {_qlist(p.keep)}"] if p.keep else []),
         "",
         "[kernel]",
         f"modules = {_qlist(k.modules)}",

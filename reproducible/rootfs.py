@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import posixpath
 import zipfile
 from dataclasses import dataclass
@@ -149,8 +150,10 @@ def blobs_bootstrap(blobs: Blobs) -> Tree:
     return tree
 
 
-def install_wheel(tree: Tree, wheel: Path, name: str, prefix: str = SITE) -> None:
-    """Unpack a wheel the way an installer would (purelib/platlib into site), minus RECORD.
+def install_wheel(tree: Tree, wheel: Path, name: str, prefix: str = SITE,
+                  drop: tuple[str, ...] = (), keep: tuple[str, ...] = ()) -> None:
+    """Unpack a wheel the way an installer would (purelib/platlib into site), minus RECORD and
+    the site-relative paths matching `drop` (fnmatch) unless they match `keep`.
 
     Raises:
         MalformedArtifact: not a zip, or a member escapes.
@@ -171,6 +174,10 @@ def install_wheel(tree: Tree, wheel: Path, name: str, prefix: str = SITE) -> Non
                     continue  # scripts, headers and data have no place in the enclave
                 path = sub
             elif top.endswith(".dist-info") and rest in ("RECORD", "INSTALLER", "REQUESTED"):
+                continue
+            if any(fnmatch.fnmatchcase(path, d) for d in drop) and not any(
+                fnmatch.fnmatchcase(path, k) for k in keep
+            ):
                 continue
             mode = (info.external_attr >> 16) & 0o777 or 0o644
             tree.add_file(f"{prefix}/{path}", zf.read(info), mode=mode, where=name)
@@ -209,7 +216,8 @@ def sentinel_rootfs(lock: Lock, fetched: Fetched, cache: Cache, enclave_dir: Pat
         raise BuildError(f"lock: no runtime package provides /{py}")
     tree.add_symlink("usr/bin/python3", posixpath.basename(py))
     for w in sorted(lock.wheels, key=lambda w: w.filename):
-        install_wheel(tree, fetched.wheels[w.filename], w.label)
+        install_wheel(tree, fetched.wheels[w.filename], w.label,
+                      drop=lock.python.drop, keep=lock.python.keep)
     add_package(tree, enclave_dir, f"{SITE}/enclave", where="enclave/")
     if not policy.is_file():
         raise BuildError(f"signer policy {policy} is missing")

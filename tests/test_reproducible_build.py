@@ -173,7 +173,9 @@ def test_customer_rootfs_runs_the_enclave_runtime(dev: BuildResult, tmp_path: Pa
     assert cmd[:4] == ["/usr/bin/python3", "-m", "enclave", "serve"]
     env = dict(line.split("=", 1) for line in (tmp_path / "env").read_text().splitlines())
     probe = ("import ssl, hashlib, cbor2, coincurve, cryptography.hazmat.primitives.asymmetric.ec,"
-             " Crypto.Hash.keccak, enclave.keys, enclave.policy, enclave.server; print('ok')")
+             " Crypto.Hash.keccak, enclave.keys, enclave.policy, enclave.server, boto3;"
+             " boto3.client('kms', region_name='eu-west-1', endpoint_url='http://127.0.0.1:9',"
+             " aws_access_key_id='k', aws_secret_access_key='s'); print('ok')")
     res = subprocess.run([shutil.which("chroot"), str(tmp_path / "rootfs"), cmd[0], "-c", probe],
                          capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr

@@ -223,3 +223,16 @@ def test_blobs_cmdline_newline_is_dropped_and_inner_newline_refused(tmp_path: Pa
 def test_customer_ramdisk_refuses_unrepresentable_cmd_env(cmd, env) -> None:
     with pytest.raises(BuildError):
         customer_ramdisk(Tree(), cmd, env)
+
+
+def test_wheel_drop_and_keep_patterns(tmp_path: Path) -> None:
+    w = _wheel(tmp_path / "b-1-py3-none-any.whl", {
+        "b/data/endpoints.json": b"{}",
+        "b/data/kms/2014/service.json": b"{}",
+        "b/data/s3/2006/service.json": b"{}",
+    })
+    tree = Tree()
+    install_wheel(tree, w, "wheel b", drop=("b/data/*/*",), keep=("b/data/kms/*",))
+    site = "usr/lib/python3/dist-packages"
+    assert {p for p, e in tree.items() if e.kind == "file"} == {
+        f"{site}/b/data/endpoints.json", f"{site}/b/data/kms/2014/service.json"}
