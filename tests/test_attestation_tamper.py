@@ -13,7 +13,7 @@ from pathlib import Path
 
 import cbor2
 import pytest
-from attestation_support import run_cli
+from attestation_support import TestPki, make_document, make_payload, resign, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -166,3 +166,34 @@ def test_random_corruption_cli_exits_1_or_2(tmp_path_factory: pytest.TempPathFac
 def test_arbitrary_bytes_never_crash(data: bytes) -> None:
     report = VERIFIER.report(data, NO_POLICY)
     assert not report and report.exit_code in (1, 2)
+
+
+# --- re-signed random payloads: the parser, not the signature, has to hold -------------------
+
+_CBOR_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.binary(max_size=64)
+    | st.text(max_size=16) | st.floats(allow_nan=False),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.integers(-2, 40) | st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+_PKI = TestPki.generate("resigned")
+_GOOD = make_payload(_PKI)
+_TEST_VERIFIER = AttestationVerifier(root=_PKI.root, now=DOCUMENT_TIME)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    replaced=st.dictionaries(st.sampled_from(sorted(_GOOD) + ["extra"]), _CBOR_VALUES, max_size=3),
+    dropped=st.sets(st.sampled_from(sorted(_GOOD)), max_size=2),
+)
+def test_resigned_random_payload_fields_never_crash(replaced: dict[str, object], dropped: set[str]) -> None:
+    payload = {k: v for k, v in {**_GOOD, **replaced}.items() if k not in dropped}
+    data = resign(make_document(_PKI), _PKI.leaf_key, payload=cbor2.dumps(payload))
+    report = _TEST_VERIFIER.report(data, NO_POLICY)
+    assert report.exit_code in (0, 1, 2)
+    if report:
+        # Accepted only if every field still has AWS's type: the model is complete and typed.
+        doc = report.attestation.document  # type: ignore[union-attr]
+        assert isinstance(doc.module_id, str) and doc.digest == "SHA384"
+        assert all(len(v) == 48 for v in doc.pcrs.values())
