@@ -5,6 +5,8 @@ busy-polling); this process is the client, pinned to another CPU, busy-polling t
 coincurve's `sign_recoverable` of the same digest in this process. Samples and baseline are taken in
 interleaved blocks so that load from other processes on the machine hits both alike.
 
+Samples per record: SENTINEL_BENCH_N (default 20000), in 10 interleaved blocks.
+
 Records: sign-digest round trip / raw sign (target p50 <= 1.2x, floor 1.5x), EIP-1559 tx sign
 in-process (RLP + 2 keccak + sign) / raw sign (target <= 1.3x), tx sign round trip / raw sign, ping
 round trip / raw sign (the transport's share), attest round trip / in-process emulator attestation.
