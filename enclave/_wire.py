@@ -34,8 +34,10 @@ __all__ = [
     "OP_ERROR",
     "RESPONSE_BIT",
     "SIGNATURE_SIZE",
+    "STATS_STRUCT",
     "TX_FIXED",
     "TX_FIXED_SIZE",
+    "TX_FLAG_HAS_TO",
     "VERSION",
     "Op",
     "Stats",
@@ -46,6 +48,7 @@ __all__ = [
     "encode_attest",
     "encode_error",
     "encode_sign_tx",
+    "expect_length",
     "pack_frame",
 ]
 
