@@ -22,6 +22,7 @@ from rich.table import Table
 from verify._checks import CheckResult, CheckRunner, exit_code, results_json
 from verify._cli import emit_json, stderr_console
 from verify._cmd_attestation import parse_pcr_indices
+from verify._json import loads_json
 from verify.errors import MalformedInput, MalformedMeasurements, PcrMismatch, VerificationError
 from verify.measurements import diff_pcrs, load_measurements
 
@@ -91,10 +92,7 @@ def parse_describe_enclaves(data: bytes) -> list[DescribedEnclave]:
     """
     if len(data) > MAX_INPUT:
         raise MalformedInput(f"describe-enclaves output larger than {MAX_INPUT} bytes")
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MalformedInput(f"describe-enclaves output is not UTF-8 JSON ({e})") from e
+    doc = loads_json(data, "describe-enclaves output")
     if not isinstance(doc, list):
         raise MalformedInput("describe-enclaves output must be a JSON array of enclaves")
     enclaves = []

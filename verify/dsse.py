@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from verify._json import loads_json
 from verify.errors import MalformedInput, SignatureInvalid, VerificationError
 
 __all__ = [
@@ -139,10 +140,7 @@ def parse_envelope(data: bytes, source: str = "<bytes>") -> Envelope:
     """
     if len(data) > MAX_ENVELOPE:
         raise MalformedInput(f"{source}: larger than {MAX_ENVELOPE} bytes; not a signature envelope")
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MalformedInput(f"{source}: not UTF-8 JSON ({e})") from e
+    doc = loads_json(data, source)
     if not isinstance(doc, dict):
         raise MalformedInput(f"{source}: expected a JSON object (a DSSE envelope)")
     payload_type = doc.get("payloadType")

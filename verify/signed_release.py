@@ -9,7 +9,6 @@ most 4096 bytes, and the files themselves are bound by digest. Format: measureme
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from verify._checks import FAILED, CheckResult, CheckRunner, exit_code
+from verify._json import loads_json
 from verify.dsse import INTOTO_PAYLOAD_TYPE, Envelope, parse_envelope
 from verify.errors import MalformedInput, PcrMismatch, VerificationError
 from verify.measurements import PublishedMeasurements, load_measurements
@@ -94,10 +94,7 @@ def _statement(envelope: Envelope) -> dict[str, Any]:
         raise MalformedInput(
             f"envelope payloadType is {envelope.payload_type!r}, expected {INTOTO_PAYLOAD_TYPE!r}"
         )
-    try:
-        doc = json.loads(envelope.payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MalformedInput(f"signed payload is not UTF-8 JSON ({e})") from e
+    doc = loads_json(envelope.payload, "signed payload")
     if not isinstance(doc, dict) or doc.get("_type") != STATEMENT_TYPE:
         raise MalformedInput(f"signed payload is not an in-toto Statement ({STATEMENT_TYPE})")
     if doc.get("predicateType") != RELEASE_PREDICATE_TYPE:
@@ -133,10 +130,7 @@ def _pcrs_agree(statement: dict[str, Any], published: PublishedMeasurements) -> 
 
 def _provenance(data: bytes, statement: dict[str, Any]) -> None:
     _subject_named(statement, "provenance", hashlib.sha256(data).hexdigest())
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MalformedInput(f"provenance is not UTF-8 JSON ({e})") from e
+    doc = loads_json(data, "provenance")
     if not isinstance(doc, dict) or doc.get("predicateType") != SLSA_PROVENANCE_TYPE:
         raise MalformedInput(f"provenance is not an in-toto Statement with {SLSA_PROVENANCE_TYPE}")
 
