@@ -50,6 +50,25 @@ def time_calls(fn: Callable[[], object], n: int, warmup: int = 100) -> list[floa
     return out
 
 
+def time_interleaved(
+    fn: Callable[[], object],
+    base: Callable[[], object],
+    n: int,
+    *,
+    blocks: int = 10,
+    warmup: int = 50,
+) -> tuple[list[float], list[float]]:
+    """(samples of fn, samples of base), n of each, taken in alternating blocks so that load from
+    other processes on the machine hits the measurement and its baseline alike."""
+    samples: list[float] = []
+    baseline: list[float] = []
+    per = max(1, n // blocks)
+    for _ in range(blocks):
+        baseline += time_calls(base, per, warmup=warmup)
+        samples += time_calls(fn, per, warmup=warmup)
+    return samples, baseline
+
+
 def compare(
     name: str,
     samples: list[float],

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from _harness import Record, compare, time_calls
+from _harness import Record, compare, time_interleaved
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -35,18 +35,6 @@ class _Quiet(UnsafeNoOp):
         return None
 
 
-def _interleaved(
-    fn: Callable[[], object], base: Callable[[], object], n: int
-) -> tuple[list[float], list[float]]:
-    samples: list[float] = []
-    baseline: list[float] = []
-    per = max(1, n // BLOCKS)
-    for _ in range(BLOCKS):
-        baseline += time_calls(base, per, warmup=5)
-        samples += time_calls(fn, per, warmup=5)
-    return samples, baseline
-
-
 def _bare_es384(data: bytes) -> Callable[[], object]:
     cose = parse_document(data).cose
     leaf = x509.load_der_x509_certificate(parse_document(data).document.certificate)
@@ -64,14 +52,18 @@ def _document_records(name: str, policy: UnsafeNoOp) -> list[Record]:
     base = _bare_es384(data)
     warm = AttestationVerifier.aws_nitro(now=DOCUMENT_TIME)
     warm.verify(data, policy)
-    samples, baseline = _interleaved(lambda: warm.verify(data, policy), base, N)
+    samples, baseline = time_interleaved(
+        lambda: warm.verify(data, policy), base, N, blocks=BLOCKS, warmup=5
+    )
     records = [compare(f"attestation verify {name} (warm)", samples, "ES384 verify", baseline)]
     root = warm.root
 
     def cold() -> object:
         return AttestationVerifier(root=root, now=DOCUMENT_TIME).verify(data, policy)
 
-    samples, baseline = _interleaved(cold, base, max(BLOCKS, N // 4))
+    samples, baseline = time_interleaved(
+        cold, base, max(BLOCKS, N // 4), blocks=BLOCKS, warmup=5
+    )
     records.append(compare(f"attestation verify {name} (cold)", samples, "ES384 verify", baseline))
     return records
 
