@@ -40,6 +40,8 @@ from enclave.tx import UINT256_MAX, UnsignedTx
 
 __all__ = ["DEFAULT_POLICY", "Destination", "Policy", "RateLimiter", "load_policy"]
 
+_monotonic_ns = time.monotonic_ns
+
 #: The production policy shipped inside the package (and so inside the EIF).
 DEFAULT_POLICY = Path(__file__).with_name("policy.toml")
 _MAX_POLICY_FILE = 1 << 20
@@ -172,22 +174,30 @@ class RateLimiter:
         self._lock = threading.Lock()
 
     def take(self, now_ns: int | None = None) -> None:
-        """Consume one token.
+        """Consume one token (on the signing hot path: plain comparisons, one lock round).
 
         Raises:
             RateLimited: the bucket is empty.
         """
-        now = time.monotonic_ns() if now_ns is None else now_ns
-        with self._lock:
-            # max(0, ...): a clock read before another thread's update must not drain the bucket
-            tokens = min(self._burst, self._tokens + max(0, now - self._last) * self._rate)
-            self._last = max(self._last, now)
+        now = _monotonic_ns() if now_ns is None else now_ns
+        lock = self._lock
+        lock.acquire()
+        try:
+            tokens = self._tokens
+            elapsed = now - self._last
+            if elapsed > 0:  # a clock read older than another thread's update refills nothing
+                tokens += elapsed * self._rate
+                if tokens > self._burst:
+                    tokens = self._burst
+                self._last = now
             if tokens < 1.0:
                 self._tokens = tokens
                 raise RateLimited(
                     f"more than {self._rate * 1e9:g}/s (burst {self._burst:g}); retry later"
                 )
             self._tokens = tokens - 1.0
+        finally:
+            lock.release()
 
 
 # --- parsing ----------------------------------------------------------------------------------------
