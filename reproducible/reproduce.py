@@ -39,11 +39,13 @@ class Variant:
     umask: int
     lc_all: str
     mtime: int | None  # None: leave the copy's mtimes at "now"
+    hash_seed: str
+    source_date_epoch: str | None  # a stray SOURCE_DATE_EPOCH must not win over the lock's
 
 
 VARIANTS = (
-    Variant("a", "UTC", 0o022, "C", None),
-    Variant("b", "Pacific/Kiritimati", 0o077, "C.UTF-8", 1_000_000_000),
+    Variant("a", "UTC", 0o022, "C", None, "1", None),
+    Variant("b", "Pacific/Kiritimati", 0o077, "C.UTF-8", 1_000_000_000, "4242", "1234567890"),
 )
 
 
@@ -88,14 +90,17 @@ def run_variant(v: Variant, root: Path, work: Path, cache: Path, console: Consol
     home = work / "home"
     home.mkdir()
     env = {k: val for k, val in os.environ.items() if not k.startswith(("LC_", "SOURCE_DATE"))}
-    env.update(TZ=v.tz, LC_ALL=v.lc_all, LANG=v.lc_all, HOME=str(home),
+    env.update(TZ=v.tz, LC_ALL=v.lc_all, LANG=v.lc_all, HOME=str(home), PYTHONHASHSEED=v.hash_seed,
                XDG_CACHE_HOME=str(cache), PYTHONPATH=str(src), PYTHONDONTWRITEBYTECODE="1")
+    if v.source_date_epoch is not None:
+        env["SOURCE_DATE_EPOCH"] = v.source_date_epoch
     out = work / "build"
     cmd = [sys.executable, "-m", "reproducible", "build", "--out", str(out)]
     if check:
         cmd.append("--check")
     console.print(f"[bold]build {v.name}[/bold]: TZ={v.tz} umask={v.umask:04o} LC_ALL={v.lc_all} "
-                  f"mtimes={'now' if v.mtime is None else v.mtime} in {work}", highlight=False)
+                  f"mtimes={'now' if v.mtime is None else v.mtime} PYTHONHASHSEED={v.hash_seed} "
+                  f"SOURCE_DATE_EPOCH={v.source_date_epoch or 'unset'} in {work}", highlight=False)
     res = subprocess.run(cmd, cwd=src, env=env, preexec_fn=lambda: os.umask(v.umask))
     if res.returncode != 0:
         raise SystemExit(res.returncode)

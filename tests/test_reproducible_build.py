@@ -182,3 +182,19 @@ def test_customer_rootfs_runs_the_enclave_runtime(dev: BuildResult, tmp_path: Pa
     res = subprocess.run([shutil.which("chroot"), str(tmp_path / "rootfs"), *cmd[:4], "--help"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0 and "--listen" in res.stdout, res.stderr
+
+
+def test_no_host_identity_in_the_image(dev: BuildResult) -> None:
+    import getpass
+    import socket
+
+    blob = dev.eif.read_bytes() + dev.measurements.read_bytes()
+    for marker in (str(dev.eif.parent), str(Path.home()), socket.gethostname(), getpass.getuser()):
+        if len(marker) >= 6:  # short names ("root") occur by chance in binaries
+            assert marker.encode() not in blob, marker
+    meta = json.loads(
+        subprocess.run([sys.executable, "-m", "verify", "pcr", str(dev.eif), "--json"],
+                       capture_output=True, text=True, cwd=ROOT).stdout or "{}"
+    )
+    assert meta["Metadata"]["BuildTime"] == "2026-01-01T00:00:00+00:00"  # the lock's epoch
+    assert meta["Metadata"]["OperatingSystem"] == "Linux"
