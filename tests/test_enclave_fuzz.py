@@ -30,7 +30,8 @@ HERE = Path(__file__).parent
 def signer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from enclave.nsm.emulator import EmulatedNsm
 
-    with running_signer(tmp_path_factory.mktemp("fuzz"), nsm=EmulatedNsm()) as server:
+    # A short busy-poll window: streams exercise both the spinning and the blocking reads.
+    with running_signer(tmp_path_factory.mktemp("fuzz"), nsm=EmulatedNsm(), spin_us=50) as server:
         yield str(server.address)
 
 
