@@ -127,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 eifs.append(run_variant(v, ROOT, work, cache, console, check=not args.publish))
             except SystemExit as e:
                 console.print(f"[red]build {v.name} failed (exit {e.code})[/red]")
+                if e.code == 1:
+                    console.print("if the payload, the lock or the builder changed on purpose: "
+                                  "`nox -s reproduce -- --publish`, then commit measurements/")
                 return int(e.code or 2)
         digests = [sha256_file(e) for e in eifs]
         from reproducible.build import project_version
