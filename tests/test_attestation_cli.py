@@ -59,7 +59,7 @@ def test_real_document_verified_with_measurements_json(tmp_path: Path) -> None:
     report = json.loads(result.stdout)
     assert report["verified"] is True
     names = [c["name"] for c in report["checks"]]
-    assert names == ["structure", "alg", "certificates", "chain", "timestamp", "signature",
+    assert names == ["cose", "alg", "payload", "certificates", "chain", "timestamp", "signature",
                      "PCR0", "PCR1", "PCR2", "PCR8"]
     assert report["validated_at"] == "2022-10-13T08:58:02.136000+00:00"
     assert report["attestation"]["pcrs"]["8"].startswith("8790eb3c")
@@ -137,7 +137,7 @@ def test_garbage_input_exit_2(tmp_path: Path) -> None:
     code, out, err = run_cli("attestation", str(path), "--json")
     assert code == 2
     report = json.loads(out)
-    assert report["checks"] == [{"name": "structure", "ok": False, "error": "MalformedAttestation",
+    assert report["checks"] == [{"name": "cose", "ok": False, "error": "MalformedAttestation",
                                  "message": report["checks"][0]["message"]}]
     assert "not valid CBOR" in report["checks"][0]["message"]
 

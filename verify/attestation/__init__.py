@@ -14,7 +14,9 @@ from verify.attestation.document import (
     Limits,
     SignedAttestation,
     decode_document_text,
+    parse_cose_sign1,
     parse_document,
+    parse_payload,
 )
 from verify.attestation.errors import (
     ChainInvalid,
@@ -81,7 +83,9 @@ __all__ = [
     "aws_nitro_root",
     "decode_document_text",
     "load_root_pem",
+    "parse_cose_sign1",
     "parse_document",
+    "parse_payload",
     "pcrs_equal",
     "verify",
 ]

@@ -37,7 +37,9 @@ __all__ = [
     "Limits",
     "SignedAttestation",
     "decode_document_text",
+    "parse_cose_sign1",
     "parse_document",
+    "parse_payload",
 ]
 
 #: COSE algorithm identifier of ECDSA with SHA-384 (RFC 9053 §2.1).
@@ -71,6 +73,7 @@ class CoseSign1:
     unprotected: Mapping[Any, Any]
     payload: bytes = field(repr=False)
     signature: bytes = field(repr=False)
+    alg: int | None = None  # from the protected header; None when it names none
 
     def sig_structure(self) -> bytes:
         """The bytes the signature covers: Sig_structure for "Signature1" with empty external_aad."""
@@ -99,11 +102,14 @@ class AttestationDocument:
 
 @dataclass(frozen=True)
 class SignedAttestation:
-    """A parsed document: the COSE envelope, its algorithm and the decoded payload."""
+    """A parsed document: the COSE envelope and its decoded payload."""
 
     cose: CoseSign1
-    alg: int | None
     document: AttestationDocument
+
+    @property
+    def alg(self) -> int | None:
+        return self.cose.alg
 
 
 def decode_document_text(data: bytes) -> bytes:
@@ -163,7 +169,13 @@ _FIELDS = frozenset(
 _REQUIRED = ("module_id", "digest", "timestamp", "pcrs", "certificate", "cabundle")
 
 
-def _parse_payload(raw: bytes, limits: Limits) -> AttestationDocument:
+def parse_payload(raw: bytes, *, limits: Limits | None = None) -> AttestationDocument:
+    """Decode a COSE payload into the attestation document's fields, checking each type and size.
+
+    Raises:
+        MalformedAttestation: a field is missing, unknown, or of the wrong type or size.
+    """
+    limits = limits or Limits()
     payload = _decode_one(raw, "payload")
     if not isinstance(payload, dict):
         raise MalformedAttestation(f"expected a map, got {type(payload).__name__}", field="payload")
@@ -219,7 +231,13 @@ def _parse_payload(raw: bytes, limits: Limits) -> AttestationDocument:
     )
 
 
-def _parse_cose(data: bytes, limits: Limits) -> CoseSign1:
+def parse_cose_sign1(data: bytes, *, limits: Limits | None = None) -> CoseSign1:
+    """Decode the COSE_Sign1 envelope (untagged or tag 18) and its protected header.
+
+    Raises:
+        MalformedAttestation: not CBOR, not a COSE_Sign1, or a malformed protected header.
+    """
+    limits = limits or Limits()
     if not data:
         raise MalformedAttestation("empty input", field="document")
     if len(data) > limits.max_document:
@@ -252,6 +270,7 @@ def _parse_cose(data: bytes, limits: Limits) -> CoseSign1:
         unprotected=MappingProxyType(dict(unprotected)),
         payload=payload,
         signature=signature,
+        alg=_protected_alg(protected),
     )
 
 
@@ -277,7 +296,5 @@ def parse_document(data: bytes, *, limits: Limits | None = None) -> SignedAttest
     Raises:
         MalformedAttestation: the bytes are not a well-formed attestation document; names the field.
     """
-    limits = limits or Limits()
-    cose = _parse_cose(data, limits)
-    alg = _protected_alg(cose.protected)
-    return SignedAttestation(cose=cose, alg=alg, document=_parse_payload(cose.payload, limits))
+    cose = parse_cose_sign1(data, limits=limits)
+    return SignedAttestation(cose=cose, document=parse_payload(cose.payload, limits=limits))

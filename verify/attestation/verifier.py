@@ -2,15 +2,16 @@
 
 Steps, in order (each a named check in reports):
 
-1. ``structure``: CBOR, COSE_Sign1 and the payload's fields (`document.parse_document`).
+1. ``cose``: CBOR and the COSE_Sign1 structure, protected header included.
 2. ``alg``: the protected header names ES384.
-3. ``certificates``: the signing certificate and every cabundle entry are DER X.509.
-4. ``chain``: cabundle[0] is the pinned root, and the chain root -> cabundle[1:] -> certificate is
+3. ``payload``: the payload's fields and types exactly as AWS documents them.
+4. ``certificates``: the signing certificate and every cabundle entry are DER X.509.
+5. ``chain``: cabundle[0] is the pinned root, and the chain root -> cabundle[1:] -> certificate is
    valid at the validation time under cryptography's X.509 path validation (WebPKI CA profile; the
    Nitro leaf carries no SAN/AKI so it gets its own end-entity profile below).
-5. ``timestamp``: the document was made while its signing certificate was valid.
-6. ``signature``: ES384 over the COSE Sig_structure with the signing certificate's key.
-7. the policy's checks (PCRs, nonce, user data, freshness), each by its own name.
+6. ``timestamp``: the document was made while its signing certificate was valid.
+7. ``signature``: ES384 over the COSE Sig_structure with the signing certificate's key.
+8. the policy's checks (PCRs, nonce, user data, freshness), each by its own name.
 
 No network access, ever: the root is pinned and there is no revocation to fetch.
 """
@@ -43,7 +44,8 @@ from verify.attestation.document import (
     CoseSign1,
     Limits,
     SignedAttestation,
-    parse_document,
+    parse_cose_sign1,
+    parse_payload,
 )
 from verify.attestation.errors import (
     ChainInvalid,
@@ -305,13 +307,16 @@ class AttestationVerifier:
         self, data: bytes, policy: Check, *, fail_fast: bool
     ) -> tuple[list[CheckResult], SignedAttestation | None, tuple[x509.Certificate, ...], datetime | None]:
         checks = CheckRunner(fail_fast=fail_fast)
-        signed = checks.run("structure", lambda: parse_document(data, limits=self._limits))
-        if not isinstance(signed, SignedAttestation):
+        cose = checks.run("cose", lambda: parse_cose_sign1(data, limits=self._limits))
+        if not isinstance(cose, CoseSign1):
             return checks.results, None, (), None
-        doc = signed.document
+        checks.run("alg", _check_alg, cose.alg)
+        doc = checks.run("payload", lambda: parse_payload(cose.payload, limits=self._limits))
+        if not isinstance(doc, AttestationDocument):
+            return checks.results, None, (), None
+        signed = SignedAttestation(cose=cose, document=doc)
         at = self._validation_time(doc)
         chain: tuple[x509.Certificate, ...] = ()
-        checks.run("alg", _check_alg, signed.alg)
         certs = checks.run("certificates", _load_certificates, doc)
         if isinstance(certs, tuple):
             leaf, cabundle = certs
