@@ -149,3 +149,14 @@ def test_parse_tx_accepts_json_rpc_forms() -> None:
     )
     creation = parse_tx({**TX_LEGACY, "to": None})
     assert creation.to is None and creation.tx_type == 0
+
+
+def test_sign_tx_reads_stdin(signer: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "router", "sign-tx", "--signer", signer, "--tx", "-", "--json"],
+        cwd=ROOT, input=json.dumps(TX_1559), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    signed = json.loads(out.stdout)
+    assert Account.recover_transaction(signed["raw"]) == DEV_ADDR_0
+    assert len(bytes.fromhex(signed["hash"][2:])) == 32
