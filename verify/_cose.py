@@ -7,6 +7,7 @@ the curve's byte length. Callers go through `verify.eif_sign`; nothing here deci
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,12 +99,13 @@ class CoseSign1:
         if isinstance(obj, cbor2.CBORTag):
             if obj.tag != COSE_SIGN1_TAG:
                 raise ValueError(f"COSE tag {obj.tag}, expected {COSE_SIGN1_TAG} or none")
-            obj = obj.value
-        if not (isinstance(obj, list) and len(obj) == 4):
+            obj = obj.value  # cbor2 hands back tuples and frozendicts inside tags
+        if not (isinstance(obj, list | tuple) and len(obj) == 4):
             raise ValueError("COSE_Sign1 must be a 4-element array")
         protected, unprotected, payload, signature = obj
-        if not isinstance(protected, bytes) or not isinstance(unprotected, dict):
+        if not isinstance(protected, bytes) or not isinstance(unprotected, Mapping):
             raise ValueError("COSE_Sign1 headers must be (bstr, map)")
+        unprotected = dict(unprotected)
         if not isinstance(payload, bytes) or not isinstance(signature, bytes):
             raise ValueError("COSE_Sign1 payload and signature must be byte strings")
         return cls(protected, unprotected, payload, signature)

@@ -10,8 +10,10 @@ TPM-style extend of SHA-384 over the certificate's DER.
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -31,7 +33,9 @@ __all__ = [
     "PcrSignature",
     "SignatureSection",
     "build_signature_section",
+    "decode_signature_entries",
     "encode_pcr_info",
+    "encode_signature_entries",
     "parse_signature_section",
     "verify_pcr_signature",
 ]
@@ -144,9 +148,7 @@ def sign_pcr(signer: EifSigner, index: int, value: bytes) -> bytes:
 def build_signature_section(signer: EifSigner, pcr0: bytes) -> bytes:
     """The signature section body for an image whose PCR0 is `pcr0`."""
     cose = sign_pcr(signer, 0, pcr0)
-    return cbor2.dumps(
-        [{"signing_certificate": list(signer.certificate_pem), "signature": list(cose)}]
-    )
+    return encode_signature_entries([PcrSignature(signer.certificate_pem, cose)])
 
 
 @dataclass(frozen=True)
@@ -178,16 +180,29 @@ def _byte_vector(value: object, what: str) -> bytes:
     raise ValueError(f"{what} is not a byte vector")
 
 
-def parse_signature_section(data: bytes) -> SignatureSection:
-    """Parse a signature section body, its first certificate and COSE_Sign1 (not yet verified).
+def encode_signature_entries(entries: Sequence[PcrSignature]) -> bytes:
+    """serde_cbor's encoding of `Vec<PcrSignature>`: byte vectors as arrays of small ints."""
+    return cbor2.dumps(
+        [
+            {"signing_certificate": list(e.certificate_pem), "signature": list(e.cose_sign1)}
+            for e in entries
+        ]
+    )
+
+
+def decode_signature_entries(data: bytes) -> tuple[PcrSignature, ...]:
+    """The raw entries of a signature section; nothing inside them is parsed yet.
 
     Raises:
-        ValueError: the body does not parse; the message says which part.
+        ValueError: not one CBOR array of `{signing_certificate, signature}` maps.
     """
+    stream = io.BytesIO(data)
     try:
-        obj = cbor2.loads(data)
+        obj = cbor2.CBORDecoder(stream).decode()
     except Exception as e:  # cbor2 raises several types for bad input
         raise ValueError(f"not valid CBOR ({e})") from e
+    if stream.tell() != len(data):
+        raise ValueError(f"{len(data) - stream.tell()} trailing byte(s) after the CBOR value")
     if not isinstance(obj, list) or not obj:
         raise ValueError("expected a non-empty CBOR array of PCR signatures")
     entries = []
@@ -200,6 +215,16 @@ def parse_signature_section(data: bytes) -> SignatureSection:
         except KeyError as e:
             raise ValueError(f"entry {i} lacks {e.args[0]!r}") from None
         entries.append(PcrSignature(cert, sig))
+    return tuple(entries)
+
+
+def parse_signature_section(data: bytes) -> SignatureSection:
+    """Parse a signature section body, its first certificate and COSE_Sign1 (not yet verified).
+
+    Raises:
+        ValueError: the body does not parse; the message says which part.
+    """
+    entries = decode_signature_entries(data)
     try:
         certificate = x509.load_pem_x509_certificate(entries[0].certificate_pem)
     except ValueError as e:
@@ -214,7 +239,7 @@ def parse_signature_section(data: bytes) -> SignatureSection:
         raise ValueError(f"signing certificate does not parse ({e})") from e
     cose = CoseSign1.from_bytes(entries[0].cose_sign1)
     return SignatureSection(
-        entries=tuple(entries),
+        entries=entries,
         certificate=certificate,
         certificate_der=certificate.public_bytes(serialization.Encoding.DER),
         cose=cose,
