@@ -27,8 +27,8 @@ def _public_keccak256(data: bytes | bytearray | memoryview) -> bytes:
 
 
 def _make_fast() -> Callable[[bytes | bytearray | memoryview], bytes]:
-    from Crypto.Hash.keccak import _raw_keccak_lib as lib
-    from Crypto.Util._raw_api import VoidPointer, c_size_t, c_ubyte
+    from Crypto.Hash.keccak import _raw_keccak_lib as lib  # type: ignore[attr-defined]
+    from Crypto.Util._raw_api import VoidPointer, c_size_t, c_ubyte  # type: ignore[attr-defined]
     from Crypto.Util._raw_api import ffi as raw_ffi
 
     class _State:

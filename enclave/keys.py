@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import os
 from pathlib import Path
+from typing import Any
 
 import coincurve
 
@@ -87,7 +88,7 @@ class SigningKey:
 
     __str__ = __repr__
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> tuple[Any, ...]:
         raise TypeError(
             "SigningKey cannot be pickled or copied: keys stay in this process's memory"
         )

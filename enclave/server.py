@@ -234,7 +234,8 @@ class SignerServer:
                     totals[i] += v
             open_now = len(self._live)
             total = self._connections_total
-        return Stats(*totals, connections_open=open_now, connections_total=total)
+        requests, errors, denials, digests, txs, attests = totals
+        return Stats(requests, errors, denials, digests, txs, attests, open_now, total)
 
     # --- connection loop --------------------------------------------------------------------------
 

@@ -100,7 +100,7 @@ def _family(addr: Address) -> socket.AddressFamily:
         return socket.AF_UNIX
     if addr.kind == "tcp":
         return socket.AF_INET6 if ":" in addr.host else socket.AF_INET
-    family = getattr(socket, "AF_VSOCK", None)
+    family: socket.AddressFamily | None = getattr(socket, "AF_VSOCK", None)
     if family is None:
         raise TransportError("AF_VSOCK is not supported by this Python/kernel")
     return family
