@@ -122,3 +122,40 @@ def test_local_signer_from_files(tmp_path) -> None:  # type: ignore[no-untyped-d
     (tmp_path / "cert.pem").write_bytes(signer.certificate_pem)
     loaded = LocalEifSigner.from_files(tmp_path / "key.pem", tmp_path / "cert.pem")
     assert loaded.sign(b"m") == signer.sign(b"m")
+
+
+def test_sign_eif_equals_signing_at_write_time(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from verify.eif import sign_eif, write_eif
+    from verify.pcr import measure_eif
+
+    signer, other = LocalEifSigner.generate(), LocalEifSigner.generate()
+    common = {"kernel": b"k" * 5000, "cmdline": b"c", "ramdisks": [b"boot" * 100, b"app" * 100]}
+    write_eif(tmp_path / "unsigned.eif", **common)
+    write_eif(tmp_path / "direct.eif", **common, signer=signer)
+    sign_eif(tmp_path / "unsigned.eif", tmp_path / "later.eif", signer)
+    assert (tmp_path / "later.eif").read_bytes() == (tmp_path / "direct.eif").read_bytes()
+    # re-signing in place with another key replaces the signature section
+    sign_eif(tmp_path / "later.eif", tmp_path / "later.eif", other)
+    m = measure_eif(tmp_path / "later.eif")
+    m.check_sound()
+    assert m.signature is not None and len(m.image.of_type(m.image.signature.type)) == 1
+    assert m.signature.first.certificate_pem == other.certificate_pem
+    assert m.pcrs[0] == measure_eif(tmp_path / "unsigned.eif").pcrs[0]
+
+
+def test_sign_eif_refuses_corrupt_and_old_images(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from eif_support import build_raw
+
+    from verify.eif import sign_eif
+    from verify.errors import MalformedEif
+
+    signer = LocalEifSigner.generate()
+    raw = bytearray(build_raw([(1, b"k"), (2, b"c"), (3, b"r")]))
+    raw[-1] ^= 1
+    (tmp_path / "bad.eif").write_bytes(raw)
+    with pytest.raises(MalformedEif, match="CRC32 mismatch"):
+        sign_eif(tmp_path / "bad.eif", tmp_path / "out.eif", signer)
+    (tmp_path / "v2.eif").write_bytes(build_raw([(1, b"k"), (2, b"c"), (3, b"r")], version=2))
+    with pytest.raises(ValueError, match="needs EIF version 3"):
+        sign_eif(tmp_path / "v2.eif", tmp_path / "out.eif", signer)
+    assert not (tmp_path / "out.eif").exists()

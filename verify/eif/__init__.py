@@ -29,7 +29,7 @@ from verify.eif._reader import (
     read_eif,
     read_section_bytes,
 )
-from verify.eif._writer import DEFAULT_METADATA, write_eif
+from verify.eif._writer import DEFAULT_METADATA, sign_eif, write_eif
 from verify.eif_sign import EifSigner, LocalEifSigner
 
 __all__ = [
@@ -57,5 +57,6 @@ __all__ = [
     "open_eif",
     "read_eif",
     "read_section_bytes",
+    "sign_eif",
     "write_eif",
 ]

@@ -16,6 +16,7 @@ import os
 import tempfile
 import zlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -32,8 +33,9 @@ from verify.eif._format import (
 from verify.eif._metadata import default_identity, encode_metadata
 from verify.eif._reader import read_eif
 from verify.eif_sign import EifSigner, build_signature_section
+from verify.errors import MalformedEif
 
-__all__ = ["DEFAULT_METADATA", "write_eif"]
+__all__ = ["DEFAULT_METADATA", "sign_eif", "write_eif"]
 
 CHUNK_SIZE = 1 << 20
 ZERO48 = bytes(48)
@@ -48,11 +50,36 @@ class _DefaultMetadata:
 #: `default_identity`). Pass `metadata=None` to write no metadata section at all.
 DEFAULT_METADATA: Any = _DefaultMetadata()
 
-Source = bytes | bytearray | memoryview | Path
+
+@dataclass(frozen=True)
+class _FileSlice:
+    """A section body inside an existing file (used when re-signing an EIF)."""
+
+    path: Path
+    offset: int
+    size: int
+
+
+Source = bytes | bytearray | memoryview | Path | _FileSlice
 
 
 def _chunks(source: Source) -> Iterable[memoryview | bytes]:
-    if isinstance(source, Path):
+    if isinstance(source, _FileSlice):
+        with open(source.path, "rb") as f:
+            f.seek(source.offset)
+            remaining = source.size
+            while remaining:
+                chunk = f.read(min(CHUNK_SIZE, remaining))
+                if not chunk:
+                    raise MalformedEif(
+                        "file shrank while being copied",
+                        offset=source.offset + source.size - remaining,
+                    )
+                remaining -= len(chunk)
+                yield chunk
+        if not source.size:
+            yield b""
+    elif isinstance(source, Path):
         with open(source, "rb") as f:
             while chunk := f.read(CHUNK_SIZE):
                 yield chunk
@@ -138,14 +165,58 @@ def write_eif(
     if len(sections) + (signer is not None) > MAX_SECTIONS:
         raise ValueError(f"too many sections (at most {MAX_SECTIONS})")
 
-    dest = Path(dest)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent or ".")
+    return _write_atomically(
+        Path(dest), sections, signer, version, default_mem, default_cpus, flags
+    )
+
+
+def sign_eif(
+    src: str | os.PathLike[str], dest: str | os.PathLike[str], signer: EifSigner
+) -> EifImage:
+    """Write a signed copy of the EIF `src` to `dest` (which may be `src` itself).
+
+    Like `nitro-cli`'s signer: every section is kept as it is, a signature section over the
+    image's PCR0 replaces any existing one at the end, and the header and CRC are rewritten. The
+    result is byte-identical to `write_eif(..., signer=signer)` on the same inputs.
+
+    Raises:
+        MalformedInput: `src` is missing, or not a sound EIF (including a CRC mismatch).
+        ValueError: `src` is older than version 3, which had no signature section.
+    """
+    from verify.pcr import measure_eif  # verify.pcr imports this package
+
+    measured = measure_eif(src)
+    if measured.crc_ok is False:
+        measured.check_sound()  # raises MalformedEif naming the CRC mismatch
+    image = measured.image
+    if image.version < 3:
+        raise ValueError(f"a signature section needs EIF version 3, got {image.version}")
+    path = Path(src)
+    sections: list[tuple[SectionType, Source]] = [
+        (s.type, _FileSlice(path, s.body_offset, s.size))
+        for s in image.sections
+        if s.type is not SectionType.SIGNATURE
+    ]
+    h = image.header
+    return _write_atomically(
+        Path(dest), sections, signer, h.version, h.default_mem, h.default_cpus, h.flags
+    )
+
+
+def _write_atomically(
+    dest: Path,
+    sections: list[tuple[SectionType, Source]],
+    signer: EifSigner | None,
+    version: int,
+    default_mem: int,
+    default_cpus: int,
+    flags: int,
+) -> EifImage:
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     try:
         with os.fdopen(fd, "w+b") as out:
             _write_body(out, sections, signer, version, default_mem, default_cpus, flags)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o644 & ~umask)  # mkstemp's 0600 would surprise whoever ships it
+        os.chmod(tmp_name, 0o644)  # mkstemp's 0600 would surprise whoever ships the image
         os.replace(tmp_name, dest)
     except BaseException:
         try:
