@@ -31,6 +31,7 @@ __all__ = [
     "MAX_ATTEST_USER_DATA",
     "MAX_ERROR_MESSAGE",
     "MAX_PAYLOAD",
+    "MAX_TX_DATA",
     "OP_ERROR",
     "RESPONSE_BIT",
     "SIGNATURE_SIZE",
@@ -62,6 +63,9 @@ MAX_PAYLOAD = 128 * 1024
 RESPONSE_BIT = 0x80
 OP_ERROR = 0xFF
 SIGNATURE_SIZE = 65
+#: Largest calldata SIGN_TX accepts: leaves room for the RLP fields, signature and hash (under 300
+#: bytes) so that the answer also fits in MAX_PAYLOAD.
+MAX_TX_DATA = MAX_PAYLOAD - 1024
 KEY_INFO_SIZE = 65 + 20
 MAX_ERROR_MESSAGE = 200
 # NSM limits (AWS nitro-enclaves-nsm-api): user_data and nonce 512 bytes, public_key 1024 bytes.
@@ -170,7 +174,7 @@ def encode_sign_tx(tx: UnsignedTx) -> bytes:
             to is not None and len(to) != 20
         ):
             raise ValueError
-        if len(data) > MAX_PAYLOAD - TX_FIXED_SIZE:
+        if len(data) > MAX_TX_DATA:
             raise ValueError
         return _pack_tx(
             tx.tx_type,
@@ -196,8 +200,8 @@ def _explain_sign_tx(tx: UnsignedTx) -> None:
         raise ValueError(f"tx_type must be 0 (legacy) or 2 (EIP-1559), got {tx.tx_type}")
     if tx.to is not None and len(tx.to) != 20:
         raise ValueError(f"to must be 20 bytes or None (got {len(tx.to)} bytes)")
-    if len(tx.data) > MAX_PAYLOAD - TX_FIXED_SIZE:
-        raise ValueError(f"data of {len(tx.data)} bytes (limit {MAX_PAYLOAD - TX_FIXED_SIZE})")
+    if len(tx.data) > MAX_TX_DATA:
+        raise ValueError(f"data of {len(tx.data)} bytes (limit {MAX_TX_DATA})")
     for name, limit in (("chain_id", _U64_MAX), ("nonce", _U64_MAX), ("gas", _U64_MAX),
                         ("value", UINT256_MAX), ("max_fee_per_gas", UINT256_MAX),
                         ("max_priority_fee_per_gas", UINT256_MAX)):  # fmt: skip
@@ -229,6 +233,10 @@ def decode_sign_tx(payload: memoryview) -> UnsignedTx:
         raise ProtocolError(
             ErrorCode.BAD_LENGTH,
             f"sign-tx data_len {data_len} but {n - TX_FIXED_SIZE} bytes follow the fixed part",
+        )
+    if data_len > MAX_TX_DATA:
+        raise ProtocolError(
+            ErrorCode.PAYLOAD_TOO_LARGE, f"sign-tx data of {data_len} bytes (limit {MAX_TX_DATA})"
         )
     if tx_type != TX_EIP1559 and tx_type != TX_LEGACY:
         raise _malformed(f"tx_type {tx_type} (supported: 0 legacy, 2 EIP-1559)")

@@ -410,7 +410,10 @@ class SignerServer:
         self._limiter.take()
         signed = sign_tx(self._key, tx)
         c[_TXS] += 1
-        return signed.hash + signed.raw
+        out = signed.hash + signed.raw
+        if len(out) > MAX_PAYLOAD:  # MAX_TX_DATA keeps this from happening; never send it
+            raise EnclaveError(f"signed transaction of {len(out)} bytes exceeds the frame limit")
+        return out
 
     def _op_attest(self, p: memoryview, c: list[int]) -> bytes:
         nonce, user_data, public_key = _wire.decode_attest(p)

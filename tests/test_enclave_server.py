@@ -356,3 +356,24 @@ def test_connection_thread_is_pinned_and_spin_is_bounded(tmp_path: Path) -> None
             c.ping()
     finally:
         server.close()
+
+
+def test_pipelined_large_frames_cross_buffer_compaction(tmp_path: Path) -> None:
+    """Frames bigger than half the receive buffer, sent back to back in one write, force the
+    server to compact partially received frames; every answer must still be right and in order."""
+    sizes = [60_000, _wire.MAX_TX_DATA, 1, 90_000, _wire.MAX_TX_DATA - 7, 5]
+    txs = [TX._replace(nonce=i, data=bytes([i + 1]) * n, gas=10**7) for i, n in enumerate(sizes)]
+    stream = b"".join(
+        _wire.pack_frame(Op.SIGN_TX, 100 + i, _wire.encode_sign_tx(tx)) for i, tx in enumerate(txs)
+    )
+    assert len(stream) > 2 * (_wire.HEADER_SIZE + _wire.MAX_PAYLOAD)
+    with running_signer(tmp_path) as server, raw_connect(server) as sock:
+        sender = threading.Thread(target=sock.sendall, args=(stream,))
+        sender.start()
+        for i, tx in enumerate(txs):
+            op, rid, payload = read_frame(sock)
+            assert (op, rid) == (Op.SIGN_TX | 0x80, 100 + i), error_of(payload)
+            raw = payload[32:]
+            assert Account.recover_transaction(raw) == DEV_ADDR_0
+            assert bytes([i + 1]) * len(tx.data) in raw
+        sender.join(10)

@@ -102,7 +102,7 @@ def test_contract_creation_round_trip() -> None:
     "tx,match",
     [(TX._replace(value=-1), "value"), (TX._replace(nonce=2**64), "nonce"),
      (TX._replace(to=b"\x01"), "to must be 20 bytes"), (TX._replace(tx_type=3), "tx_type"),
-     (TX._replace(data=bytes(_wire.MAX_PAYLOAD)), "data of"), (TX._replace(gas="1"), "gas")],
+     (TX._replace(data=bytes(_wire.MAX_TX_DATA + 1)), "data of"), (TX._replace(gas="1"), "gas")],
     ids=["negative", "nonce", "to", "type", "data", "type-of-gas"],
 )  # fmt: skip
 def test_encode_sign_tx_refuses_out_of_range(tx: UnsignedTx, match: str) -> None:
@@ -180,3 +180,24 @@ def test_protocol_md_example_is_true() -> None:
     for code in ErrorCode:
         assert f"| {code.value:<4} | {code.name:<17} |" in doc
     assert f"MAX_PAYLOAD` = {_wire.MAX_PAYLOAD}" in doc
+
+
+def test_tx_data_limit_keeps_every_answer_in_a_frame() -> None:
+    from signer_support import dev_key
+
+    from enclave.tx import sign_tx
+
+    big = 2**256 - 1
+    for tx_type in (TX_LEGACY, TX_EIP1559):
+        worst = UnsignedTx(
+            tx_type, 2**64 - 1, 2**64 - 2, 2**64 - 1, b"\xff" * 20, big,
+            b"\xff" * _wire.MAX_TX_DATA, big, big if tx_type == TX_EIP1559 else 0,
+        )  # fmt: skip
+        signed = sign_tx(dev_key(), worst)
+        assert 32 + len(signed.raw) <= _wire.MAX_PAYLOAD
+    payload = bytearray(_wire.encode_sign_tx(TX._replace(data=bytes(_wire.MAX_TX_DATA))))
+    payload += b"\0"
+    struct.pack_into("<I", payload, 4, _wire.MAX_TX_DATA + 1)
+    with pytest.raises(ProtocolError, match="limit 130048") as info:
+        _wire.decode_sign_tx(memoryview(payload))
+    assert info.value.code == ErrorCode.PAYLOAD_TOO_LARGE
