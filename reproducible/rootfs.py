@@ -39,9 +39,11 @@ PAYLOAD_CMD = ("/usr/bin/python3", "-m", "enclave", "serve",
                "--dev-key-file", "/" + DEV_KEY_DEST, "--allow-nsm-emulator")
 PAYLOAD_ENV = ("PATH=/usr/bin:/bin", "HOME=/", "LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1",
                "PYTHONUNBUFFERED=1", "PYTHON_COLORS=0")
-MOUNT_POINTS = ("dev", "proc", "sys", "tmp", "run")
-# nitro-cli's bootstrap ramdisk (enclave_build's yaml): init, nsm.ko and these directories.
-NITRO_BOOTSTRAP_DIRS = ("dev", "proc", "run", "sys", "tmp", "var")
+# nitro-cli's layout (enclave_build's yaml_generator): the bootstrap ramdisk holds `dev/`, `init` and
+# `nsm.ko`; the customer ramdisk `rootfs/{dev,run,sys,var,proc,tmp}`, `cmd` and `env`. AWS's init
+# mounts proc, sysfs, tmpfs and devtmpfs on those rootfs directories, which must already exist.
+MOUNT_POINTS = ("dev", "proc", "run", "sys", "tmp", "var")
+NITRO_BOOTSTRAP_DIRS = ("dev",)
 _DROP = ("usr/share/doc/", "usr/share/man/", "usr/share/lintian/", "usr/share/info/",
          "usr/share/locale/", "usr/share/bug/", "usr/share/binfmts/", "usr/lib/binfmt.d/",
          "usr/lib/x86_64-linux-gnu/gconv/", "usr/share/gdb/", "usr/share/python3/")
@@ -223,8 +225,6 @@ def sentinel_rootfs(lock: Lock, fetched: Fetched, cache: Cache, enclave_dir: Pat
         raise BuildError(f"signer policy {policy} is missing")
     tree.add_file(POLICY_DEST, policy.read_bytes())
     tree.add_file(DEV_KEY_DEST, DEV_KEY_SRC.read_bytes(), mode=0o600)
-    for d in MOUNT_POINTS:
-        tree.add_dir(d)
     return tree
 
 
@@ -242,6 +242,9 @@ def customer_ramdisk(rootfs: Tree, cmd: tuple[str, ...], env: tuple[str, ...]) -
     tree = Tree()
     tree.add_dir("rootfs")
     tree.merge(rootfs, "rootfs")
+    for d in MOUNT_POINTS:
+        if f"rootfs/{d}" not in tree:
+            tree.add_dir(f"rootfs/{d}")
     tree.add_file("cmd", ("\n".join(cmd) + "\n").encode())
     tree.add_file("env", ("".join(e + "\n" for e in env)).encode())
     return tree
