@@ -177,6 +177,9 @@ def _docker_manifest(store: _Store) -> tuple[dict[str, Any], list[bytes], str]:
 
 
 def _apply_layer(tree: Tree, blob: bytes, where: str) -> None:
+    if blob[:4] == b"\x28\xb5\x2f\xfd":
+        raise MalformedArtifact(f"{where}: zstd-compressed layer; save the image with gzip or "
+                                "uncompressed layers")
     try:
         tar = tarfile.open(fileobj=io.BytesIO(blob), mode="r:*")
         members = tar.getmembers()

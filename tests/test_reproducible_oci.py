@@ -274,3 +274,72 @@ def test_cli_build_from_image_via_docker_host(tmp_path: Path, podman_api: str) -
     doc = json.loads((out / "measurements.json").read_text())
     assert {"kind": "image", "name": "localhost/cli-img:1"}.items() <= next(
         i for i in doc["Sentinel"]["inputs"] if i["kind"] == "image").items()
+
+
+def test_gzip_layers_in_an_oci_layout(tmp_path: Path) -> None:
+    import gzip
+    import hashlib
+
+    (tmp_path / "l").mkdir()
+    layout = oci_layout(tmp_path / "l", [BASE])
+    index = json.loads((layout / "index.json").read_text())
+    mdig = index["manifests"][0]["digest"].split(":")[1]
+    manifest = json.loads((layout / "blobs/sha256" / mdig).read_bytes())
+    raw_dig = manifest["layers"][0]["digest"].split(":")[1]
+    gz = gzip.compress((layout / "blobs/sha256" / raw_dig).read_bytes(), mtime=0)
+    gz_dig = hashlib.sha256(gz).hexdigest()
+    (layout / "blobs/sha256" / gz_dig).write_bytes(gz)
+    manifest["layers"][0].update(digest="sha256:" + gz_dig, size=len(gz),
+                                 mediaType="application/vnd.oci.image.layer.v1.tar+gzip")
+    mbytes = json.dumps(manifest).encode()
+    new_mdig = hashlib.sha256(mbytes).hexdigest()
+    (layout / "blobs/sha256" / new_mdig).write_bytes(mbytes)
+    index["manifests"][0].update(digest="sha256:" + new_mdig, size=len(mbytes))
+    (layout / "index.json").write_text(json.dumps(index))
+    assert load_oci(layout).tree.get("bin/app").read() == b"#!/bin/sh\necho app\n"
+
+
+def test_multi_platform_index_picks_linux_amd64(tmp_path: Path) -> None:
+    import hashlib
+
+    (tmp_path / "l").mkdir()
+    layout = oci_layout(tmp_path / "l", [BASE])
+    index = json.loads((layout / "index.json").read_text())
+    amd64 = dict(index["manifests"][0], platform={"architecture": "amd64", "os": "linux"})
+    arm64 = dict(amd64, digest="sha256:" + "0" * 64, platform={"architecture": "arm64", "os": "linux"})
+    nested = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                         "manifests": [arm64, amd64]}).encode()
+    ndig = hashlib.sha256(nested).hexdigest()
+    (layout / "blobs/sha256" / ndig).write_bytes(nested)
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": "sha256:" + ndig,
+        "size": len(nested)}]}))
+    assert "bin/app" in load_oci(layout).tree
+
+
+def test_zstd_layer_is_named(tmp_path: Path) -> None:
+    import io as _io
+    import tarfile
+
+    src = docker_save_tar(tmp_path / "img.tar", [BASE])
+    out = tmp_path / "z.tar"
+    with tarfile.open(src) as old, tarfile.open(out, "w") as new:
+        for m in old.getmembers():
+            data = old.extractfile(m).read()
+            if m.name.endswith("layer.tar"):
+                data = b"\x28\xb5\x2f\xfd" + data
+                m.size = len(data)
+            new.addfile(m, _io.BytesIO(data))
+    with pytest.raises(MalformedArtifact, match="zstd"):
+        load_oci(out)
+
+
+def test_layout_symlink_leading_out_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "l").mkdir()
+    layout = oci_layout(tmp_path / "l", [BASE])
+    secret = tmp_path / "secret.json"
+    secret.write_text("{}")
+    (layout / "index.json").unlink()
+    (layout / "index.json").symlink_to(secret)
+    with pytest.raises(UnsafePath, match="outside the layout"):
+        load_oci(layout)
