@@ -80,7 +80,7 @@ streams = st.one_of(
 
 
 @settings(
-    max_examples=int(os.environ.get("SENTINEL_FUZZ_EXAMPLES", "150")),
+    max_examples=int(os.environ.get("SENTINEL_FUZZ_EXAMPLES", "400")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                            HealthCheck.data_too_large],
