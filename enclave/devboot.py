@@ -136,8 +136,8 @@ def relay(port: Path, signer: str) -> None:
     poller.register(fd, select.POLLIN)
     while True:
         # POLLHUP while no host is connected to the chardev socket.
-        events = dict(poller.poll(1000))
-        if not events.get(fd, 0) & select.POLLIN:
+        ev = dict(poller.poll(1000)).get(fd, 0)
+        if ev & select.POLLHUP or not ev & select.POLLIN:
             time.sleep(0.05)
             continue
         try:

@@ -23,18 +23,17 @@ mount -t tmpfs tmpfs /rootfs/run
 set --
 while IFS= read -r arg || [ -n "$arg" ]; do set -- "$@" "$arg"; done < /cmd
 [ "$#" -gt 0 ] || { echo "sentinel-init: /cmd is empty"; poweroff -f; }
-# Runs its arguments inside /rootfs with exactly the environment in /env.
+# Runs its arguments inside /rootfs with exactly the environment in /env. Always call it with `&`:
+# it execs, so the background job's PID is the payload's own and signals reach it directly.
 in_rootfs() {
-    (
-        for name in $(/bin/env | /bin/sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p'); do
-            unset "$name" 2>/dev/null
-        done
-        while IFS= read -r kv || [ -n "$kv" ]; do
-            [ -n "$kv" ] && export "$kv"
-        done < /env
-        cd /
-        exec /bin/chroot /rootfs "$@"
-    )
+    for name in $(/bin/env | /bin/sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p'); do
+        unset "$name" 2>/dev/null
+    done
+    while IFS= read -r kv || [ -n "$kv" ]; do
+        [ -n "$kv" ] && export "$kv"
+    done < /env
+    cd /
+    exec /bin/chroot /rootfs "$@"
 }
 echo "sentinel-init: starting $1"
 in_rootfs "$@" &
@@ -42,7 +41,8 @@ payload=$!
 # Under QEMU (virtio-serial ports present; never on Nitro hardware) the development glue self-checks
 # the signer over vsock_loopback, relays the host's port to it and waits for a power-off request.
 if [ -n "$(ls /sys/class/virtio-ports 2>/dev/null)" ]; then
-    in_rootfs "$1" -m enclave.devboot
+    in_rootfs "$1" -m enclave.devboot &
+    wait $!
     echo "sentinel-init: devboot exited with status $?"
     kill -TERM "$payload" 2>/dev/null
 fi
