@@ -37,6 +37,7 @@ __all__ = [
     "encode_pcr_info",
     "encode_signature_entries",
     "parse_signature_section",
+    "sign_pcr",
     "verify_pcr_signature",
 ]
 
