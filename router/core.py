@@ -90,7 +90,7 @@ class Router:
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._sending: set[int] = set()
-        self._send_lock = asyncio.Lock()
+        self._send_tail: asyncio.Future[None] | None = None
         self._started = False
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -179,7 +179,17 @@ class Router:
         handle = Handle(self, flight)
         self._handles[intent.id] = handle
         self.counters["submitted"] += 1
-        await self._send(flight)
+        # First broadcasts go out in nonce order: a node that sees nonce n+1 before n parks it in
+        # its queued pool (geth keeps 64 per account; anvil's automine may never promote it).
+        prev, done = self._send_tail, asyncio.get_running_loop().create_future()
+        self._send_tail = done
+        try:
+            if prev is not None and not prev.done():
+                await asyncio.shield(prev)
+            await self._send(flight)
+        finally:
+            if not done.done():
+                done.set_result(None)
         return handle
 
     def handle(self, intent_id: str) -> Handle | None:
