@@ -1,8 +1,10 @@
 """`python -m enclave serve`: load the key and policy, open the NSM, serve the signer protocol.
 
 Key sources (exactly one): `--kms-key-blob` (production: KMS Decrypt to the attested enclave, see
-`enclave.kms`) or `--dev-key-file` (development; a production policy refuses it). The policy is checked
-against the key before the server listens.
+`enclave.kms`), `--kms-provision` (the same, with the blob and AWS credentials sent by the parent at
+run time, see `enclave.provision`) or `--dev-key-file` (development; a production policy refuses
+it). The policy is checked against the key before the server listens. `--kms-proxy` relays the KMS
+endpoint's port on 127.0.0.1 to the parent's vsock-proxy while the key loads (`enclave.forward`).
 """
 
 from __future__ import annotations
@@ -11,13 +13,17 @@ import argparse
 import gc
 import logging
 import signal
+import socket
 import sys
 from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit
 
 from enclave.errors import EnclaveError, KeyLoadError
+from enclave.forward import Forwarder
 from enclave.keys import SigningKey, load_dev_key
 from enclave.policy import DEFAULT_POLICY, load_policy
+from enclave.provision import Provision, receive_key
 from enclave.server import DEFAULT_SPIN_US, SignerServer
 from enclave.transport import parse_address
 
@@ -53,6 +59,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="KMS ciphertext of the key (python -m enclave kms-blob)",
     )
     keys.add_argument(
+        "--kms-provision",
+        metavar="ADDR",
+        help="wait on ADDR for the parent to send the KMS blob and AWS credentials "
+        "(python -m enclave provision)",
+    )
+    keys.add_argument(
         "--dev-key-file",
         metavar="FILE",
         help="development key: 64 hex digits (refused by production policies)",
@@ -63,6 +75,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--kms-endpoint-url", metavar="URL", help="KMS endpoint (in the enclave: the vsock proxy)"
     )
     kms.add_argument("--kms-key-id", metavar="ID", help="pin the KMS key that encrypted the blob")
+    kms.add_argument(
+        "--kms-proxy",
+        metavar="ADDR",
+        help="relay the endpoint's port on 127.0.0.1 to ADDR (the parent's vsock-proxy, "
+        "e.g. vsock:3:8000) while the key loads",
+    )
     kms.add_argument(
         "--kms-context",
         action="append",
@@ -106,19 +124,55 @@ def _context(pairs: list[str]) -> dict[str, str] | None:
     return out or None
 
 
-def _load_key(args: argparse.Namespace, nsm: Any) -> SigningKey:
+def _load_key(args: argparse.Namespace, nsm: Any, provision: Provision | None = None) -> SigningKey:
     from enclave.kms import kms_client, load_kms_key
 
-    if not args.kms_region:
-        raise KeyLoadError("--kms-key-blob needs --kms-region")
-    client = kms_client(args.kms_region, endpoint_url=args.kms_endpoint_url)
-    return load_kms_key(
-        args.kms_key_blob,
-        nsm=nsm,
-        client=client,
-        key_id=args.kms_key_id,
-        encryption_context=_context(args.kms_context),
-    )
+    key_id, context = args.kms_key_id, _context(args.kms_context)
+    if provision is None:
+        blob: bytes | str = args.kms_key_blob
+        client = kms_client(args.kms_region, endpoint_url=args.kms_endpoint_url)
+    else:
+        # What the image pins wins: a parent may not swap in another key or context.
+        if key_id and provision.key_id and provision.key_id != key_id:
+            raise KeyLoadError(
+                f"provisioned key id {provision.key_id!r} differs from the image's {key_id!r}"
+            )
+        if context and provision.encryption_context and provision.encryption_context != context:
+            raise KeyLoadError("provisioned encryption context differs from the image's")
+        key_id = key_id or provision.key_id
+        context = context or (dict(provision.encryption_context or {}) or None)
+        blob = provision.blob
+        client = kms_client(
+            args.kms_region,
+            endpoint_url=args.kms_endpoint_url,
+            access_key_id=provision.access_key_id,
+            secret_access_key=provision.secret_access_key,
+            session_token=provision.session_token,
+        )
+    return load_kms_key(blob, nsm=nsm, client=client, key_id=key_id, encryption_context=context)
+
+
+def _forwarder(args: argparse.Namespace) -> Forwarder | None:
+    """The relay from the KMS endpoint's loopback port to `--kms-proxy`, or None."""
+    if not args.kms_proxy:
+        return None
+    if not args.kms_endpoint_url:
+        raise KeyLoadError("--kms-proxy needs --kms-endpoint-url (whose host maps to 127.0.0.1)")
+    url = urlsplit(args.kms_endpoint_url)
+    try:
+        port = url.port or {"https": 443, "http": 80}[url.scheme]
+        infos = socket.getaddrinfo(url.hostname or "", port, type=socket.SOCK_STREAM)
+    except (KeyError, ValueError, OSError) as e:
+        raise KeyLoadError(
+            f"--kms-endpoint-url {args.kms_endpoint_url!r}: unusable ({e})"
+        ) from None
+    hosts = sorted({str(info[4][0]) for info in infos})
+    if "127.0.0.1" not in hosts:
+        raise KeyLoadError(
+            f"--kms-proxy: endpoint host {url.hostname!r} resolves to {', '.join(hosts)}, not "
+            "127.0.0.1 (the image maps it in /etc/hosts)"
+        )
+    return Forwarder(f"tcp:127.0.0.1:{port}", parse_address(args.kms_proxy))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,15 +180,38 @@ def run(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
     if args.nsm_emulator_ca and not args.allow_nsm_emulator:
         raise KeyLoadError("--nsm-emulator-ca needs --allow-nsm-emulator")
-    if (args.dev_key_file is None) == (args.kms_key_blob is None):
-        raise KeyLoadError("pass exactly one key source: --kms-key-blob or --dev-key-file")
+    sources = [args.dev_key_file, args.kms_key_blob, args.kms_provision]
+    if sum(source is not None for source in sources) != 1:
+        raise KeyLoadError(
+            "pass exactly one key source: --kms-key-blob, --kms-provision or --dev-key-file"
+        )
+    if (args.kms_key_blob or args.kms_provision) and not args.kms_region:
+        raise KeyLoadError(
+            f"{'--kms-key-blob' if args.kms_key_blob else '--kms-provision'} needs --kms-region"
+        )
     if args.dev_key_file is not None:
         key = load_dev_key(args.dev_key_file)
         policy.check_key(key)  # before touching the NSM: a refused key must not get an attestation
         nsm = _open_nsm(args, required=False)
     else:
         nsm = _open_nsm(args, required=True)  # KMS releases the key only to an attested enclave
-        key = _load_key(args, nsm)
+        relay = _forwarder(args)
+        if relay is not None:
+            relay.start()
+        try:
+            if args.kms_provision is None:
+                key = _load_key(args, nsm)
+            else:
+                key = receive_key(
+                    args.kms_provision,
+                    lambda p: _load_key(args, nsm, p),
+                    on_listening=lambda a: print(
+                        f"sentinel signer waiting for key provisioning on {a}", file=sys.stderr
+                    ),
+                )
+        finally:
+            if relay is not None:
+                relay.close()  # KMS is needed only to load the key
     server = SignerServer(key, policy, nsm=nsm, cpu=args.cpu, spin_us=args.spin_us)
     bound = server.bind(address)
 

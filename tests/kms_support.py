@@ -154,6 +154,13 @@ class RecipientKmsServer:
         self.recipient_decrypts = 0
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.endpoint = ""
+        self._relay_ports: list[int] = []
+
+    def route_port(self, port: int) -> None:
+        """Also answer as AWS for requests addressed to `port` (a relay in front of this server:
+        requests are routed by their Host header's port)."""
+        self._relay_ports.append(port)
+        _HONOURING[port] = self
 
     def client(self, **config: Any) -> Any:
         return boto3.client(
@@ -204,6 +211,8 @@ class RecipientKmsServer:
             yield self
         finally:
             self._server.stop()
+            for relay in self._relay_ports:
+                _HONOURING.pop(relay, None)
             if honour_recipient:
                 _uninstall(port)
 
