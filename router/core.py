@@ -531,4 +531,8 @@ class Router:
         out["next_nonce"] = self.nonces.next_nonce
         out["pending"] = len(self.nonces.pending())
         out["tip"] = self.view.tip.number if self.view.tip else None
+        if self.decision_us:
+            ordered = sorted(self.decision_us)
+            out["decision_us_p50"] = round(ordered[len(ordered) // 2], 1)
+            out["decision_us_max"] = round(ordered[-1], 1)
         return out

@@ -91,6 +91,7 @@ def test_run_and_submit_end_to_end(service, anvil) -> None:
             assert st.state == "landed" and st.receipt_status == 1
         stats = client.stats()
         assert stats["submitted"] == 6
+        assert 0 < stats["decision_us_p50"] <= stats["decision_us_max"]  # live newHeads latency
     assert sorted(mined_nonces(anvil)) == list(range(6))
     assert balance(anvil, dest(1)) == 12345
     assert [balance(anvil, dest(10 + i)) for i in range(5)] == [7, 8, 9, 10, 11]
