@@ -56,7 +56,9 @@ class RouterConfig:
     rebroadcast_after_heads: int = 3
     rebroadcast_after_seconds: float = 2.0
     head_ring: int = 128
-    forget_after_blocks: int = 64
+    # Landed transactions are dropped from tracking this deep; never shallower than the ring, or
+    # a reorg the ring can still see would find nothing of ours to re-land.
+    forget_after_blocks: int = 128
     max_resigns: int = 8
     # Filling a nonce gap (a transaction that can never land, or a node that over-reported our
     # nonce) uses a zero-value transfer to ourselves; the signer's policy must allow it.
@@ -70,6 +72,11 @@ class RouterConfig:
             raise ConfigError("at least one RPC endpoint is required")
         if not (self.sender.startswith("0x") and len(self.sender) == 42):
             raise ConfigError(f"sender must be a 0x-hex address, got {self.sender!r:.50}")
+        if self.forget_after_blocks < self.head_ring:
+            raise ConfigError(
+                f"forget_after_blocks ({self.forget_after_blocks}) must be at least head_ring "
+                f"({self.head_ring}): a reorg within the ring must find our transactions"
+            )
 
 
 class Router:

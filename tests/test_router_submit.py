@@ -6,8 +6,16 @@ import asyncio
 
 import pytest
 from anvil_support import free_port
-from router_support import balance, mined_nonces, running_router, transfers, wait_for
+from router_support import (
+    balance,
+    config_for,
+    mined_nonces,
+    running_router,
+    transfers,
+    wait_for,
+)
 
+from router.errors import ConfigError
 from router.nonces import TxState
 
 pytestmark = pytest.mark.timeout(120)
@@ -67,10 +75,11 @@ def test_no_reachable_endpoint_is_a_clear_error() -> None:
 
 def test_receipt_of_a_transaction_older_than_the_ring(anvil) -> None:
     """After 150 more blocks the landing block has left the header ring (and the flight was
-    forgotten); the receipt is still answered, checked against the receipt's block hash."""
+    forgotten); the receipt is still answered, checked against the receipt's block hash. Tracking
+    shallower than the ring is refused."""
 
     async def main() -> None:
-        async with running_router(anvil, head_ring=32, forget_after_blocks=16) as router:
+        async with running_router(anvil, head_ring=32, forget_after_blocks=32) as router:
             h = await router.submit(transfers(1, tag="old")[0])
             first = await h.receipt(timeout=20)
             anvil.rpc("anvil_mine", hex(150))
@@ -78,5 +87,7 @@ def test_receipt_of_a_transaction_older_than_the_ring(anvil) -> None:
             assert router.nonces.all() == []  # forgotten: buried deep enough
             again = await h.receipt(confirmations=100, timeout=10)
             assert again["blockHash"] == first["blockHash"]
+        with pytest.raises(ConfigError, match="at least head_ring"):
+            config_for(anvil, head_ring=32, forget_after_blocks=16)
 
     asyncio.run(main())
