@@ -368,7 +368,9 @@ class Router:
             self.counters["heads_duplicate"] += 1
             return
         if deep:
+            self.counters["deep_reorgs"] += 1
             affected = [f for f in self.nonces.all() if f.state is TxState.LANDED]
+            self.counters["resent"] += len(affected)
             for f in affected:
                 self.nonces.unland_blocks([f.landed.block_hash] if f.landed else [])
             self._spawn(self._send_in_order(affected))

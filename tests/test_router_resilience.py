@@ -98,3 +98,34 @@ def test_reorg_during_missed_heads_found_by_ancestor_fetch(anvil) -> None:
     assert sorted(mined_nonces(anvil)) == [0, 1, 2]
     for i in intents:
         assert balance(anvil, i.to) == i.value
+
+
+def test_reorg_beyond_the_ring_rebuilds_and_relands(anvil) -> None:
+    """A reorg whose fork point is further back than the header ring (4 here), seen only after
+    the heads were missed: the router rebuilds its view from the new head and re-sends every
+    tracked landed transaction; each lands exactly once."""
+    intents = transfers(3, tag="deep")
+
+    async def main() -> None:
+        async with WsProxy(anvil.ws_url) as ws:
+            async with running_router(anvil, ws_url=ws.url, head_ring=4,
+                                      forget_after_blocks=4) as router:
+                handles = [await router.submit(i) for i in intents]
+                for h in handles:
+                    await h.receipt(timeout=20)
+                ws.muted = True
+                anvil.rpc("anvil_reorg", 3, [])
+                anvil.rpc("anvil_mine", hex(10))
+                await wait_for(lambda: ws.lost >= 13, what="heads lost")
+                ws.muted = False
+                anvil.rpc("evm_mine")
+                for h in handles:
+                    await h.receipt(timeout=20)
+                assert router.counters["reorgs"] == 0  # not decided as a plain reorg
+                assert router.counters["deep_reorgs"] == 1
+                assert router.counters["resent"] >= 3
+
+    asyncio.run(main())
+    assert sorted(mined_nonces(anvil)) == [0, 1, 2]
+    for i in intents:
+        assert balance(anvil, i.to) == i.value
