@@ -51,6 +51,9 @@ def _cmd_build(args: argparse.Namespace, console: Console) -> int:
         check=args.check,
         publish=args.publish,
         measurements_dir=Path(args.measurements_dir) if args.measurements_dir else None,
+        payload=args.payload,
+        payload_config=Path(args.payload_config) if args.payload_config else None,
+        policy=Path(args.policy) if args.policy else None,
     )
     result = run_build(opts, console)
     if args.json:
@@ -66,7 +69,16 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="build", help="output directory (default: build)")
     b.add_argument("--lock", help="lock file (default: reproducible/lock.toml)")
     b.add_argument("--offline", action="store_true", help="use the cache only")
-    b.add_argument("--blobs", help="production mode: AWS blobs dir (bzImage, cmdline, init, nsm.ko)")
+    b.add_argument("--blobs", help="kernel from AWS's blobs dir (bzImage, cmdline, init, nsm.ko) "
+                   "instead of Debian's; the payload flavour is --payload")
+    b.add_argument("--payload", choices=("development", "production"), default="development",
+                   help="Sentinel payload flavour (default development: dev key, dev policy, NSM "
+                   "emulator allowed; production: KMS key provisioned at run time, no emulator)")
+    b.add_argument("--payload-config", metavar="FILE",
+                   help="production payload's KMS settings (default "
+                   "reproducible/payload/production.toml)")
+    b.add_argument("--policy", metavar="FILE", help="signer policy to bake in (default: "
+                   "enclave/policy.dev.toml, or enclave/policy.toml for --payload production)")
     src = b.add_mutually_exclusive_group()
     src.add_argument("--from-oci", help="payload from an OCI layout or `docker save` tarball")
     src.add_argument("--from-image", help="payload from an image of a Docker-compatible API")

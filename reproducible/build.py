@@ -52,6 +52,8 @@ class BuildOptions:
     enclave_dir: Path | None = None
     policy: Path | None = None
     cache_root: Path | None = None
+    payload: str = "development"
+    payload_config: Path | None = None
 
 
 @dataclass
@@ -63,6 +65,8 @@ class BuildResult:
     mode: str
     sections: list[dict[str, Any]]
     stages: dict[str, float] = field(default_factory=dict)
+    kernel: str = "debian"
+    payload: str = "development"
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -70,6 +74,8 @@ class BuildResult:
             "measurements": str(self.measurements),
             "eif_sha256": self.eif_sha256,
             "mode": self.mode,
+            "kernel": self.kernel,
+            "payload": self.payload,
             "pcrs": {f"PCR{i}": v.hex() for i, v in sorted(self.pcrs.items())},
             "sections": self.sections,
             "stages_seconds": {k: round(v, 3) for k, v in self.stages.items()},
@@ -81,6 +87,18 @@ def project_version() -> str:
         return str(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"])
     except (OSError, KeyError, tomllib.TOMLDecodeError) as e:
         raise BuildError(f"cannot read the project version from {ROOT / 'pyproject.toml'}") from e
+
+
+KERNELS = ("debian", "aws-blobs")
+# Each payload flavour's own kernel: the image a flavour is meant for is named by the flavour alone.
+_NATURAL_KERNEL = {"development": "debian", "production": "aws-blobs"}
+
+
+def image_mode(kernel: str, payload: str) -> str:
+    """The image's name in measurements and release files, from its two axes: `development`
+    (Debian kernel, development payload), `production` (AWS blobs, production payload), and
+    `<payload>-<kernel>` for the crossed builds (`development-aws-blobs`, `production-debian`)."""
+    return payload if _NATURAL_KERNEL[payload] == kernel else f"{payload}-{kernel}"
 
 
 def iso_time(epoch: int) -> str:
@@ -156,7 +174,22 @@ def run_build(opts: BuildOptions, console: Console) -> BuildResult:
         if not lock.debs or not lock.wheels:
             raise LockError(f"{lock_path} has no pins; run `nox -s lock`")
     epoch = lock.source_date_epoch
-    mode = "production" if opts.blobs else "development"
+    from reproducible import flavours
+
+    if opts.payload not in flavours.PAYLOADS:
+        raise flavours.PayloadError(
+            f"payload {opts.payload!r}: expected one of {', '.join(flavours.PAYLOADS)}"
+        )
+    imported = bool(opts.from_oci or opts.from_image)
+    if imported and (opts.payload != "development" or opts.payload_config):
+        raise flavours.PayloadError("--payload/--payload-config choose Sentinel's own payload, "
+                                    "not an imported image's")
+    if opts.payload_config and opts.payload != "production":
+        raise flavours.PayloadError("--payload-config configures --payload production only")
+    prod_config = (flavours.load_production_config(opts.payload_config)
+                   if opts.payload == "production" else None)
+    kernel_kind = "aws-blobs" if opts.blobs else "debian"
+    mode = image_mode(kernel_kind, opts.payload)
     version = project_version()
     extra_inputs: list[dict[str, Any]] = []
 
@@ -191,9 +224,22 @@ def run_build(opts: BuildOptions, console: Console) -> BuildResult:
             extra_inputs.append({"kind": "image", "name": image.name, "sha256": image.digest})
         else:
             enclave_dir = opts.enclave_dir or ROOT / "enclave"
-            policy = opts.policy or enclave_dir / "policy.dev.toml"
-            rootfs = rootfs_mod.sentinel_rootfs(lock, fetched, cache, enclave_dir, policy)
-            cmd, env = rootfs_mod.PAYLOAD_CMD, rootfs_mod.PAYLOAD_ENV
+            if prod_config is None:
+                policy = opts.policy or enclave_dir / "policy.dev.toml"
+                _check_policy(policy, "development")
+                rootfs = rootfs_mod.sentinel_rootfs(lock, fetched, cache, enclave_dir, policy)
+                cmd = rootfs_mod.PAYLOAD_CMD
+            else:
+                policy = opts.policy or enclave_dir / "policy.toml"
+                _check_policy(policy, "production")
+                rootfs = rootfs_mod.sentinel_rootfs(
+                    lock, fetched, cache, enclave_dir, policy, dev_key=False,
+                    extra_files=flavours.production_files(prod_config))
+                cmd = flavours.production_cmd(prod_config, signer_port=rootfs_mod.SIGNER_PORT,
+                                              policy="/" + rootfs_mod.POLICY_DEST)
+                extra_inputs.append({"kind": "payload-config", "name": prod_config.source.name,
+                                     "sha256": sha256_file(prod_config.source)})
+            env = rootfs_mod.PAYLOAD_ENV
             extra_inputs.append({"kind": "source", "name": "enclave/",
                                  "sha256": payload_digest(enclave_dir)})
         customer = rootfs_mod.customer_ramdisk(rootfs, cmd, env)
@@ -223,7 +269,9 @@ def run_build(opts: BuildOptions, console: Console) -> BuildResult:
     sections = [{"type": s.type.label, "offset": s.offset, "size": s.size}
                 for s in image_struct.sections]
     doc = measurements_document(m.pcrs, sentinel={
-        "version": version, "mode": mode, "source_date_epoch": epoch, "eif_sha256": eif_sha,
+        "version": version, "mode": mode, "kernel": kernel_kind,
+        "payload": "image" if imported else opts.payload,
+        "source_date_epoch": epoch, "eif_sha256": eif_sha,
         "kernel_version": kernel_version, "cmdline": cmdline.decode("utf-8", "replace"),
         "sections": sections, "ramdisks": ramdisks,
         "inputs": _inputs(lock, fetched, extra_inputs),
@@ -231,7 +279,8 @@ def run_build(opts: BuildOptions, console: Console) -> BuildResult:
     meas_path = out / MEASUREMENTS_NAME
     dump_measurements(doc, meas_path)
     st.times["total"] = time.perf_counter() - t_start
-    result = BuildResult(eif_path, meas_path, dict(m.pcrs), eif_sha, mode, sections, st.times)
+    result = BuildResult(eif_path, meas_path, dict(m.pcrs), eif_sha, mode, sections, st.times,
+                         kernel=kernel_kind, payload="image" if imported else opts.payload)
     report(result, console)
     if opts.publish:
         if opts.from_oci or opts.from_image:
@@ -243,6 +292,29 @@ def run_build(opts: BuildOptions, console: Console) -> BuildResult:
         check(result, version, opts.measurements_dir or ROOT / "measurements",
               custom=bool(opts.from_oci or opts.from_image), console=console)
     return result
+
+
+def _check_policy(policy: Path, expected: str) -> None:
+    """The policy must parse and suit the flavour: a development policy in a production image
+    would sign under development rules; a production policy refuses the development key, so a
+    development image with one could never start.
+
+    Raises:
+        BuildError: the policy is missing, malformed or of the other mode.
+    """
+    from enclave.errors import EnclaveError
+    from enclave.policy import load_policy
+
+    if not policy.is_file():
+        raise BuildError(f"signer policy {policy} is missing")
+    try:
+        mode = load_policy(policy).mode
+    except EnclaveError as e:
+        raise BuildError(f"signer policy {policy}: {e.diagnostics()}") from None
+    if mode != expected:
+        raise BuildError(
+            f"signer policy {policy}: mode {mode!r}, but the {expected} payload needs {expected!r}"
+        )
 
 
 def published_path(measurements_dir: Path, version: str, mode: str) -> Path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,8 +203,10 @@ def add_package(tree: Tree, src: Path, dest: str, *, where: str) -> int:
 
 
 def sentinel_rootfs(lock: Lock, fetched: Fetched, cache: Cache, enclave_dir: Path,
-                    policy: Path) -> Tree:
-    """The Sentinel payload's root filesystem (what goes under `rootfs/`)."""
+                    policy: Path, *, dev_key: bool = True,
+                    extra_files: Mapping[str, bytes] | None = None) -> Tree:
+    """The Sentinel payload's root filesystem (what goes under `rootfs/`): `dev_key` for the
+    development flavour, `extra_files` (rootfs path -> bytes) for the production one."""
     tree = Tree()
     # Debian trixie is merged-/usr; the ELF interpreter path is /lib64/ld-linux-x86-64.so.2.
     for link, target in (("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64"),
@@ -224,7 +227,10 @@ def sentinel_rootfs(lock: Lock, fetched: Fetched, cache: Cache, enclave_dir: Pat
     if not policy.is_file():
         raise BuildError(f"signer policy {policy} is missing")
     tree.add_file(POLICY_DEST, policy.read_bytes())
-    tree.add_file(DEV_KEY_DEST, DEV_KEY_SRC.read_bytes(), mode=0o600)
+    if dev_key:
+        tree.add_file(DEV_KEY_DEST, DEV_KEY_SRC.read_bytes(), mode=0o600)
+    for path, data in sorted((extra_files or {}).items()):
+        tree.add_file(path, data, where="payload")
     return tree
 
 

@@ -105,7 +105,7 @@ def _blobs(d: Path) -> Path:
 
 def test_production_mode_shares_pcr2(dev: BuildResult, tmp_path: Path) -> None:
     prod = _build(tmp_path / "b", blobs=_blobs(tmp_path / "blobs"))
-    assert prod.mode == "production"
+    assert prod.mode == "development-aws-blobs"  # the payload flavour is --payload's
     assert prod.pcrs[2] == dev.pcrs[2]
     assert prod.pcrs[1] != dev.pcrs[1]
     members = read_cpio((tmp_path / "b" / "bootstrap.cpio").read_bytes())
