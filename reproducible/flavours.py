@@ -137,7 +137,7 @@ def production_cmd(
         raise PayloadError(
             f"payload config {config.source}: provision_port {signer_port} is the signer's port"
         )
-    cmd = ("/usr/bin/python3", "-m", "enclave", "serve",
+    cmd: tuple[str, ...] = ("/usr/bin/python3", "-m", "enclave", "serve",
            "--listen", f"vsock:any:{signer_port}", "--policy", policy,
            "--kms-provision", f"vsock:any:{config.provision_port}",
            "--kms-region", config.region, "--kms-endpoint-url", config.endpoint,
