@@ -47,7 +47,8 @@ _ATTEST = {"measurements", "root", "pcrs", "max_age_seconds"}
 _FEES = {"priority_fee", "base_fee_multiplier_percent", "max_fee_cap", "bump_percent",
          "bump_on_reorg"}
 _ROUTER = {"rebroadcast_after_seconds", "rebroadcast_after_heads", "presign_replacements",
-           "fill_gaps", "head_ring", "forget_after_blocks", "max_resigns"}
+           "fill_gaps", "head_ring", "forget_after_blocks", "max_resigns",
+           "order_wait_seconds"}
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ event loop, so state changes between awaits are atomic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter, deque
@@ -60,6 +61,8 @@ class RouterConfig:
     # a reorg the ring can still see would find nothing of ours to re-land.
     forget_after_blocks: int = 128
     max_resigns: int = 8
+    # How long a first broadcast waits for the previous nonce's to be accepted (ordering).
+    order_wait_seconds: float = 0.25
     # Filling a nonce gap (a transaction that can never land, or a node that over-reported our
     # nonce) uses a zero-value transfer to ourselves; the signer's policy must allow it.
     fill_gaps: bool = True
@@ -192,7 +195,9 @@ class Router:
         self._send_tail = done
         try:
             if prev is not None and not prev.done():
-                await asyncio.shield(prev)
+                # Bounded: a node that hangs must not serialise every submit behind its timeout.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(prev), self.config.order_wait_seconds)
             await self._send(flight)
         finally:
             if not done.done():

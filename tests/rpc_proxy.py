@@ -21,9 +21,14 @@ Tamper = Callable[[str, dict[str, Any], dict[str, Any]], "bytes | dict[str, Any]
 
 
 class RpcProxy:
-    def __init__(self, upstream: str, tamper: Tamper | None = None) -> None:
+    def __init__(
+        self, upstream: str, tamper: Tamper | None = None, hang: frozenset[str] = frozenset()
+    ) -> None:
         self.upstream = upstream
         self.tamper = tamper
+        #: Methods this proxy never answers (a node that accepts the request and hangs).
+        self.hang = hang
+        self._closing = asyncio.Event()
         self.calls: list[str] = []
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -42,6 +47,7 @@ class RpcProxy:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._closing.set()
         if self._session:
             await self._session.close()
         if self._runner:
@@ -51,6 +57,9 @@ class RpcProxy:
         body = await request.read()
         req = json.loads(body)
         self.calls.append(req.get("method", "?"))
+        if req.get("method") in self.hang:
+            await self._closing.wait()
+            return web.Response(status=503)
         assert self._session is not None
         async with self._session.post(
             self.upstream, data=body, headers={"Content-Type": "application/json"}

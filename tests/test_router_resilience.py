@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from anvil_support import Anvil, free_port
 from router_support import balance, mined_nonces, running_router, transfers, wait_for
-from rpc_proxy import WsProxy
+from rpc_proxy import RpcProxy, WsProxy
 
 from router.nonces import TxState
 
@@ -129,3 +129,24 @@ def test_reorg_beyond_the_ring_rebuilds_and_relands(anvil) -> None:
     assert sorted(mined_nonces(anvil)) == [0, 1, 2]
     for i in intents:
         assert balance(anvil, i.to) == i.value
+
+
+def test_hanging_endpoint_does_not_hold_anything_up(anvil) -> None:
+    """One endpoint accepts eth_sendRawTransaction and never answers: the other's acceptance wins
+    at once, and submits do not queue up behind the hung one."""
+    intents = transfers(8, tag="hang")
+
+    async def main() -> None:
+        async with RpcProxy(anvil.rpc_url, hang=frozenset({"eth_sendRawTransaction"})) as hung:
+            async with running_router(anvil, rpc_urls=(hung.url, anvil.rpc_url)) as router:
+                loop = asyncio.get_running_loop()
+                t0 = loop.time()
+                handles = await asyncio.gather(*(router.submit(i) for i in intents))
+                assert loop.time() - t0 < 5
+                for h in handles:
+                    await h.receipt(timeout=20)
+                assert router.broadcaster.counters["accepted"] >= 8
+                assert hung.calls.count("eth_sendRawTransaction") >= 8  # it was asked, too
+
+    asyncio.run(main())
+    assert sorted(mined_nonces(anvil)) == list(range(8))
