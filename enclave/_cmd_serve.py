@@ -23,7 +23,7 @@ from enclave.errors import EnclaveError, KeyLoadError
 from enclave.forward import Forwarder
 from enclave.keys import SigningKey, load_dev_key
 from enclave.policy import DEFAULT_POLICY, load_policy
-from enclave.provision import Provision, receive_key
+from enclave.provision import Provision, bind_key, receive_key
 from enclave.server import DEFAULT_SPIN_US, SignerServer
 from enclave.transport import parse_address
 
@@ -212,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             if relay is not None:
                 relay.close()  # KMS is needed only to load the key
+        bind_key(nsm, key)  # attestations now name the key, whoever chose the blob
     server = SignerServer(key, policy, nsm=nsm, cpu=args.cpu, spin_us=args.spin_us)
     bound = server.bind(address)
 

@@ -19,11 +19,17 @@ Request: `{"v": 1, "blob": bytes, "aws": {"access_key_id": str, "secret_access_k
 "session_token": str}?, "key_id": str?, "context": {str: str}?}`.
 Answer: `{"ok": true, "address": "0x..."}` or `{"ok": false, "error": str}`. A refused attempt
 loses nothing: the enclave keeps listening until a key loads.
+
+Unless the image pins the KMS key id, a parent could provision a key of its own. So once a KMS key
+is loaded, `bind_key` extends PCR16 with its 20-byte EVM address and locks it: every later
+attestation document of this enclave then says which key it signs with
+(PCR16 = SHA-384(48 zero bytes || address), `expected_key_pcr`), and nothing can change it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import socket
 import struct
@@ -36,14 +42,18 @@ import cbor2
 from enclave import transport
 from enclave.errors import EnclaveError, KeyLoadError, TransportError
 from enclave.keys import SigningKey
+from enclave.nsm import Nsm
 
 __all__ = [
+    "KEY_PCR",
     "MAX_MESSAGE",
     "Provision",
     "ProvisionError",
     "ProvisionRefused",
+    "bind_key",
     "decode_provision",
     "encode_provision",
+    "expected_key_pcr",
     "receive_key",
     "send_provision",
 ]
@@ -54,6 +64,8 @@ VERSION = 1
 #: A KMS blob is ~200 bytes and session credentials ~1.5 KiB; anything this large is not a message.
 MAX_MESSAGE = 16 * 1024
 _LENGTH = struct.Struct(">I")
+#: The first PCR an enclave may extend (16..31); Sentinel records its signing key's address there.
+KEY_PCR = 16
 _AWS_FIELDS = ("access_key_id", "secret_access_key", "session_token")
 _FIELDS = {"v", "blob", "aws", "key_id", "context"}
 
@@ -254,3 +266,22 @@ def send_provision(
     if answer.get("ok") is True:
         return str(answer.get("address"))
     raise ProvisionRefused(f"the enclave refused the key: {answer.get('error')}")
+
+
+def expected_key_pcr(address: bytes) -> bytes:
+    """PCR16 of an enclave that loaded the key of the 20-byte EVM `address` (`bind_key`)."""
+    if len(address) != 20:
+        raise ValueError(f"an EVM address is 20 bytes (got {len(address)})")
+    return hashlib.sha384(bytes(48) + address).digest()
+
+
+def bind_key(nsm: Nsm, key: SigningKey) -> bytes:
+    """Extend PCR16 with the key's address and lock it; returns the PCR's value.
+
+    Raises:
+        NsmError: the module refused (e.g. PCR16 already locked: a key was bound before).
+    """
+    value = nsm.extend_pcr(KEY_PCR, key.address_bytes)
+    nsm.lock_pcr(KEY_PCR)
+    logger.info("PCR%d binds the signing key %s", KEY_PCR, key.address)
+    return value

@@ -24,6 +24,7 @@ import cbor2
 import pytest
 from eth_account import Account
 from kms_support import RecipientKmsServer
+from nsm_support import verify_document
 from signer_support import ROOT, dev_key
 from test_enclave_serve_kms import DEST, POLICY
 from test_kms import ca, kms, new_key, server  # noqa: F401 (fixtures)
@@ -32,11 +33,13 @@ from enclave.errors import TransportError
 from enclave.kms import generate_key_blob
 from enclave.nsm.ca import EmulatorCa
 from enclave.provision import (
+    KEY_PCR,
     Provision,
     ProvisionError,
     ProvisionRefused,
     decode_provision,
     encode_provision,
+    expected_key_pcr,
     receive_key,
     send_provision,
 )
@@ -135,6 +138,10 @@ def test_provisioned_kms_key_signs_under_a_production_policy(
             assert signer.address().address == address
             signed = signer.sign_tx(UnsignedTx(TX_EIP1559, 31337, 0, 21000, DEST, 1, b"", 10**9, 1))
             assert Account.recover_transaction(signed.raw) == address
+            # every attestation now names the loaded key in PCR16, locked
+            body = verify_document(signer.attest(nonce=b"n" * 16), ca.root)
+            assert body["pcrs"][KEY_PCR] == expected_key_pcr(bytes.fromhex(address[2:]))
+            assert body["pcrs"][KEY_PCR] != bytes(48)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     text = err.decode(errors="replace")
@@ -243,3 +250,19 @@ def test_receiver_answers_bad_frames_and_keeps_listening(tmp_path: Path) -> None
     assert result["key"].address == dev_key().address  # type: ignore[attr-defined]
     with pytest.raises(TransportError, match="cannot connect"):
         send_provision(addr, Provision(b"good"), timeout=2)
+
+
+def test_bind_key_extends_and_locks_pcr16(ca: EmulatorCa) -> None:  # noqa: F811
+    from enclave.nsm.emulator import EmulatedNsm
+    from enclave.nsm.errors import NsmError
+    from enclave.provision import bind_key
+
+    nsm = EmulatedNsm(ca=ca)
+    key = dev_key()
+    assert bind_key(nsm, key) == expected_key_pcr(key.address_bytes)
+    state = nsm.describe_pcr(KEY_PCR)
+    assert state.locked and state.value == expected_key_pcr(key.address_bytes)
+    with pytest.raises(NsmError):  # a second key cannot be bound over the first
+        bind_key(nsm, key)
+    with pytest.raises(ValueError, match="20 bytes"):
+        expected_key_pcr(b"short")
