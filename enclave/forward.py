@@ -6,24 +6,51 @@ listens on 127.0.0.1 at the KMS endpoint's port (the production image maps the e
 to 127.0.0.1 in /etc/hosts) and relays bytes both ways. TLS runs end to end between boto3 in the
 enclave and KMS, checked against the endpoint's real host name: the parent only ever relays
 ciphertext. The relay runs only while the key loads, then closes.
+
+An enclave's loopback interface may start down (AWS's init does not bring it up), so the relay
+brings `lo` up first; the kernel then gives it 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import select
 import socket
+import struct
 import threading
 
 from enclave import transport
 from enclave.errors import TransportError
 
-__all__ = ["Forwarder"]
+__all__ = ["Forwarder", "ensure_interface_up"]
 
 logger = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
+# <linux/sockios.h>, <net/if.h>: struct ifreq is the name (16 bytes) and a 24-byte union.
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
+_IFREQ = struct.Struct("16sH22x")
+
+
+def ensure_interface_up(name: str = "lo") -> bool:
+    """Bring the network interface `name` up unless it is; True when it had to.
+
+    Raises:
+        TransportError: no such interface, or not permitted to change it.
+    """
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            raw = fcntl.ioctl(s, _SIOCGIFFLAGS, _IFREQ.pack(name.encode(), 0))
+            flags = _IFREQ.unpack(raw)[1]
+            if flags & _IFF_UP:
+                return False
+            fcntl.ioctl(s, _SIOCSIFFLAGS, _IFREQ.pack(name.encode(), flags | _IFF_UP))
+    except OSError as e:
+        raise TransportError(f"cannot bring interface {name!r} up ({e.strerror or e})") from None
+    logger.info("brought interface %s up", name)
+    return True
 
 
 class Forwarder:
@@ -47,6 +74,7 @@ class Forwarder:
         Raises:
             TransportError: cannot listen.
         """
+        ensure_interface_up("lo")
         self._listener = transport.listen(self._listen_addr)
         self._listener.settimeout(0.2)  # so close() is noticed without waking accept()
         self.address = transport.listening_address(self._listener, self._listen_addr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -266,3 +267,41 @@ def test_bind_key_extends_and_locks_pcr16(ca: EmulatorCa) -> None:  # noqa: F811
         bind_key(nsm, key)
     with pytest.raises(ValueError, match="20 bytes"):
         expected_key_pcr(b"short")
+
+
+def test_loopback_is_brought_up_only_when_down() -> None:
+    from enclave.forward import ensure_interface_up
+
+    assert ensure_interface_up("lo") is False  # up on this host: left alone
+    with pytest.raises(TransportError, match="cannot bring interface 'nosuch0' up"):
+        ensure_interface_up("nosuch0")
+
+
+_NETNS_PROBE = """
+import socket, threading
+from enclave.forward import Forwarder
+up = socket.socket(); up.bind(("127.0.0.1", 0)); up.listen()
+try:
+    socket.create_connection(up.getsockname(), timeout=2); print("reachable before")
+except OSError as e:
+    print("unreachable before:", e.errno)
+def echo():
+    conn, _ = up.accept()
+    with conn:
+        conn.sendall(conn.recv(100).upper())
+threading.Thread(target=echo, daemon=True).start()
+with Forwarder("tcp:127.0.0.1:0", f"tcp:127.0.0.1:{up.getsockname()[1]}") as f:
+    with socket.create_connection(("127.0.0.1", f.address.port), timeout=5) as c:
+        c.sendall(b"relay"); print(c.recv(100).decode())
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root + unshare"
+)
+def test_relay_brings_a_down_loopback_up() -> None:
+    # A fresh network namespace starts with `lo` down, like an enclave under AWS's init.
+    res = subprocess.run([shutil.which("unshare") or "unshare", "-n", sys.executable, "-c",
+                          _NETNS_PROBE], cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["unreachable before: 101", "RELAY"], res.stdout
