@@ -7,7 +7,7 @@ to 127.0.0.1 in /etc/hosts) and relays bytes both ways. TLS runs end to end betw
 enclave and KMS, checked against the endpoint's real host name: the parent only ever relays
 ciphertext. The relay runs only while the key loads, then closes.
 
-An enclave's loopback interface may start down (AWS's init does not bring it up), so the relay
+An enclave's loopback interface may start down (nothing documents AWS's init bringing it up), so the relay
 brings `lo` up first; the kernel then gives it 127.0.0.1.
 """
 
