@@ -53,10 +53,11 @@ class Accepted:
 
 
 class Broadcaster:
-    def __init__(self, rpcs: Sequence[RpcClient]) -> None:
+    def __init__(self, rpcs: Sequence[RpcClient], *, refusal_grace: float = 0.5) -> None:
         if not rpcs:
             raise ValueError("at least one RPC endpoint is needed to broadcast")
         self.rpcs = list(rpcs)
+        self.refusal_grace = refusal_grace
         self.counters: Counter[str] = Counter()
         self._background: set[asyncio.Task[object]] = set()
 
@@ -71,16 +72,33 @@ class Broadcaster:
                  for rpc in self.rpcs]
         errors: list[RouterError] = []
         try:
-            for fut in asyncio.as_completed(tasks):
-                try:
-                    return await fut
-                except RouterError as e:
-                    errors.append(e)
+            pending = set(tasks)
+            while pending:
+                # After a first refusal the others get `refusal_grace` seconds, not their full
+                # timeout: a hung node must not hold up acting on a refusal.
+                done, pending = await asyncio.wait(
+                    pending,
+                    timeout=self.refusal_grace if errors else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not done:
+                    self.counters["refusal_grace_expired"] += 1
+                    break
+                for fut in done:
+                    exc = fut.exception()
+                    if exc is None:
+                        return fut.result()
+                    if not isinstance(exc, RouterError):
+                        raise exc
+                    errors.append(exc)
         finally:
             # The slower endpoints still get the transaction (more paths into the network);
             # keep them running, tracked so they are not garbage-collected mid-flight.
             for t in tasks:
-                if not t.done():
+                if t.done():
+                    if not t.cancelled():
+                        t.exception()  # retrieved: counted and logged in _one
+                else:
                     self._background.add(t)
                     t.add_done_callback(self._reap)
         self.counters["all_refused"] += 1

@@ -184,7 +184,9 @@ class Router:
         fees = self.config.fees.fresh(self._base_fee())
         # No await between peek and commit: a refused signature never leaves a gap.
         signed = self.signer.sign_tx(build_tx(self.config.chain_id, nonce, intent, fees))
-        flight = InFlight(nonce, intent, fees, signed.raw, signed.hash)
+        flight = InFlight(nonce, intent, fees, signed.raw, signed.hash,
+                          last_sent_head=self.view.tip.number if self.view.tip else -1,
+                          last_sent_time=time.monotonic())  # not stale while queued for order
         self.nonces.commit(flight)
         handle = Handle(self, flight)
         self._handles[intent.id] = handle

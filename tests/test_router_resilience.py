@@ -9,6 +9,7 @@ from anvil_support import Anvil, free_port
 from router_support import balance, mined_nonces, running_router, transfers, wait_for
 from rpc_proxy import RpcProxy, WsProxy
 
+from router.errors import NonceTooLow
 from router.nonces import TxState
 
 pytestmark = pytest.mark.timeout(120)
@@ -147,6 +148,13 @@ def test_hanging_endpoint_does_not_hold_anything_up(anvil) -> None:
                     await h.receipt(timeout=20)
                 assert router.broadcaster.counters["accepted"] >= 8
                 assert hung.calls.count("eth_sendRawTransaction") >= 8  # it was asked, too
+                # a refusal (the live node: already mined) is acted on after a short grace,
+                # not after the hung node's full timeout
+                t0 = loop.time()
+                with pytest.raises(NonceTooLow):
+                    await router.broadcaster.send(handles[0].flight.raw, handles[0].flight.hash)
+                assert loop.time() - t0 < 3
+                assert router.broadcaster.counters["refusal_grace_expired"] >= 1
 
     asyncio.run(main())
     assert sorted(mined_nonces(anvil)) == list(range(8))
