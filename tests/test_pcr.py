@@ -219,7 +219,7 @@ def test_memory_does_not_grow_with_file_size(tmp_path: Path) -> None:
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
         path.unlink()
-    assert peaks[1] < 24 << 20  # the buffer pool (4 x 4 MiB) and change
+    assert peaks[1] < 16 << 20  # the buffer pool (8 x 1 MiB) and change
     assert peaks[1] < peaks[0] + (1 << 20)
 
 
