@@ -224,6 +224,8 @@ class ApiServer:
             frame = pack_frame(op | RESPONSE_BIT, rid, body)
         except ApiError as e:
             frame = _encode_error(rid, e.code, str(e))
+        except MalformedInput as e:
+            frame = _encode_error(rid, E_MALFORMED, e.diagnostics())
         except SignerError as e:
             frame = _encode_error(rid, E_REFUSED, e.diagnostics())
         except (TransportError, NonceSourceError) as e:

@@ -25,6 +25,7 @@ from .errors import (
     ConfigError,
     FeeTooLow,
     InvalidTransaction,
+    MalformedInput,
     MalformedResponse,
     NonceSourceError,
     NonceTooLow,
@@ -174,11 +175,16 @@ class Router:
             SignerError: the signer (its policy) refused; no nonce was consumed.
             TransportError: the signer is unreachable; no nonce was consumed.
             NonceSourceError: the router has no trustworthy nonce yet.
+            MalformedInput: the id was already used for a different intent.
         """
         if not self._started:
             raise NonceSourceError("router not started")
         existing = self._handles.get(intent.id)
         if existing is not None:
+            if existing.intent != intent:
+                raise MalformedInput(
+                    f"intent id {intent.id!r} was already used for a different intent"
+                )
             return existing
         nonce = self.nonces.peek()
         fees = self.config.fees.fresh(self._base_fee())

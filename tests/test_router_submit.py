@@ -15,7 +15,8 @@ from router_support import (
     wait_for,
 )
 
-from router.errors import ConfigError
+from router.errors import ConfigError, MalformedInput
+from router.intent import Intent
 from router.nonces import TxState
 
 pytestmark = pytest.mark.timeout(120)
@@ -41,6 +42,8 @@ def test_many_intents_at_once_all_mined_each_nonce_once(anvil, mining: str) -> N
             # idempotent: the same intent id gives back the same handle, nothing re-signed
             again = await router.submit(intents[0])
             assert again is handles[0]
+            with pytest.raises(MalformedInput, match="already used for a different intent"):
+                await router.submit(Intent(to=intents[0].to, value=1, id=intents[0].id))
             assert router.counters["submitted"] == 40
             assert router.broadcaster.counters[f"{dead} transport"] >= 40
             blocks = {h.flight.landed.block_hash for h in handles if h.flight.landed}
