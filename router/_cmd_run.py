@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from router.core import RouterConfig
     from router.signer_client import SignerClient
 
-    _setup_logging(args.log_format, args.log_level)
+    _setup_logging(args.log_format, "debug" if getattr(args, "verbose", False) else args.log_level)
     cfg = load_config(args.config)
     if cfg.cpu is not None and cfg.cpu not in os.sched_getaffinity(0):
         raise ConfigError(f"{args.config}: cpu {cfg.cpu} is not available to this process")
