@@ -456,9 +456,18 @@ class Router:
             )
             or now - f.last_sent_time >= self.config.rebroadcast_after_seconds
         ]
-        if stale:
-            self.counters["resent"] += len(stale)
-            self._spawn(self._send_in_order(stale))
+        if not stale:
+            return
+        base = self.view.tip.base_fee if self.view.tip else None
+        if base:
+            for f in stale:
+                # Valid but unexecutable: the base fee rose above what it pays. Re-price it
+                # (a replacement, so by the bump rule at least) instead of re-sending as is.
+                if f.fees.max_fee_per_gas < base and self._bump(f, FeeTooLow(
+                        f"max fee {f.fees.max_fee_per_gas} below base fee {base}")):
+                    self.counters["repriced"] += 1
+        self.counters["resent"] += len(stale)
+        self._spawn(self._send_in_order(stale))
 
     async def _maintenance(self) -> None:
         """Time-driven work for quiet chains: re-send pending transactions, look for nonce gaps."""

@@ -94,3 +94,28 @@ def test_receipt_of_a_transaction_older_than_the_ring(anvil) -> None:
             config_for(anvil, head_ring=32, forget_after_blocks=16)
 
     asyncio.run(main())
+
+
+def test_transaction_priced_out_by_base_fee_is_repriced(anvil) -> None:
+    """The base fee jumps above what a pending transaction pays: it stays valid but can never be
+    mined. The router re-signs it at fresh fees (a replacement) and it lands, once."""
+    intent = transfers(1, tag="priced-out")[0]
+
+    async def main() -> None:
+        anvil.rpc("evm_setAutomine", False)
+        async with running_router(anvil) as router:
+            h = await router.submit(intent)
+            low = h.flight.fees.max_fee_per_gas
+            anvil.rpc("anvil_setNextBlockBaseFeePerGas", hex(low * 10))
+            anvil.rpc("evm_mine")  # our transaction does not fit under this base fee
+            await wait_for(lambda: router.counters["repriced"] >= 1, timeout=20, what="reprice")
+            assert h.flight.fees.max_fee_per_gas > low * 10
+            await asyncio.sleep(0.3)  # let the replacement reach the pool
+            anvil.rpc("evm_mine")
+            rcpt = await h.receipt(timeout=20)
+            assert rcpt["transactionHash"] == "0x" + h.flight.hash.hex()
+            assert len(h.flight.hashes) == 2
+
+    asyncio.run(main())
+    assert mined_nonces(anvil) == [0]
+    assert balance(anvil, intent.to) == intent.value
