@@ -185,3 +185,18 @@ def test_production_rootfs_refuses_the_emulator(prod: BuildResult, tmp_path: Pat
     res = subprocess.run([*chroot, cmd[0], "-c", probe], capture_output=True, text=True, env=env,
                          timeout=120)  # fmt: skip
     assert res.returncode == 0 and res.stdout.strip() == "['127.0.0.1']", res.stderr
+
+
+@pytest.mark.boot
+def test_booted_production_image_refuses_the_emulator(prod: BuildResult, anvil, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: E501
+    # QEMU has no /dev/nsm: the development image falls back to the emulator, the production one
+    # must stop instead. Booted for real, under the same init and kernel as the development image.
+    from reproducible.boot.check import run_boot_check
+
+    report = run_boot_check(prod.eif, prod.measurements, anvil.rpc_url, workdir=tmp_path,
+                            boot_timeout=30)  # fmt: skip
+    console = (tmp_path / "console.log").read_text(errors="replace")
+    assert not report.ok and report.signer_address is None
+    assert "error: cannot open /dev/nsm" in console
+    assert "the NSM emulator is not allowed in this image" in console
+    assert "NSM EMULATOR" not in console
