@@ -1,28 +1,17 @@
 """Sign a built EIF (nitro-cli's signature section, hence PCR8) with a release key.
 
-The builder's image is re-assembled section by section (bodies streamed through files, never held
-whole in memory) with a signer; PCR0-2 must come out unchanged, since they do not cover the
-signature, and the measurements file is rewritten for the signed image (PCR8 added, EIF digest and
-section table updated).
+Every section of the builder's image is kept byte for byte (`verify.eif.sign_eif`, as nitro-cli's
+signer does); PCR0-2 must come out unchanged, since they do not cover the signature, and the
+measurements file is rewritten for the signed image (PCR8 added, EIF digest and section table
+updated).
 """
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
-from typing import Any
 
 from reproducible.errors import BuildError
-from verify.eif import (
-    EifSigner,
-    SectionType,
-    copy_section,
-    decode_metadata,
-    open_eif,
-    read_eif,
-    read_section_bytes,
-    write_eif,
-)
+from verify.eif import EifSigner, read_eif, sign_eif
 from verify.errors import VerifyError
 from verify.measurements import dump_measurements, load_measurements, measurements_document
 from verify.pcr import measure_eif
@@ -32,41 +21,9 @@ __all__ = ["sign_built_eif"]
 
 
 def _resign(src: Path, dest: Path, signer: EifSigner) -> None:
-    image = read_eif(src)
-    kinds = [s.type for s in image.sections]
-    if SectionType.SIGNATURE in kinds:
+    if read_eif(src).is_signed:
         raise BuildError(f"{src} is already signed")
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp, open_eif(src) as f:
-        kernel = Path(tmp) / "kernel"
-        ramdisks: list[Path] = []
-        cmdline = b""
-        metadata: dict[str, Any] | None = None
-        for section in image.sections:
-            if section.type is SectionType.KERNEL:
-                with kernel.open("wb") as out:
-                    copy_section(src, section, out)
-            elif section.type is SectionType.RAMDISK:
-                path = Path(tmp) / f"ramdisk{len(ramdisks)}"
-                with path.open("wb") as out:
-                    copy_section(src, section, out)
-                ramdisks.append(path)
-            elif section.type is SectionType.CMDLINE:
-                cmdline = read_section_bytes(f, section)
-            elif section.type is SectionType.METADATA:
-                metadata = decode_metadata(read_section_bytes(f, section))
-        header = image.header
-        write_eif(
-            dest,
-            kernel=kernel,
-            cmdline=cmdline,
-            ramdisks=ramdisks,
-            metadata=metadata,
-            version=header.version,
-            signer=signer,
-            default_mem=header.default_mem,
-            default_cpus=header.default_cpus,
-            flags=header.flags,
-        )
+    sign_eif(src, dest, signer)
 
 
 def sign_built_eif(build: Path, out: Path, signer: EifSigner) -> tuple[Path, Path]:
