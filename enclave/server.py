@@ -67,6 +67,7 @@ class SignerServer:
         key: the signing key (held in memory; never sent anywhere but as signatures).
         policy: the baked-in policy; checked against `key` here (production refuses dev keys).
         nsm: the Nitro Secure Module for ATTEST, or None (ATTEST then answers UNAVAILABLE).
+            Its documents always carry `key`'s public key in `public_key`.
         cpu: CPU to pin connection threads to (os.sched_setaffinity), or None.
         spin_us: busy-poll window before blocking reads; 0 disables busy-polling.
 
@@ -417,11 +418,24 @@ class SignerServer:
 
     def _op_attest(self, p: memoryview, c: list[int]) -> bytes:
         nonce, user_data, public_key = _wire.decode_attest(p)
+        if public_key is not None:
+            # The NSM signs whatever key it is given as *this enclave's* key, and KMS encrypts
+            # CiphertextForRecipient to it: relaying a caller's key would hand the caller every
+            # secret the KMS key policy releases to these PCRs, the signing key's blob included.
+            raise ProtocolError(
+                ErrorCode.MALFORMED,
+                "attest public_key must be empty: documents bind the signer's own key, never a "
+                "caller's",
+            )
         if self._nsm is None:
             raise AttestationUnavailable(
                 "no Nitro Secure Module (device absent, emulator not allowed)"
             )
-        doc = self._nsm.attestation(user_data=user_data, nonce=nonce, public_key=public_key)
+        # The signing key in public_key ties the PCRs a relying party checks to the key that
+        # signs (what GET_KEY reports): PROTOCOL.md, "ATTEST".
+        doc = self._nsm.attestation(
+            user_data=user_data, nonce=nonce, public_key=self._key.public_key
+        )
         if len(doc) > MAX_PAYLOAD:
             raise EnclaveError(f"attestation document of {len(doc)} bytes exceeds the frame limit")
         c[_ATTESTS] += 1

@@ -246,14 +246,38 @@ def test_attest_with_emulated_nsm(tmp_path: Path) -> None:
 
     nsm = EmulatedNsm()
     with running_signer(tmp_path, nsm=nsm) as server, _client(server) as client:
-        doc = client.attest(nonce=b"n" * 32, user_data=b"hello", public_key=b"k" * 100)
+        doc = client.attest(nonce=b"n" * 32, user_data=b"hello")
         parsed = parse_document(doc).document
+        signer_key = coincurve.PrivateKey(DEV_KEY_0).public_key.format(compressed=False)
+        # The document binds the signer's own key, the one GET_KEY reports (PROTOCOL.md).
         assert (parsed.nonce, parsed.user_data, parsed.public_key) == (
             b"n" * 32,
             b"hello",
-            b"k" * 100,
+            signer_key,
         )
-        assert client.stats().attestations == 1
+        assert client.address().public_key == signer_key and len(signer_key) == 65
+        bare = parse_document(client.attest()).document
+        assert (bare.nonce, bare.user_data, bare.public_key) == (None, None, signer_key)
+        assert client.stats().attestations == 2
+
+
+def test_attest_refuses_a_callers_public_key(tmp_path: Path) -> None:
+    """A caller's key in a document would receive KMS Recipient ciphertexts meant for the enclave:
+    refused, nothing attested, the connection kept."""
+    from enclave.nsm.emulator import EmulatedNsm
+
+    rsa_like = bytes(range(256)) + bytes(38)  # any caller-chosen bytes, e.g. an RSA SPKI
+    with running_signer(tmp_path, nsm=EmulatedNsm()) as server:
+        with raw_connect(server) as sock:
+            sock.sendall(_wire.pack_frame(Op.ATTEST, 41, _wire.encode_attest(b"n", None, rsa_like)))
+            op, rid, payload = read_frame(sock)
+            code, message = error_of(payload)
+            assert (op, rid, code) == (_wire.OP_ERROR, 41, ErrorCode.MALFORMED)
+            assert "public_key must be empty" in message and "signer's own key" in message
+            sock.sendall(_wire.pack_frame(Op.ATTEST, 42, _wire.encode_attest(b"n", b"u", None)))
+            op, rid, _ = read_frame(sock)
+            assert (op, rid) == (Op.ATTEST | _wire.RESPONSE_BIT, 42)
+        assert server.stats().attestations == 1
 
 
 def test_many_clients_and_disconnects_mid_frame(tmp_path: Path) -> None:
