@@ -22,13 +22,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--connect-timeout", type=float, default=5.0, metavar="S",
         help="keep retrying the connection for up to S seconds (default 5)",
     )  # fmt: skip
+    parser.add_argument(
+        # signer_client.DEFAULT_IO_TIMEOUT, literal so that --help does not import the client
+        "--timeout", type=float, default=5.0, metavar="S",
+        help="give up on a connected signer that has not answered within S seconds (default 5)",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from router.signer_client import SignerClient
 
-    with SignerClient.connect(args.signer, connect_timeout=args.connect_timeout) as client:
+    with SignerClient.connect(
+        args.signer, connect_timeout=args.connect_timeout, io_timeout=args.timeout
+    ) as client:
         info = client.address()
     if args.json:
         emit_json({"address": info.address, "public_key": "0x" + info.public_key.hex()})

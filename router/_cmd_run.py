@@ -37,15 +37,20 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if cfg.cpu is not None and cfg.cpu not in os.sched_getaffinity(0):
         raise ConfigError(f"{args.config}: cpu {cfg.cpu} is not available to this process")
-    client = SignerClient.connect(cfg.signer, cpu=cfg.cpu)
-    try:
-        if cfg.attestation is not None:
-            from router.attest import check_signer
+    check = None
+    if cfg.attestation is not None:
+        from router.attest import SignerCheck
 
-            pcrs = check_signer(client, cfg.attestation)
+        check = SignerCheck(cfg.attestation)  # every (re)connection is attested before use
+    client = SignerClient.connect(cfg.signer, cpu=cfg.cpu, io_timeout=cfg.signer_timeout,
+                                  on_connect=check)
+    try:
+        if check is not None and check.attested is not None:
+            pcrs = check.attested.pcrs
             stderr_console().print(
                 "signer attested: "
-                + ", ".join(f"PCR{i} {pcrs[i].hex()[:16]}.." for i in sorted(cfg.attestation.pcrs))
+                + ", ".join(f"PCR{i} {pcrs[i].hex()[:16]}.." for i in sorted(pcrs))
+                + f", key bound ({check.attested.address})"
             )
         signer_address = client.address().address
         if cfg.sender is not None and cfg.sender.lower() != signer_address.lower():

@@ -32,6 +32,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--connect-timeout", type=float, default=5.0, metavar="S",
         help="keep retrying the connection for up to S seconds (default 5)",
     )  # fmt: skip
+    parser.add_argument(
+        # signer_client.DEFAULT_IO_TIMEOUT, literal so that --help does not import the client
+        "--timeout", type=float, default=5.0, metavar="S",
+        help="give up on a connected signer that has not answered within S seconds (default 5)",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -53,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     from router.txjson import parse_tx
 
     tx = parse_tx(_read_tx(args.tx))
-    with SignerClient.connect(args.signer, connect_timeout=args.connect_timeout) as client:
+    with SignerClient.connect(
+        args.signer, connect_timeout=args.connect_timeout, io_timeout=args.timeout
+    ) as client:
         signed = client.sign_tx(tx)
     if args.json:
         emit_json({"raw": "0x" + signed.raw.hex(), "hash": "0x" + signed.hash.hex()})

@@ -8,6 +8,7 @@ sender = "0xf39F...2266"                       # optional: checked against the s
 rpc = ["http://127.0.0.1:8545"]               # one or more; broadcasts go to all at once
 ws = "ws://127.0.0.1:8545"                    # newHeads subscription
 cpu = 1                                       # optional: pin the router (and its signer calls)
+signer_timeout = 5.0                          # optional: seconds a signer call may take (default 5)
 
 [fees]                                        # wei; integers or decimal strings
 priority_fee = "1000000000"
@@ -40,9 +41,10 @@ from typing import Any
 from .attest import AttestationPolicy
 from .errors import ConfigError
 from .fees import FeePolicy
+from .signer_client import DEFAULT_IO_TIMEOUT
 
 _TOP = {"chain_id", "signer", "listen", "sender", "rpc", "ws", "cpu", "fees", "router",
-        "attestation"}
+        "attestation", "signer_timeout"}
 _ATTEST = {"measurements", "root", "pcrs", "max_age_seconds"}
 _FEES = {"priority_fee", "base_fee_multiplier_percent", "max_fee_cap", "bump_percent",
          "bump_on_reorg"}
@@ -63,6 +65,7 @@ class RunConfig:
     fees: FeePolicy
     tuning: dict[str, Any]
     attestation: AttestationPolicy | None = None
+    signer_timeout: float = DEFAULT_IO_TIMEOUT
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -104,6 +107,10 @@ def load_config(path: str | Path) -> RunConfig:
         and all(c in "0123456789abcdefABCDEF" for c in sender[2:])
     ):
         raise ConfigError(f"{where}: sender must be a 0x-hex address")
+    signer_timeout = doc.get("signer_timeout", DEFAULT_IO_TIMEOUT)
+    if (not isinstance(signer_timeout, int | float) or isinstance(signer_timeout, bool)
+            or not 0 < signer_timeout < float("inf")):
+        raise ConfigError(f"{where}: signer_timeout must be a positive number of seconds")
     cpu = doc.get("cpu")
     if cpu is not None and (not isinstance(cpu, int) or isinstance(cpu, bool) or cpu < 0):
         raise ConfigError(f"{where}: cpu must be a non-negative integer")
@@ -143,6 +150,7 @@ def load_config(path: str | Path) -> RunConfig:
         fees=fees,
         tuning=dict(router_doc),
         attestation=attestation,
+        signer_timeout=float(signer_timeout),
     )
 
 

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-__all__ = ["MalformedInput", "RouterError", "SignerError", "TransportError"]
+__all__ = ["MalformedInput", "RouterError", "SignerError", "SignerTimeout", "TransportError"]
 
 
 class RouterError(Exception):
@@ -39,6 +39,22 @@ class SignerError(RouterError):
 
 class TransportError(RouterError):
     """The signer is unreachable, or the connection broke or desynchronised."""
+
+
+class SignerTimeout(TransportError):
+    """The signer did not answer one request within the client's per-call deadline.
+
+    The client has dropped that connection, so a late answer can never be taken for the answer to
+    a later request; the next call reconnects. `op` names the request, `timeout` the deadline (s).
+    """
+
+    def __init__(self, op: str, timeout: float, address: str) -> None:
+        self.op = op
+        self.timeout = timeout
+        super().__init__(
+            f"signer at {address} did not answer {op} within {timeout:g} s "
+            "(connection dropped; the next call reconnects)"
+        )
 
 
 # --- chain side (router helper): node answers, nonces, reorgs, configuration ---------------------

@@ -2,9 +2,21 @@
 
 One request in flight per connection. A call sends one frame and reads the answer into a
 preallocated buffer with a bounded busy-poll of non-blocking reads (`spin_us`) before falling back to
-a blocking read; `cpu` pins the *calling* thread, so give signing its own thread and CPU, apart from
-the signer's. A broken connection is re-opened with exponential backoff and the request retried once
-(signing is deterministic, RFC 6979, so a retry cannot produce a second, different signature).
+waiting in poll(2); `cpu` pins the *calling* thread, so give signing its own thread and CPU, apart
+from the signer's.
+
+Deadline: every call (send and whole answer) must finish within `io_timeout` seconds of its start,
+or it raises `SignerTimeout` and the connection is dropped. Dropping it is what keeps a late answer
+from ever being read as the answer to a later request (request ids are checked as well, and keep
+counting across connections); the next call reconnects. The deadline is only looked at once the
+busy-poll has given up, so the hot path pays one clock read per call for it.
+
+Retries: a *broken* connection (reset, EOF, refused send) is re-opened with exponential backoff and
+the request re-sent once. A *timed-out* request is not re-sent by the client: the deadline bounds the
+whole call, and a signer that stalled once is likely to stall again, which would double the time
+the caller is frozen. Re-sending it is safe for the caller to do: signing is deterministic (RFC 6979),
+so a sign request sent twice yields the same signature and the same transaction hash, never a second,
+different transaction for the nonce (the signer's rate limiter and counters do see it twice).
 """
 
 from __future__ import annotations
@@ -12,10 +24,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,15 +47,20 @@ from enclave.errors import EnclaveError, ErrorCode
 from enclave.keys import checksum_address
 from enclave.transport import Address, connect, parse_address
 from enclave.tx import SignedTx, UnsignedTx
-from router.errors import MalformedInput, SignerError, TransportError
+from router.errors import MalformedInput, SignerError, SignerTimeout, TransportError
 from router.txjson import parse_tx
 
-__all__ = ["DEFAULT_SPIN_US", "KeyInfo", "SignedTx", "SignerClient"]
+__all__ = ["DEFAULT_IO_TIMEOUT", "DEFAULT_SPIN_US", "KeyInfo", "OnConnect", "SignedTx",
+           "SignerClient"]
 
 logger = logging.getLogger(__name__)
 
 #: Busy-poll window for an answer; covers a signature (~30-50 us) with room for scheduling noise.
 DEFAULT_SPIN_US = 500
+#: Deadline of one call once connected, in seconds. A signature takes tens of microseconds and an
+#: attestation milliseconds; seconds leave room for a slow (emulated, TCG) guest and still unfreeze
+#: a router whose signer stopped answering.
+DEFAULT_IO_TIMEOUT = 5.0
 _BUFFER_SIZE = HEADER_SIZE + MAX_PAYLOAD
 
 
@@ -53,6 +71,11 @@ class KeyInfo:
     address: str
     address_bytes: bytes
     public_key: bytes
+
+
+#: Called with the client on every new connection, before it is used (e.g. an attestation check).
+#: It may make calls on the client; raising refuses the connection (the error propagates).
+OnConnect = Callable[["SignerClient"], None]
 
 
 class SignerClient:
@@ -66,18 +89,28 @@ class SignerClient:
         cpu: int | None = None,
         spin_us: int = DEFAULT_SPIN_US,
         connect_timeout: float = 5.0,
+        io_timeout: float = DEFAULT_IO_TIMEOUT,
         backoff: float = 0.01,
+        on_connect: OnConnect | None = None,
     ) -> None:
+        if not 0 < io_timeout < float("inf"):
+            raise ValueError(f"io_timeout must be a positive number of seconds (got {io_timeout!r})")
         self._address = address
         self._cpu = cpu
         self._spin_ns = max(0, spin_us) * 1000
         self._connect_timeout = connect_timeout
+        self._io_timeout = io_timeout
+        self._io_ns = int(io_timeout * 1e9)
         self._backoff = backoff
+        self._on_connect = on_connect
         self._sock: socket.socket | None = None
+        self._poller: select.poll | None = None
         self._buf = bytearray(_BUFFER_SIZE)
         self._mv = memoryview(self._buf)
         self._next_id = 1
-        self._lock = threading.Lock()
+        # Re-entrant: an `on_connect` check makes calls from inside the reconnect of a call.
+        self._lock = threading.RLock()
+        self._checking = False
         self._key_info: KeyInfo | None = None
 
     @classmethod
@@ -88,34 +121,52 @@ class SignerClient:
         cpu: int | None = None,
         spin_us: int = DEFAULT_SPIN_US,
         connect_timeout: float = 5.0,
+        io_timeout: float = DEFAULT_IO_TIMEOUT,
+        on_connect: OnConnect | None = None,
     ) -> SignerClient:
         """Connect to `unix:PATH | tcp:127.0.0.1:PORT | vsock:CID:PORT`, retrying with backoff
         for up to `connect_timeout` seconds (the signer may still be starting).
 
         Args:
             cpu: pin the calling thread to this CPU (os.sched_setaffinity), or None.
+            io_timeout: deadline of each call once connected, in seconds (see the module doc).
+            on_connect: run on this and every later connection before it is used; e.g.
+                `router.attest.SignerCheck`, so that a reconnect cannot reach another signer.
 
         Raises:
-            MalformedInput: the address cannot be parsed.
-            TransportError: no connection within `connect_timeout`.
+            MalformedInput: the address cannot be parsed, or a timeout is not a positive number.
+            TransportError: no connection within `connect_timeout` (`SignerTimeout`: a check by
+                `on_connect` got no answer within `io_timeout`).
+            Whatever `on_connect` raises (the connection is closed first).
         """
         try:
             addr = parse_address(address) if isinstance(address, str) else address
         except EnclaveError as e:
             raise MalformedInput(str(e)) from e
+        for name, value in (("connect timeout", connect_timeout), ("timeout", io_timeout)):
+            if isinstance(value, bool) or not 0 < value < float("inf"):
+                raise MalformedInput(f"{name} must be a positive number of seconds (got {value!r})")
         if cpu is not None:
             try:
                 os.sched_setaffinity(0, {cpu})
             except OSError as e:
                 raise MalformedInput(f"cannot pin to cpu {cpu}: {e.strerror or e}") from e
-        client = cls(addr, cpu=cpu, spin_us=spin_us, connect_timeout=connect_timeout)
-        client._reconnect()
+        client = cls(addr, cpu=cpu, spin_us=spin_us, connect_timeout=connect_timeout,
+                     io_timeout=io_timeout, on_connect=on_connect)
+        with client._lock:
+            client._reconnect()
         return client
 
     def __repr__(self) -> str:
         return f"SignerClient({self._address})"
 
+    @property
+    def io_timeout(self) -> float:
+        """The per-call deadline, in seconds."""
+        return self._io_timeout
+
     def close(self) -> None:
+        self._poller = None
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.close()
@@ -172,16 +223,12 @@ class SignerClient:
             raise TransportError(f"sign-tx answer of {len(out)} bytes is too short")
         return SignedTx(bytes(out[32:]), bytes(out[:32]))
 
-    def attest(
-        self,
-        *,
-        nonce: bytes | None = None,
-        user_data: bytes | None = None,
-        public_key: bytes | None = None,
-    ) -> bytes:
-        """The signer's NSM attestation document (raw COSE_Sign1) binding these fields."""
+    def attest(self, *, nonce: bytes | None = None, user_data: bytes | None = None) -> bytes:
+        """The signer's NSM attestation document (raw COSE_Sign1) with this nonce and user data;
+        its `public_key` is the signer's own key (PROTOCOL.md, "Key binding"). Verify it with
+        `router.attest.check_signer`, which also checks that binding."""
         try:
-            payload = _wire.encode_attest(nonce, user_data, public_key)
+            payload = _wire.encode_attest(nonce, user_data, None)
         except ValueError as e:
             raise MalformedInput(f"attest: {e}") from e
         return bytes(self._call(Op.ATTEST, payload))
@@ -197,25 +244,41 @@ class SignerClient:
     # --- transport --------------------------------------------------------------------------------
 
     def _reconnect(self) -> None:
+        """Open a new connection (caller holds the lock) and run the `on_connect` check on it."""
         self.close()
         self._key_info = None  # a restarted signer may hold another key
         deadline = time.monotonic() + self._connect_timeout
         delay = self._backoff
         while True:
             try:
-                self._sock = connect(self._address, timeout=max(0.1, deadline - time.monotonic()))
-                return
+                sock = connect(self._address, timeout=max(0.1, deadline - time.monotonic()))
+                break
             except EnclaveError as e:
                 if time.monotonic() + delay > deadline:
                     raise TransportError(f"signer at {self._address}: {e}") from e
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
+        self._sock = sock
+        self._poller = select.poll()
+        self._poller.register(sock, select.POLLIN)
+        if self._on_connect is not None:
+            self._checking = True
+            try:
+                self._on_connect(self)
+            except BaseException:
+                self.close()
+                raise
+            finally:
+                self._checking = False
 
     def _call(self, op: int, payload: bytes) -> memoryview:
         with self._lock:
             try:
                 return self._exchange(op, payload)
             except _Broken as e:
+                if self._checking:  # a call of the on_connect check: never reconnect from inside
+                    self.close()
+                    raise TransportError(f"signer at {self._address}: {e}") from e
                 logger.info("signer connection broken (%s); reconnecting", e)
                 self._reconnect()
                 try:
@@ -229,16 +292,22 @@ class SignerClient:
         sock = self._sock
         if sock is None:
             raise _Broken("not connected")
+        deadline = time.monotonic_ns() + self._io_ns
         rid = self._next_id
         self._next_id = rid + 1 if rid < 0xFFFFFFFF else 1
+        frame = HEADER.pack(MAGIC, VERSION, op, rid, len(payload)) + payload
         try:
-            sock.sendall(HEADER.pack(MAGIC, VERSION, op, rid, len(payload)) + payload)
+            sent = sock.send(frame, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
         except OSError as e:
             raise _Broken(f"send failed: {e}") from e
+        if sent != len(frame):
+            self._send_rest(sock, memoryview(frame)[sent:], deadline, op)
         mv, buf = self._mv, self._buf
         end = 0
         while end < HEADER_SIZE:
-            end += self._fill(sock, mv, end)
+            end += self._fill(sock, mv, end, deadline, op)
         magic, version, rop, rrid, n = HEADER.unpack_from(buf, 0)
         if magic != MAGIC or version != VERSION or n > MAX_PAYLOAD or rrid != rid:
             self.close()
@@ -248,7 +317,7 @@ class SignerClient:
             )
         total = HEADER_SIZE + n
         while end < total:
-            end += self._fill(sock, mv, end)
+            end += self._fill(sock, mv, end, deadline, op)
         if end != total:
             self.close()
             raise TransportError(f"signer at {self._address} sent {end - total} unexpected bytes")
@@ -268,7 +337,7 @@ class SignerClient:
         self.close()
         raise TransportError(f"signer answered opcode 0x{rop:02x} to request 0x{op:02x}")
 
-    def _fill(self, sock: socket.socket, mv: memoryview, end: int) -> int:
+    def _fill(self, sock: socket.socket, mv: memoryview, end: int, deadline: int, op: int) -> int:
         room = mv[end:]
         try:
             try:
@@ -277,21 +346,64 @@ class SignerClient:
                 got = -1
                 if self._spin_ns:
                     clock = time.monotonic_ns
-                    deadline = clock() + self._spin_ns
+                    spin_end = clock() + self._spin_ns
                     while True:
                         try:
                             got = sock.recv_into(room, 0, socket.MSG_DONTWAIT)
                             break
                         except BlockingIOError:
-                            if clock() > deadline:
+                            if clock() > spin_end:
                                 break
                 if got < 0:
-                    got = sock.recv_into(room)
+                    got = self._wait_recv(sock, room, deadline, op)
         except OSError as e:
             raise _Broken(f"receive failed: {e}") from e
         if got == 0:
             raise _Broken("signer closed the connection")
         return got
+
+    def _wait_recv(self, sock: socket.socket, room: memoryview, deadline: int, op: int) -> int:
+        """Slow path: wait in poll(2) for readable data until the call's deadline."""
+        poller = self._poller
+        assert poller is not None  # set with the socket
+        while True:
+            left = deadline - time.monotonic_ns()
+            if left <= 0:
+                self._timed_out(op)
+            if poller.poll(-(-left // 1_000_000)):  # ms, rounded up: never wake early forever
+                try:
+                    return sock.recv_into(room, 0, socket.MSG_DONTWAIT)
+                except BlockingIOError:  # woken without data; wait again
+                    continue
+
+    def _send_rest(self, sock: socket.socket, rest: memoryview, deadline: int, op: int) -> None:
+        """Slow path: the socket buffer is full (the signer is not reading); send until the
+        deadline."""
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        while rest:
+            left = deadline - time.monotonic_ns()
+            if left <= 0:
+                self._timed_out(op)
+            if not poller.poll(-(-left // 1_000_000)):
+                continue
+            try:
+                rest = rest[sock.send(rest, socket.MSG_DONTWAIT) :]
+            except BlockingIOError:
+                continue
+            except OSError as e:
+                raise _Broken(f"send failed: {e}") from e
+
+    def _timed_out(self, op: int) -> None:
+        """Drop the connection (its answer, if it ever comes, must not be read) and raise."""
+        self.close()
+        try:
+            name = Op(op).name.lower().replace("_", "-")
+        except ValueError:
+            name = f"opcode 0x{op:02x}"
+        logger.warning("signer at %s did not answer %s within %g s; connection dropped",
+                       self._address, name, self._io_timeout)
+        raise SignerTimeout(name, self._io_timeout, str(self._address))
 
 
 class _Broken(Exception):
