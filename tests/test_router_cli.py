@@ -207,6 +207,7 @@ def test_signer_attested_before_routing(tmp_path: Path, anvil) -> None:
         cfg.write_text(base + '[attestation]\nmeasurements = "good.json"\nroot = "root.pem"\n')
         code, err = _run_until_ready_or_exit(cfg, sock)
         assert code is None and "signer attested: PCR0 0101010101010101.." in err, err
+        assert f"key bound ({DEV_ADDR_0})" in err, err
         cfg.write_text(base + '[attestation]\nmeasurements = "bad.json"\nroot = "root.pem"\n')
         code, err = _run_until_ready_or_exit(cfg, sock)
         assert code == 1 and "PCR0" in err and "signer attestation refused" in err, err

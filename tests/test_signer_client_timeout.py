@@ -195,3 +195,20 @@ def _wait(pred: object, what: str, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+def test_router_run_gives_up_on_a_stalled_signer(tmp_path: Path) -> None:
+    """`python -m router run` with `signer_timeout`: a signer that never answers stops it with a
+    clear error instead of a hang (the RPC endpoints are never reached)."""
+    with frame_relay(tmp_path / "stall.sock", route=lambda op, i: None) as peer:
+        cfg = tmp_path / "router.toml"
+        cfg.write_text(f'chain_id = 1\nsigner = "{peer.address}"\n'
+                       f'listen = "unix:{tmp_path / "router.sock"}"\n'
+                       'rpc = "http://127.0.0.1:9"\nws = "ws://127.0.0.1:9"\n'
+                       'signer_timeout = 0.3\n')  # fmt: skip
+        t0 = time.monotonic()
+        r = _cli("run", "--config", str(cfg), "--log-format", "text")
+        assert r.returncode == 1, r.stderr
+        assert "did not answer get-key within 0.3 s" in r.stderr and "Traceback" not in r.stderr
+        assert time.monotonic() - t0 < 30
+        assert [op for _, op, _ in peer.requests] == [Op.GET_KEY]
