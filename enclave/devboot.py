@@ -95,6 +95,7 @@ def self_check(signer: str, wait: float) -> dict[str, object]:
             time.sleep(0.2)
     result: dict[str, object] = {"ok": False, "signer": signer, "transport": addr.kind}
     with sock:
+        sock.settimeout(30.0)  # a signer that stops answering fails the check instead of hanging it
         try:
             t0 = time.monotonic()
             _call(sock, _wire.Op.PING, b"", 1)
@@ -110,7 +111,12 @@ def self_check(signer: str, wait: float) -> dict[str, object]:
             doc = _call(sock, _wire.Op.ATTEST, _wire.encode_attest(nonce, None, None), 4)
             result["attestation_bytes"] = len(doc)
             result["attestation_has_nonce"] = nonce in doc
-            result["ok"] = bool(result["signature_recovers"] and result["attestation_has_nonce"])
+            result["attestation_binds_key"] = public_key in doc  # PROTOCOL.md, "Key binding"
+            result["ok"] = bool(
+                result["signature_recovers"]
+                and result["attestation_has_nonce"]
+                and result["attestation_binds_key"]
+            )
         except (OSError, RuntimeError, EnclaveError, ValueError) as e:
             result["error"] = str(e)
     result["seconds_since_start"] = round(time.monotonic() - started, 3)

@@ -261,6 +261,16 @@ def test_attest_with_emulated_nsm(tmp_path: Path) -> None:
         assert client.stats().attestations == 2
 
 
+def test_guest_self_check_requires_the_key_binding(tmp_path: Path) -> None:
+    """enclave/devboot.py's self-check (what the QEMU boot check reads) sees the binding."""
+    from enclave.devboot import self_check
+    from enclave.nsm.emulator import EmulatedNsm
+
+    with running_signer(tmp_path, nsm=EmulatedNsm()) as server:
+        result = self_check(str(server.address), 5)
+    assert result["ok"] and result["attestation_binds_key"] and result["attestation_has_nonce"]
+
+
 def test_attest_refuses_a_callers_public_key(tmp_path: Path) -> None:
     """A caller's key in a document would receive KMS Recipient ciphertexts meant for the enclave:
     refused, nothing attested, the connection kept."""
