@@ -365,7 +365,8 @@ class SignerClient:
     def _wait_recv(self, sock: socket.socket, room: memoryview, deadline: int, op: int) -> int:
         """Slow path: wait in poll(2) for readable data until the call's deadline."""
         poller = self._poller
-        assert poller is not None  # set with the socket
+        if poller is None:  # close() from another thread
+            raise _Broken("connection closed")
         while True:
             left = deadline - time.monotonic_ns()
             if left <= 0:
