@@ -24,6 +24,8 @@ from verify.attestation import (
     Check,
     MaxAge,
     NonceEquals,
+    PublicKeyEquals,
+    SignerAddressEquals,
     UnsafeNoOp,
     UserDataEquals,
     VerificationReport,
@@ -51,6 +53,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--nonce", metavar="HEX", help="the nonce the document must carry")
     parser.add_argument("--user-data", metavar="HEX", help="the user_data the document must carry")
+    parser.add_argument(
+        "--public-key", metavar="HEX", help="the public_key the document must carry"
+    )
+    parser.add_argument(
+        "--signer-address",
+        metavar="0xADDR",
+        help="the document must bind the secp256k1 key of this EVM address (Sentinel's signer key)",
+    )
     parser.add_argument("--max-age", metavar="SECONDS", type=float, help="freshness bound")
     parser.add_argument(
         "--at",
@@ -119,6 +129,15 @@ def build_policy(args: argparse.Namespace, now: datetime | None) -> Check:
         checks.append(NonceEquals(_hex(args.nonce, "--nonce")))
     if args.user_data is not None:
         checks.append(UserDataEquals(_hex(args.user_data, "--user-data")))
+    if args.public_key is not None:
+        checks.append(PublicKeyEquals(_hex(args.public_key, "--public-key")))
+    if args.signer_address is not None:
+        address = _hex(args.signer_address, "--signer-address")
+        if len(address) != 20:
+            raise MalformedInput(
+                f"--signer-address: an EVM address is 20 bytes, got {len(address)}"
+            )
+        checks.append(SignerAddressEquals(address))
     if args.max_age is not None:
         if args.max_age < 0:
             raise MalformedInput("--max-age must not be negative")

@@ -30,6 +30,7 @@ __all__ = [
     "NonceEquals",
     "PcrEquals",
     "PublicKeyEquals",
+    "SignerAddressEquals",
     "UnsafeNoOp",
     "UserDataEquals",
     "leaf_checks",
@@ -124,6 +125,36 @@ class PublicKeyEquals(_BytesEquals):
     name = "public_key"
     _field = "public_key"
     _error = PublicKeyMismatch
+
+
+class SignerAddressEquals:
+    """The document binds the secp256k1 key of EVM address `expected` (20 bytes): its public_key
+    is a 65-byte uncompressed SEC1 point whose keccak-256 ends in the address. Sentinel's signer
+    puts its own key there (enclave/PROTOCOL.md, "Key binding"), so this ties the PCRs to the
+    sender of the transactions it signs."""
+
+    name = "signer_address"
+
+    def __init__(self, expected: bytes) -> None:
+        if len(expected) != 20:
+            raise ValueError(f"an EVM address is 20 bytes (got {len(expected)})")
+        self._expected = bytes(expected)
+
+    def verify(self, document: AttestationDocument) -> None:
+        from Crypto.Hash import keccak
+
+        key = document.public_key
+        want = "0x" + self._expected.hex()
+        if key is None or len(key) != 65 or key[0] != 4:
+            raise PublicKeyMismatch(
+                f"public_key: got {_show(key)}, expected the uncompressed secp256k1 key "
+                f"(65 bytes, 04...) of signer {want}"
+            )
+        got = keccak.new(digest_bits=256, data=key[1:]).digest()[12:]
+        if not hmac.compare_digest(got, self._expected):
+            raise PublicKeyMismatch(
+                f"public_key: binds the key of address 0x{got.hex()}, expected signer {want}"
+            )
 
 
 class MaxAge:
