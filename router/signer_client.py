@@ -134,7 +134,7 @@ class SignerClient:
                 `router.attest.SignerCheck`, so that a reconnect cannot reach another signer.
 
         Raises:
-            MalformedInput: the address cannot be parsed, or a timeout is not a positive number.
+            MalformedInput: the address cannot be parsed, or `io_timeout` is not a positive number.
             TransportError: no connection within `connect_timeout` (`SignerTimeout`: a check by
                 `on_connect` got no answer within `io_timeout`).
             Whatever `on_connect` raises (the connection is closed first).
@@ -143,9 +143,8 @@ class SignerClient:
             addr = parse_address(address) if isinstance(address, str) else address
         except EnclaveError as e:
             raise MalformedInput(str(e)) from e
-        for name, value in (("connect timeout", connect_timeout), ("timeout", io_timeout)):
-            if isinstance(value, bool) or not 0 < value < float("inf"):
-                raise MalformedInput(f"{name} must be a positive number of seconds (got {value!r})")
+        if isinstance(io_timeout, bool) or not 0 < io_timeout < float("inf"):
+            raise MalformedInput(f"timeout must be a positive number of seconds (got {io_timeout!r})")
         if cpu is not None:
             try:
                 os.sched_setaffinity(0, {cpu})
