@@ -44,6 +44,29 @@ def emit_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def add_signer_argument(parser: argparse.ArgumentParser) -> None:
+    """`--signer ADDR`, the signer's address, for the subcommands that talk to it directly."""
+    parser.add_argument(
+        "--signer",
+        required=True,
+        metavar="ADDR",
+        help="unix:PATH | tcp:127.0.0.1:PORT | vsock:CID:PORT",
+    )
+
+
+def add_signer_timeouts(parser: argparse.ArgumentParser) -> None:
+    """`--connect-timeout S` and `--timeout S`, the `SignerClient.connect` deadlines."""
+    parser.add_argument(
+        "--connect-timeout", type=float, default=5.0, metavar="S",
+        help="keep retrying the connection for up to S seconds (default 5)",
+    )  # fmt: skip
+    parser.add_argument(
+        # signer_client.DEFAULT_IO_TIMEOUT, literal so that --help does not import the client
+        "--timeout", type=float, default=5.0, metavar="S",
+        help="give up on a connected signer that has not answered within S seconds (default 5)",
+    )  # fmt: skip
+
+
 def build_parser(commands: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m router",

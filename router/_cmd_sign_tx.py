@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from router._cli import emit_json
+from router._cli import add_signer_argument, add_signer_timeouts, emit_json
 from router.errors import MalformedInput
 
 
@@ -18,25 +18,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "sign-tx", help="have the signer sign a transaction (JSON-RPC fields)"
     )
-    parser.add_argument(
-        "--signer",
-        required=True,
-        metavar="ADDR",
-        help="unix:PATH | tcp:127.0.0.1:PORT | vsock:CID:PORT",
-    )
+    add_signer_argument(parser)
     parser.add_argument(
         "--tx", required=True, metavar="TX.json", help="transaction file ('-' reads stdin)"
     )
     parser.add_argument("--json", action="store_true", help="print {raw, hash} as JSON on stdout")
-    parser.add_argument(
-        "--connect-timeout", type=float, default=5.0, metavar="S",
-        help="keep retrying the connection for up to S seconds (default 5)",
-    )  # fmt: skip
-    parser.add_argument(
-        # signer_client.DEFAULT_IO_TIMEOUT, literal so that --help does not import the client
-        "--timeout", type=float, default=5.0, metavar="S",
-        help="give up on a connected signer that has not answered within S seconds (default 5)",
-    )  # fmt: skip
+    add_signer_timeouts(parser)
     parser.set_defaults(func=run)
 
 
