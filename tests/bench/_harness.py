@@ -7,6 +7,7 @@ that the ratio, not the absolute figure, is what we track on a noisy 2-core mach
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -67,6 +68,17 @@ def time_interleaved(
         baseline += time_calls(base, per, warmup=warmup)
         samples += time_calls(fn, per, warmup=warmup)
     return samples, baseline
+
+
+def tail_extra(samples: list[float], baseline: list[float], **more: float) -> dict[str, float]:
+    """A record's `extra`: the sample's p99.9, the baseline's p99 and the 1-minute load average
+    (how busy the machine was), then `more`."""
+    return {
+        "p99_9": percentile(samples, 99.9),
+        "baseline_p99": percentile(baseline, 99),
+        "loadavg_1m": os.getloadavg()[0],
+        **more,
+    }
 
 
 def compare(

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from _harness import Record, compare, percentile, time_calls
+from _harness import Record, compare, tail_extra, time_interleaved
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -30,22 +30,7 @@ BLOCKS = 5
 def _interleaved(
     fn: Callable[[], object], base: Callable[[], object], n: int, warmup: int
 ) -> tuple[list[float], list[float]]:
-    samples: list[float] = []
-    baseline: list[float] = []
-    per = max(1, n // BLOCKS)
-    for _ in range(BLOCKS):
-        baseline += time_calls(base, per, warmup=warmup)
-        samples += time_calls(fn, per, warmup=warmup)
-    return samples, baseline
-
-
-def _extra(samples: list[float], baseline: list[float], **more: float) -> dict[str, float]:
-    return {
-        "p99_9": percentile(samples, 99.9),
-        "baseline_p99": percentile(baseline, 99),
-        "loadavg_1m": os.getloadavg()[0],
-        **more,
-    }
+    return time_interleaved(fn, base, n, blocks=BLOCKS, warmup=warmup)
 
 
 def _attest() -> Record:
@@ -77,7 +62,7 @@ def _attest() -> Record:
         samples,
         "raw ES384 sign (same payload size)",
         baseline,
-        extra=_extra(samples, baseline, document_bytes=float(len(doc))),
+        extra=tail_extra(samples, baseline, document_bytes=float(len(doc))),
     )
 
 
@@ -105,7 +90,7 @@ def _kms() -> Record:
         samples,
         "raw RSA-2048 keygen",
         baseline,
-        extra=_extra(samples, baseline),
+        extra=tail_extra(samples, baseline),
     )
 
 

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _harness import Record, compare, percentile, time_calls
+from _harness import Record, compare, tail_extra, time_calls
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -147,11 +147,6 @@ def _interleaved(fn: Callable[[], object], base: Callable[[], object], n: int
     return samples, baseline
 
 
-def _extra(samples: list[float], baseline: list[float], **more: float) -> dict[str, float]:
-    return {"p99_9": percentile(samples, 99.9), "baseline_p99": percentile(baseline, 99),
-            "loadavg_1m": os.getloadavg()[0], **more}
-
-
 def _head_decisions(signer: object) -> tuple[Callable[[], object], Callable[[], object]]:
     """(ordinary head, reorging head with one affected tx): raw WS text -> decision."""
     from router.heads import HeadWatcher
@@ -229,19 +224,19 @@ def run() -> list[Record]:
                             N if n == 1 else N // 2)
         records.append(compare(
             f"reorg reaction, {n} tx (header in hand -> re-signed raw ready; standby presigned)",
-            s, "coincurve sign_recoverable", b, extra=_extra(s, b, target=1.5 if n == 1 else 10.5)))
+            s, "coincurve sign_recoverable", b, extra=tail_extra(s, b, target=1.5 if n == 1 else 10.5)))
     for n in (1, 10):
         s, b = _interleaved(_reaction(Scenario(n, local)), raw, N if n == 1 else N // 4)
         records.append(compare(
             f"reorg reaction, {n} tx (header in hand -> re-signed raw; cold: signed on the spot)",
-            s, "coincurve sign_recoverable", b, extra=_extra(s, b, target=1.5 if n == 1 else 10.5)))
+            s, "coincurve sign_recoverable", b, extra=tail_extra(s, b, target=1.5 if n == 1 else 10.5)))
     ordinary, reorging = _head_decisions(local)
     s, b = _interleaved(ordinary, raw, N)
     records.append(compare("newHeads -> decision, ordinary head (decode+validate+extend)", s,
-                           "coincurve sign_recoverable", b, extra=_extra(s, b)))
+                           "coincurve sign_recoverable", b, extra=tail_extra(s, b)))
     s, b = _interleaved(reorging, raw, N)
     records.append(compare("newHeads -> decision, reorg head, 1 tx re-signed (standby presigned)", s,
-                           "coincurve sign_recoverable", b, extra=_extra(s, b)))
+                           "coincurve sign_recoverable", b, extra=tail_extra(s, b)))
 
     cpus = sorted(os.sched_getaffinity(0))
     client_cpu, server_cpu = (cpus[0], cpus[1]) if len(cpus) > 1 else (cpus[0], cpus[0])
@@ -260,7 +255,7 @@ def run() -> list[Record]:
                     records.append(compare(
                         f"reorg reaction, {n} tx, signer over unix (pinned, busy-poll)", s,
                         "coincurve sign_recoverable", b,
-                        extra=_extra(s, b, client_cpu=client_cpu, server_cpu=server_cpu)))
+                        extra=tail_extra(s, b, client_cpu=client_cpu, server_cpu=server_cpu)))
         finally:
             os.sched_setaffinity(0, old_affinity)
             proc.terminate()

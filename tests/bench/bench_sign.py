@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _harness import Record, compare, percentile, time_calls
+from _harness import Record, compare, percentile, time_interleaved
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -36,13 +36,7 @@ BLOCKS = 10
 def _interleaved(
     fn: Callable[[], object], base: Callable[[], object], n: int
 ) -> tuple[list[float], list[float]]:
-    samples: list[float] = []
-    baseline: list[float] = []
-    per = max(1, n // BLOCKS)
-    for _ in range(BLOCKS):
-        baseline += time_calls(base, per, warmup=50)
-        samples += time_calls(fn, per, warmup=50)
-    return samples, baseline
+    return time_interleaved(fn, base, n, blocks=BLOCKS, warmup=50)
 
 
 def _extra(samples: list[float], baseline: list[float], **more: float) -> dict[str, float]:
