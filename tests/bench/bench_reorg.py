@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from _harness import Record, compare, tail_extra, time_calls
+from _signer import signer_cpus, start_signer
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -189,21 +189,6 @@ def _head_decisions(signer: object) -> tuple[Callable[[], object], Callable[[], 
     return ordinary, reorging
 
 
-def _start_signer(sock: Path, key_file: Path, cpu: int) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "enclave", "serve", "--listen", f"unix:{sock}",
-           "--dev-key-file", str(key_file), "--policy", str(ROOT / "enclave" / "policy.dev.toml"),
-           "--cpu", str(cpu)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while not sock.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("signer did not start: "
-                               f"{proc.stderr.read().decode() if proc.stderr else ''}")
-        time.sleep(0.02)
-    return proc
-
-
 def run() -> list[Record]:
     import coincurve
 
@@ -238,14 +223,13 @@ def run() -> list[Record]:
     records.append(compare("newHeads -> decision, reorg head, 1 tx re-signed (standby presigned)", s,
                            "coincurve sign_recoverable", b, extra=tail_extra(s, b)))
 
-    cpus = sorted(os.sched_getaffinity(0))
-    client_cpu, server_cpu = (cpus[0], cpus[1]) if len(cpus) > 1 else (cpus[0], cpus[0])
+    client_cpu, server_cpu = signer_cpus()
     old_affinity = os.sched_getaffinity(0)
     with tempfile.TemporaryDirectory(prefix="sentinel-bench-") as tmp:
         key_file = Path(tmp) / "dev.key"
         key_file.write_text(DEV_KEY_0.hex())
         sock = Path(tmp) / "signer.sock"
-        proc = _start_signer(sock, key_file, server_cpu)
+        proc = start_signer(sock, key_file, server_cpu)
         try:
             os.sched_setaffinity(0, {client_cpu})
             with SignerClient.connect(f"unix:{sock}", cpu=client_cpu) as client:

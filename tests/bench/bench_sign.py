@@ -15,14 +15,13 @@ round trip / raw sign (the transport's share), attest round trip / in-process em
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from _harness import Record, compare, percentile, time_interleaved
+from _signer import signer_cpus, start_signer
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -49,32 +48,6 @@ def _extra(samples: list[float], baseline: list[float], **more: float) -> dict[s
     }
 
 
-def _cpus() -> tuple[int, int]:
-    cpus = sorted(os.sched_getaffinity(0))
-    return (cpus[0], cpus[1]) if len(cpus) > 1 else (cpus[0], cpus[0])
-
-
-def _start_signer(sock: Path, key_file: Path, cpu: int, *extra: str) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable, "-m", "enclave", "serve",
-        "--listen", f"unix:{sock}",
-        "--dev-key-file", str(key_file),
-        "--policy", str(ROOT / "enclave" / "policy.dev.toml"),
-        "--cpu", str(cpu),
-        *extra,
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while not sock.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(
-                f"signer did not start: {proc.stderr.read().decode() if proc.stderr else ''}"
-            )
-        time.sleep(0.02)
-    return proc
-
-
 def run() -> list[Record]:
     import coincurve
 
@@ -82,7 +55,7 @@ def run() -> list[Record]:
     from enclave.tx import TX_EIP1559, UnsignedTx, sign_tx
     from router.signer_client import SignerClient
 
-    client_cpu, server_cpu = _cpus()
+    client_cpu, server_cpu = signer_cpus()
     old_affinity = os.sched_getaffinity(0)
     records: list[Record] = []
     raw_key = coincurve.PrivateKey(DEV_KEY_0)
@@ -102,7 +75,7 @@ def run() -> list[Record]:
         key_file = Path(tmp) / "dev.key"
         key_file.write_text(DEV_KEY_0.hex())
         sock = Path(tmp) / "signer.sock"
-        proc = _start_signer(sock, key_file, server_cpu)
+        proc = start_signer(sock, key_file, server_cpu)
         try:
             os.sched_setaffinity(0, {client_cpu})
             with SignerClient.connect(f"unix:{sock}", cpu=client_cpu) as client:
@@ -150,7 +123,7 @@ def _bench_attest(
     from router.signer_client import SignerClient
 
     sock = tmp / "attest.sock"
-    proc = _start_signer(sock, key_file, server_cpu, "--allow-nsm-emulator")
+    proc = start_signer(sock, key_file, server_cpu, "--allow-nsm-emulator")
     nonce, user_data = bytes(range(32)), b"bench"
     try:
         os.sched_setaffinity(0, {client_cpu})
