@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from signer_support import recv_exact
+
 from enclave import _wire
 from enclave.transport import connect, listen
 
@@ -19,20 +21,10 @@ Route = Callable[[int, int], str | None]
 Delay = Callable[[int], float]
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    out = bytearray()
-    while len(out) < n:
-        chunk = sock.recv(n - len(out))
-        if not chunk:
-            raise EOFError
-        out += chunk
-    return bytes(out)
-
-
 def _read_frame(sock: socket.socket) -> bytes:
-    head = _recv_exact(sock, _wire.HEADER_SIZE)
+    head = recv_exact(sock, _wire.HEADER_SIZE)
     n = _wire.HEADER.unpack(head)[4]
-    return head + _recv_exact(sock, n)
+    return head + recv_exact(sock, n)
 
 
 class FrameRelay:

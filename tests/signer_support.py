@@ -61,13 +61,13 @@ def raw_connect(server: SignerServer, timeout: float = 10.0) -> socket.socket:
 
 def read_frame(sock: socket.socket) -> tuple[int, int, bytes]:
     """(opcode, request_id, payload) of the next frame; asserts the header is well formed."""
-    header = _recv_exact(sock, _wire.HEADER_SIZE)
+    header = recv_exact(sock, _wire.HEADER_SIZE)
     magic, version, op, rid, n = _wire.HEADER.unpack(header)
     assert magic == _wire.MAGIC and version == _wire.VERSION and n <= _wire.MAX_PAYLOAD
-    return op, rid, _recv_exact(sock, n)
+    return op, rid, recv_exact(sock, n)
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def recv_exact(sock: socket.socket, n: int) -> bytes:
     out = bytearray()
     while len(out) < n:
         chunk = sock.recv(n - len(out))

@@ -8,7 +8,8 @@ answer (a response or an error frame) carrying its request id, in order, and not
 from __future__ import annotations
 
 import socket
-import struct
+
+from signer_support import header
 
 from enclave import _wire
 from enclave.errors import ErrorCode
@@ -74,4 +75,4 @@ def check_answers(stream: bytes, answers: bytes) -> None:
 def frame(op: int, rid: int, payload: bytes, *, magic: bytes = b"SN", version: int = 1,
           length: int | None = None) -> bytes:  # fmt: skip
     n = len(payload) if length is None else length
-    return struct.pack("<2sBBII", magic, version, op, rid, n) + payload
+    return header(op, rid, n, magic=magic, version=version) + payload
