@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 from verify.audit.check import Check, Finding, Status
 from verify.audit.context import HostContext, bracketed, parse_int
+from verify.audit.cpulist import format_cpulist, parse_cpumask
 
-__all__ = ["ChoiceCheck", "IntCheck"]
+__all__ = ["ChoiceCheck", "IntCheck", "MaskCheck"]
 
 
 @dataclass(frozen=True)
@@ -50,3 +51,24 @@ class ChoiceCheck(Check):
         if value is None:
             return Finding.unknown(f"{self.path}: no selection in {raw[:40]!r}")
         return Finding(Status.PASS if value in self.accepted else Status.FAIL, value)
+
+
+@dataclass(frozen=True)
+class MaskCheck(Check):
+    """A CPU mask file (comma-separated hex words); passes when it leaves out every target CPU."""
+
+    path: str = ""
+    #: What an overlap means, completed by the overlapping CPUs ("new IRQs may land on").
+    on_overlap: str = ""
+
+    def evaluate(self, host: HostContext) -> Finding:
+        mask = parse_cpumask(host.read(self.path))
+        if mask is None:
+            return Finding.unknown(f"{self.path} is missing, unreadable or not a mask")
+        if host.targets is None:
+            return Finding.unknown("the target CPUs are unknown")
+        overlap = mask & host.targets
+        observed = format_cpulist(mask)
+        if overlap:
+            return Finding(Status.FAIL, observed, f"{self.on_overlap} {format_cpulist(overlap)}")
+        return Finding(Status.PASS, observed)

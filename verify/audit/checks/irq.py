@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from verify.audit.check import Check, Finding, Severity, Status
+from verify.audit.checks._value import MaskCheck
 from verify.audit.context import HostContext
-from verify.audit.cpulist import format_cpulist, parse_cpulist, parse_cpumask
+from verify.audit.cpulist import format_cpulist, parse_cpulist
 
 
 def _irq_names(host: HostContext) -> dict[str, str]:
@@ -77,23 +78,6 @@ class IrqAffinity(Check):
         return Finding(Status.PASS, f"none of {readable} IRQs on targets {host.targets_text}")
 
 
-@dataclass(frozen=True)
-class DefaultAffinity(Check):
-    def evaluate(self, host: HostContext) -> Finding:
-        path = "/proc/irq/default_smp_affinity"
-        mask = parse_cpumask(host.read(path))
-        if mask is None:
-            return Finding.unknown(f"{path} is missing, unreadable or not a mask")
-        if host.targets is None:
-            return Finding.unknown("the target CPUs are unknown")
-        overlap = mask & host.targets
-        if overlap:
-            return Finding(
-                Status.FAIL, format_cpulist(mask), f"new IRQs may land on {format_cpulist(overlap)}"
-            )
-        return Finding(Status.PASS, format_cpulist(mask))
-
-
 CHECKS: tuple[Check, ...] = (
     IrqbalanceAbsent(
         id="irq.irqbalance",
@@ -112,7 +96,7 @@ CHECKS: tuple[Check, ...] = (
         remedy="echo <housekeeping list> > /proc/irq/<N>/smp_affinity_list for each IRQ; "
         "isolcpus=managed_irq,... for managed IRQs",
     ),
-    DefaultAffinity(
+    MaskCheck(
         id="irq.default_affinity",
         title="Default affinity of new IRQs",
         expected="excludes the target CPUs",
@@ -120,5 +104,7 @@ CHECKS: tuple[Check, ...] = (
         latency="newly registered IRQs land on the latency CPUs: 1-50 µs each",
         remedy="kernel command line: irqaffinity=<housekeeping cpus> "
         "(or echo <mask> > /proc/irq/default_smp_affinity)",
+        path="/proc/irq/default_smp_affinity",
+        on_overlap="new IRQs may land on",
     ),
 )

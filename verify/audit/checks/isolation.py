@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from verify.audit.check import Check, Finding, Severity, Status
+from verify.audit.checks._value import MaskCheck
 from verify.audit.context import CPU_DIR, HostContext
-from verify.audit.cpulist import format_cpulist, parse_cpulist, parse_cpumask
+from verify.audit.cpulist import format_cpulist, parse_cpulist
 
 
 def _cover(host: HostContext, cpus: frozenset[int] | None, what: str) -> Finding:
@@ -112,24 +113,6 @@ class SmtSiblings(Check):
         return Finding(Status.PASS, "no target shares a core with a housekeeping CPU")
 
 
-@dataclass(frozen=True)
-class WorkqueueMask(Check):
-    def evaluate(self, host: HostContext) -> Finding:
-        path = "/sys/devices/virtual/workqueue/cpumask"
-        mask = parse_cpumask(host.read(path))
-        if mask is None:
-            return Finding.unknown(f"{path} is missing, unreadable or not a mask")
-        if host.targets is None:
-            return Finding.unknown("the target CPUs are unknown")
-        overlap = mask & host.targets
-        observed = format_cpulist(mask)
-        if overlap:
-            return Finding(
-                Status.FAIL, observed, f"unbound workqueues may run on {format_cpulist(overlap)}"
-            )
-        return Finding(Status.PASS, observed)
-
-
 CHECKS: tuple[Check, ...] = (
     CmdlineCpus(
         id="cpu.isolcpus",
@@ -185,12 +168,14 @@ CHECKS: tuple[Check, ...] = (
         remedy="isolate both siblings of each core, or disable SMT: kernel command line nosmt "
         "(or echo off > /sys/devices/system/cpu/smt/control)",
     ),
-    WorkqueueMask(
+    MaskCheck(
         id="cpu.workqueue",
         title="Unbound workqueue CPU mask",
         expected="excludes the target CPUs",
         severity=Severity.MEDIUM,
         latency="kworker threads preempting the latency thread: µs to ms",
         remedy="echo <housekeeping mask> > /sys/devices/virtual/workqueue/cpumask",
+        path="/sys/devices/virtual/workqueue/cpumask",
+        on_overlap="unbound workqueues may run on",
     ),
 )
