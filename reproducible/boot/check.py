@@ -131,9 +131,18 @@ def sign_and_send(client: Any, rpc_url: str) -> tuple[str, int]:
 
 
 def verify_attestation_cli(
-    document: bytes, root_pem: Path, measurements: Path, nonce: bytes, workdir: Path
+    document: bytes,
+    root_pem: Path,
+    measurements: Path,
+    nonce: bytes,
+    signer_address: str,
+    workdir: Path,
 ) -> tuple[int, Any]:
-    """Run the customers' command on the document; returns (exit code, its --json output)."""
+    """Run the customers' command on the document; returns (exit code, its --json output).
+
+    The document must bind the key the signer reported (`--signer-address`), so the PCRs checked
+    belong to the enclave that signs.
+    """
     doc_path = workdir / "attestation.cbor"
     doc_path.write_bytes(document)
     cmd = [
@@ -142,6 +151,7 @@ def verify_attestation_cli(
         "--measurements", str(measurements),
         "--pcrs", "0,1,2",
         "--nonce", nonce.hex(),
+        "--signer-address", signer_address,
         "--json",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -209,7 +219,9 @@ def run_boot_check(
                     report.tx_hash, report.tx_block = sign_and_send(c, rpc_url)
                     nonce = os.urandom(32)
                     document = c.attest(nonce=nonce)
-                code, result = verify_attestation_cli(document, root_pem, measurements, nonce, workdir)
+                code, result = verify_attestation_cli(
+                    document, root_pem, measurements, nonce, report.signer_address, workdir
+                )
                 report.attestation_exit, report.attestation_result = code, result
                 if code != 0:
                     report.errors.append(f"verify attestation exited {code}")
