@@ -52,7 +52,8 @@ def ensure_anvil(session: nox.Session) -> Path:
     if not binary.exists():
         if shutil.which("npm") is None:
             ensure_apt(session, ["npm"])
-        session.run("npm", "ci", "--no-audit", "--no-fund", external=True, cwd=str(NODE_DIR))
+        with session.chdir(NODE_DIR):
+            session.run("npm", "ci", "--no-audit", "--no-fund", external=True)
     if not binary.exists():
         session.error(f"npm did not install anvil at {binary}")
     return binary
