@@ -122,6 +122,11 @@ def make_garbage(dest: Path) -> None:
         path.write_bytes(data)
     for rel in GARBAGE_REMOVED:
         (dest / rel).unlink()
+        # git keeps no empty directories: prune them so a fresh clone holds the same tree.
+        parent = (dest / rel).parent
+        while parent != dest and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
     for rel in GARBAGE_DIRS:
         (dest / rel).unlink()
         (dest / rel).mkdir()
