@@ -19,6 +19,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from enclave.nsm.errors import NsmConfigError
 
@@ -74,7 +75,7 @@ def _value(index: int, value: object) -> bytes:
     return bytes(value)
 
 
-def _from_mapping(mapping: Mapping[object, object]) -> dict[int, bytes]:
+def _from_mapping(mapping: Mapping[Any, object]) -> dict[int, bytes]:
     out: dict[int, bytes] = {}
     for key, value in mapping.items():
         if isinstance(key, str) and not key.upper().startswith("PCR") and not key.isdigit():
