@@ -82,6 +82,15 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over every package and this file (configured in pyproject.toml)."""
+    install_project(session)
+    # nox itself: noxfile.py is checked too, and the session's venv does not otherwise have it.
+    session.install("mypy>=1.10", "nox")
+    session.run("mypy", *session.posargs)
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """Every benchmark; writes build/bench.json and prints a table (ratios against baselines)."""
     ensure_apt(session, TEST_APT_PACKAGES)
