@@ -17,6 +17,9 @@ from pathlib import Path
 from reproducible.errors import ArtifactMismatch, BuildError
 from verify.signed_release import sha256_file
 
+# sha256_file is re-exported: the builder modules hash through the cache module.
+__all__ = ["CHUNK", "Cache", "default_root", "sha256_file"]
+
 CHUNK = 1 << 20
 
 

@@ -82,8 +82,9 @@ def write_cpio(
         name = path.encode() + b"\0"
         mode = normalized_mode(e.kind, e.mode)
         if e.kind == SYMLINK:
-            body: bytes | None = e.target.encode()
-            size = len(body)
+            target = e.target.encode()
+            body: bytes | None = target
+            size = len(target)
         elif e.kind == FILE:
             body = e.data
             size = e.size
@@ -130,7 +131,7 @@ def read_cpio(blob: bytes) -> list[CpioMember]:
     Raises:
         ValueError: not a newc archive or truncated.
     """
-    members = []
+    members: list[CpioMember] = []
     off = 0
     while True:
         hdr = blob[off : off + 110]

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 from reproducible.errors import LockError
 
@@ -23,6 +24,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DEB_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 _DEB_VERSION = re.compile(r"^[0-9A-Za-z.+~:-]+$")
 _WHEEL_FILE = re.compile(r"^[A-Za-z0-9_.+!-]+\.whl$")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ class Lock:
         return replace(self, debs=tuple(debs), wheels=tuple(wheels))
 
 
-def _get(table: dict, key: str, kind: type, where: str) -> object:
+def _get(table: Mapping[str, object], key: str, kind: type[_T], where: str) -> _T:
     if key not in table:
         raise LockError(f"lock: missing `{key}` in {where}")
     value = table[key]
@@ -104,11 +106,12 @@ def _get(table: dict, key: str, kind: type, where: str) -> object:
     return value
 
 
-def _strings(table: dict, key: str, where: str) -> tuple[str, ...]:
-    value = _get(table, key, list, where)
-    if not all(isinstance(v, str) for v in value):  # type: ignore[union-attr]
+def _strings(table: Mapping[str, object], key: str, where: str) -> tuple[str, ...]:
+    value: list[object] = _get(table, key, list, where)
+    strings = tuple(v for v in value if isinstance(v, str))
+    if len(strings) != len(value):
         raise LockError(f"lock: `{key}` in {where} must be a list of strings")
-    return tuple(value)  # type: ignore[arg-type]
+    return strings
 
 
 def _sha(value: object, where: str) -> str:
@@ -130,30 +133,30 @@ def parse_lock(text: str, *, source: str = "lock.toml") -> Lock:
     if doc.get("schema") != SCHEMA:
         raise LockError(f"{source}: schema {doc.get('schema')!r} unsupported (expected {SCHEMA})")
     epoch = _get(doc, "source_date_epoch", int, source)
-    if epoch < 0:  # type: ignore[operator]
+    if epoch < 0:
         raise LockError(f"{source}: source_date_epoch must be >= 0")
     deb_t = _get(doc, "debian", dict, source)
     py_t = _get(doc, "python", dict, source)
     k_t = _get(doc, "kernel", dict, source)
     debian = DebianSpec(
-        suites=_strings(deb_t, "suites", "[debian]"),  # type: ignore[arg-type]
-        architecture=_get(deb_t, "architecture", str, "[debian]"),  # type: ignore[arg-type]
-        kernel=_strings(deb_t, "kernel", "[debian]"),  # type: ignore[arg-type]
-        bootstrap=_strings(deb_t, "bootstrap", "[debian]"),  # type: ignore[arg-type]
-        runtime=_strings(deb_t, "runtime", "[debian]"),  # type: ignore[arg-type]
+        suites=_strings(deb_t, "suites", "[debian]"),
+        architecture=_get(deb_t, "architecture", str, "[debian]"),
+        kernel=_strings(deb_t, "kernel", "[debian]"),
+        bootstrap=_strings(deb_t, "bootstrap", "[debian]"),
+        runtime=_strings(deb_t, "runtime", "[debian]"),
     )
     python = PythonSpec(
-        version=_get(py_t, "version", str, "[python]"),  # type: ignore[arg-type]
-        implementation=_get(py_t, "implementation", str, "[python]"),  # type: ignore[arg-type]
-        abi=_get(py_t, "abi", str, "[python]"),  # type: ignore[arg-type]
-        platforms=_strings(py_t, "platforms", "[python]"),  # type: ignore[arg-type]
-        requirements=_strings(py_t, "requirements", "[python]"),  # type: ignore[arg-type]
-        drop=_strings(py_t, "drop", "[python]") if "drop" in py_t else (),  # type: ignore[arg-type]
-        keep=_strings(py_t, "keep", "[python]") if "keep" in py_t else (),  # type: ignore[arg-type]
+        version=_get(py_t, "version", str, "[python]"),
+        implementation=_get(py_t, "implementation", str, "[python]"),
+        abi=_get(py_t, "abi", str, "[python]"),
+        platforms=_strings(py_t, "platforms", "[python]"),
+        requirements=_strings(py_t, "requirements", "[python]"),
+        drop=_strings(py_t, "drop", "[python]") if "drop" in py_t else (),
+        keep=_strings(py_t, "keep", "[python]") if "keep" in py_t else (),
     )
     kernel = KernelSpec(
-        modules=_strings(k_t, "modules", "[kernel]"),  # type: ignore[arg-type]
-        cmdline=_get(k_t, "cmdline", str, "[kernel]"),  # type: ignore[arg-type]
+        modules=_strings(k_t, "modules", "[kernel]"),
+        cmdline=_get(k_t, "cmdline", str, "[kernel]"),
     )
     debs = []
     for i, t in enumerate(doc.get("deb", [])):
@@ -161,22 +164,22 @@ def parse_lock(text: str, *, source: str = "lock.toml") -> Lock:
         name = _get(t, "name", str, where)
         version = _get(t, "version", str, where)
         role = _get(t, "role", str, where)
-        if not _DEB_NAME.match(name) or not _DEB_VERSION.match(version):  # type: ignore[arg-type]
+        if not _DEB_NAME.match(name) or not _DEB_VERSION.match(version):
             raise LockError(f"lock: {where}: bad Debian name/version {name!r} {version!r}")
         if role not in ROLES:
             raise LockError(f"lock: {where} ({name}): role {role!r} not one of {ROLES}")
-        debs.append(DebPin(name, version, _sha(t.get("sha256"), f"{where} ({name})"), role))  # type: ignore[arg-type]
+        debs.append(DebPin(name, version, _sha(t.get("sha256"), f"{where} ({name})"), role))
     wheels = []
     for i, t in enumerate(doc.get("wheel", [])):
         where = f"[[wheel]] #{i + 1}"
         filename = _get(t, "filename", str, where)
-        if not _WHEEL_FILE.match(filename) or "/" in filename:  # type: ignore[operator,arg-type]
+        if not _WHEEL_FILE.match(filename) or "/" in filename:
             raise LockError(f"lock: {where}: bad wheel filename {filename!r}")
         wheels.append(
             WheelPin(
-                _get(t, "name", str, where),  # type: ignore[arg-type]
-                _get(t, "version", str, where),  # type: ignore[arg-type]
-                filename,  # type: ignore[arg-type]
+                _get(t, "name", str, where),
+                _get(t, "version", str, where),
+                filename,
                 _sha(t.get("sha256"), f"{where} ({filename})"),
             )
         )
@@ -184,7 +187,7 @@ def parse_lock(text: str, *, source: str = "lock.toml") -> Lock:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise LockError(f"{source}: inputs pinned twice: {', '.join(dupes)}")
-    return Lock(epoch, debian, python, kernel, tuple(debs), tuple(wheels))  # type: ignore[arg-type]
+    return Lock(epoch, debian, python, kernel, tuple(debs), tuple(wheels))
 
 
 def load_lock(path: str | Path = LOCK_PATH) -> Lock:

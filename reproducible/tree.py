@@ -140,9 +140,12 @@ class Tree:
         self, path: str, data: bytes | None = None, *, source: Path | None = None,
         mode: int = 0o644, where: str = "tree",
     ) -> str:
-        if (data is None) == (source is None):
+        if data is not None and source is None:
+            size = len(data)
+        elif source is not None and data is None:
+            size = source.stat().st_size
+        else:
             raise ValueError("give exactly one of data or source")
-        size = len(data) if data is not None else source.stat().st_size  # type: ignore[union-attr]
         return self._put(path, Entry(FILE, mode, data=data, source=source, size=size), where)
 
     def add_symlink(self, path: str, target: str, *, where: str = "tree") -> str:

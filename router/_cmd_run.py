@@ -11,9 +11,14 @@ import asyncio
 import logging
 import os
 import signal
+from typing import TYPE_CHECKING
 
 from router._cli import stderr_console
 from router.errors import ConfigError
+
+if TYPE_CHECKING:
+    from router.core import RouterConfig
+    from router.signer_client import SignerClient
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +86,11 @@ def _setup_logging(fmt: str, level: str) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-async def _serve(router_cfg: object, client: object, path: str) -> int:
+async def _serve(router_cfg: RouterConfig, client: SignerClient, path: str) -> int:
     from router.api import ApiServer
     from router.core import Router
 
-    router = Router(router_cfg, client)  # type: ignore[arg-type]
+    router = Router(router_cfg, client)
     await router.start()
     api = ApiServer(router, path)
     stop = asyncio.Event()

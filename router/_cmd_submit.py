@@ -12,11 +12,15 @@ import json
 import sys
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 
 from router._cli import emit_json, stderr_console
 from router.errors import MalformedInput
+
+if TYPE_CHECKING:
+    from router.intent import Intent
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
-def _intent(args: argparse.Namespace) -> object:
+def _intent(args: argparse.Namespace) -> Intent:
     from router.intent import Intent
 
     if args.intent:
@@ -69,22 +73,23 @@ def run(args: argparse.Namespace) -> int:
         raise MalformedInput("--router must be unix:PATH")
     intent = _intent(args)
     console = stderr_console()
-    out: dict[str, object] = {"id": intent.id}  # type: ignore[attr-defined]
+    out: dict[str, object] = {"id": intent.id}
+    refused: ApiError | None = None
     with ApiClient(args.router[5:], timeout=10) as api:
         try:
-            nonce, tx_hash = api.submit(intent)  # type: ignore[arg-type]
+            nonce, tx_hash = api.submit(intent)
             out.update(nonce=nonce, tx_hash="0x" + tx_hash.hex(), state="pending")
             if args.wait:
-                status = api.wait(intent.id, args.confirmations, args.timeout)  # type: ignore[attr-defined]
+                status = api.wait(intent.id, args.confirmations, args.timeout)
                 out.update(status.to_json())
         except ApiError as e:
+            refused = e
             out.update(error={"code": e.code, "message": str(e)})
     ok = "error" not in out and (not args.wait or out.get("status") == 1)
     if args.json:
         emit_json(out)
-    if "error" in out:
-        err = out["error"]
-        console.print(f"[bold red]refused:[/] {escape(str(err['message']))}")  # type: ignore[index]
+    if refused is not None:
+        console.print(f"[bold red]refused:[/] {escape(str(refused))}")
     elif args.wait:
         console.print(f"{'OK' if ok else 'FAILED'}: nonce {out['nonce']} in block "
                       f"{out.get('block_number')} ({out.get('tx_hash')})")

@@ -115,8 +115,12 @@ def load_config(path: str | Path) -> RunConfig:
     if cpu is not None and (not isinstance(cpu, int) or isinstance(cpu, bool) or cpu < 0):
         raise ConfigError(f"{where}: cpu must be a non-negative integer")
     try:
-        fees = FeePolicy(**{k: _wei(v, f"{where} [fees] {k}") if k != "bump_on_reorg" else v
-                            for k, v in fees_doc.items()})
+        # Any: bump_on_reorg goes through as TOML gave it; the amounts are checked by _wei.
+        fee_args: dict[str, Any] = {
+            k: _wei(v, f"{where} [fees] {k}") if k != "bump_on_reorg" else v
+            for k, v in fees_doc.items()
+        }
+        fees = FeePolicy(**fee_args)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where} [fees]: {e}") from e
     attestation = None

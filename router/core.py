@@ -41,7 +41,7 @@ from .heads import ChainUpdate, ChainView, Header, HeadTracker, HeadWatcher, par
 from .intent import Intent
 from .nonces import InFlight, Landed, NonceManager, TxState
 from .reorg import ReorgReactor
-from .rpc import RpcClient
+from .rpc import Block, RpcClient
 from .signing import TxSigner, build_tx
 
 log = logging.getLogger(__name__)
@@ -288,7 +288,7 @@ class Router:
         nonce was consumed outside the router (move the intent). True: send again."""
         for h in list(flight.hashes):
             try:
-                rcpt = await self._any(lambda rpc, h=h: rpc.receipt(h))
+                rcpt = await self._receipt(h)
             except RouterError as e:
                 log.warning("receipt lookup failed", extra={"error": e.diagnostics()})
                 return False
@@ -414,7 +414,7 @@ class Router:
         landed: list[InFlight] = []
         for h in update.added:
             try:
-                block = await self._any(lambda rpc, bh=h.hash: rpc.block_by_hash(bh))
+                block = await self._block_by_hash(h.hash)
             except RouterError as e:
                 log.warning("block fetch failed", extra={"error": e.diagnostics()})
                 continue
@@ -506,12 +506,12 @@ class Router:
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
-        self._tasks.append(task)  # type: ignore[arg-type]
+        self._tasks.append(task)
         task.add_done_callback(self._reap)
 
     def _reap(self, task: asyncio.Future[None]) -> None:
         if task in self._tasks:
-            self._tasks.remove(task)  # type: ignore[arg-type]
+            self._tasks.remove(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("router task failed", exc_info=task.exception())
 
@@ -542,6 +542,13 @@ class Router:
                 last = e
         assert last is not None
         raise last
+
+    # Typed wrappers: a lambda with a default argument (to bind a loop variable) defeats inference.
+    async def _receipt(self, tx_hash: bytes) -> dict[str, Any] | None:
+        return await self._any(lambda rpc: rpc.receipt(tx_hash))
+
+    async def _block_by_hash(self, block_hash: bytes) -> Block | None:
+        return await self._any(lambda rpc: rpc.block_by_hash(block_hash))
 
     async def _fetch_header(self, block_hash: bytes) -> Header | None:
         async def one(rpc: RpcClient) -> Header | None:

@@ -68,7 +68,7 @@ class Handle:
                 )
             ):
                 try:
-                    rcpt = await router._any(lambda rpc, h=landed.tx_hash: rpc.receipt(h))
+                    rcpt = await router._receipt(landed.tx_hash)
                 except RouterError as e:
                     log.warning("receipt lookup failed", extra={"error": e.diagnostics()})
                     rcpt = None

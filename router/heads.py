@@ -337,9 +337,10 @@ class HeadWatcher:
             answer = json.loads(raw)
         except (TypeError, ValueError) as e:
             raise TransportError(f"eth_subscribe answer from {self.label} is not JSON") from e
-        if not isinstance(answer, dict) or not isinstance(answer.get("result"), str):
+        sub_id = answer.get("result") if isinstance(answer, dict) else None
+        if not isinstance(sub_id, str):
             raise TransportError(f"eth_subscribe refused by {self.label}: {str(answer)[:120]}")
-        return answer["result"]
+        return sub_id
 
     def _decode(self, message: str | bytes, sub_id: str) -> Header | None:
         try:

@@ -18,8 +18,12 @@ from .intent import Intent
 
 
 class SignedLike(Protocol):
-    raw: bytes
-    hash: bytes
+    # Read-only: signed transactions are immutable (`enclave.tx.SignedTx` is a NamedTuple).
+    @property
+    def raw(self) -> bytes: ...
+
+    @property
+    def hash(self) -> bytes: ...
 
 
 class TxSigner(Protocol):

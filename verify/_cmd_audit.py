@@ -31,7 +31,7 @@ _STATUS_STYLE = {
 }
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "audit",
         help="audit this host's /proc and /sys against a low-latency profile",

@@ -25,7 +25,7 @@ def _ns(value: float) -> str:
     return f"{value:,.0f} ns"
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "jitter",
         help="measure this host's jitter with a pinned spin loop (the canary)",

@@ -263,7 +263,8 @@ def _measure_open(f: BinaryIO, image: EifImage, chunk_size: int) -> EifMeasureme
             _read_into(f, memoryview(sh), section, section.offset)
             lanes.submit(None, memoryview(sh), crc.update, None)
             t = section.type
-            on_worker, on_main = crc.update, None
+            on_worker: Callable[[memoryview], None] = crc.update
+            on_main: Callable[[memoryview], None] | None = None
             if t in _MEASURED:
                 to_pcr2 = t is SectionType.RAMDISK and ramdisk_seen > 0
                 ramdisk_seen += t is SectionType.RAMDISK
@@ -299,23 +300,25 @@ def _measure_open(f: BinaryIO, image: EifImage, chunk_size: int) -> EifMeasureme
     crc_ok = None if header.version < 2 else crc.value == header.crc32
 
     metadata = None
-    if (section := image.metadata) is not None:
+    if (meta_section := image.metadata) is not None:
         try:
-            metadata = decode_metadata(bytes(small[section.index]))
+            metadata = decode_metadata(bytes(small[meta_section.index]))
         except ValueError as e:
-            raise MalformedEif(str(e), offset=section.body_offset, section=section.label) from e
+            raise MalformedEif(
+                str(e), offset=meta_section.body_offset, section=meta_section.label
+            ) from e
 
     signature = None
     signature_ok = None
     signature_error = None
-    if (section := image.signature) is not None:
+    if (sig_section := image.signature) is not None:
         try:
-            signature = parse_signature_section(bytes(small[section.index]))
+            signature = parse_signature_section(bytes(small[sig_section.index]))
         except ValueError as e:
             raise MalformedEif(
                 f"signature section does not parse: {e}",
-                offset=section.body_offset,
-                section=section.label,
+                offset=sig_section.body_offset,
+                section=sig_section.label,
             ) from e
         pcrs[8] = extend(hashlib.sha384(signature.certificate_der).digest())
         try:

@@ -146,12 +146,12 @@ class HostTree:
         key = _normalize(path)
         if self._members is not None:
             prefix = key.rstrip("/") + "/"
-            names = {
+            children = {
                 m[len(prefix) :].split("/", 1)[0] for m in self._members if m.startswith(prefix)
             }
-            if not names:
+            if not children:
                 return None
-            return sorted(names)
+            return sorted(children)
         try:
             local = self._local(key)
             if not self.is_live and not _inside(local, self._root):

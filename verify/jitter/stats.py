@@ -138,10 +138,20 @@ def summarize(raw: RawRun, thresholds_ns: Iterable[int]) -> GapStats:
     hist = HdrHistogram(HDR_LOWEST_NS, HDR_HIGHEST_NS, HDR_DIGITS)
     for gap, count in pairs:
         hist.record_value(min(gap, HDR_HIGHEST_NS), count)
+    q50, q99, q99_9 = QUANTILES
+    top = float(pairs[-1][0])
     per_iteration = Percentiles(
-        *(float(hist.get_value_at_percentile(q)) for q in QUANTILES), float(pairs[-1][0])
+        float(hist.get_value_at_percentile(q50)),
+        float(hist.get_value_at_percentile(q99)),
+        float(hist.get_value_at_percentile(q99_9)),
+        top,
     )
-    per_arrival = Percentiles(*(arrival_quantile(pairs, q) for q in QUANTILES), float(pairs[-1][0]))
+    per_arrival = Percentiles(
+        arrival_quantile(pairs, q50),
+        arrival_quantile(pairs, q99),
+        arrival_quantile(pairs, q99_9),
+        top,
+    )
     span = sum(g * c for g, c in pairs)
     stalls = []
     for threshold in sorted(set(thresholds_ns)):
