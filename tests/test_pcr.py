@@ -251,3 +251,17 @@ def test_any_flipped_byte_is_caught(tmp_path: Path, data: st.DataObject) -> None
     except (MalformedInput, SignatureInvalid):
         return  # caught: structure, CRC or signature
     pytest.fail(f"flip at {pos} went unnoticed (pcrs changed: {m.pcrs != clean})")
+
+
+def test_version_downgrade_to_skip_the_crc_is_refused(tmp_path: Path) -> None:
+    # Found by hypothesis: 4 ^ 5 == 1 turns a CRC-protected image into one "without a CRC".
+    path = tmp_path / "v4.eif"
+    write_eif(path, kernel=b"k" * 64, cmdline=b"c", ramdisks=[b"r" * 64], signer=SIGNER)
+    raw = bytearray(path.read_bytes())
+    raw[4:6] = (1).to_bytes(2, "big")
+    downgraded = tmp_path / "v1.eif"
+    downgraded.write_bytes(raw)
+    m = measure_eif(downgraded)
+    assert m.crc_ok is False
+    with pytest.raises(MalformedEif, match="version field was altered"):
+        m.check_sound()

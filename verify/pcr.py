@@ -63,7 +63,8 @@ def extend(digest: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class EifMeasurements:
-    """What `measure_eif` found. `crc_ok` is None for version-1 images, which had no CRC."""
+    """What `measure_eif` found. `crc_ok` is None for version-1 images (no CRC; the field must be
+    zero, else `crc_ok` is False: a downgraded version)."""
 
     image: EifImage
     pcrs: dict[int, bytes]
@@ -91,6 +92,14 @@ class EifMeasurements:
             MalformedEif: CRC mismatch (names the header's CRC field offset).
             SignatureInvalid: a signature section that parses but does not verify.
         """
+        if self.crc_ok is False and self.version < 2:
+            raise MalformedEif(
+                f"a version-{self.version} image has no CRC32, yet its header carries "
+                f"{self.crc_expected:08x}: the version field was altered (a downgrade skips the "
+                "integrity check)",
+                offset=CRC_OFFSET,
+                section="header",
+            )
         if self.crc_ok is False:
             raise MalformedEif(
                 f"CRC32 mismatch: header says {self.crc_expected:08x}, contents give "
@@ -297,7 +306,12 @@ def _measure_open(f: BinaryIO, image: EifImage, chunk_size: int) -> EifMeasureme
         pcr1 = shared
     pcrs = {0: extend(pcr0.digest()), 1: extend(pcr1.digest()), 2: extend(pcr2.digest())}
     header = image.header
-    crc_ok = None if header.version < 2 else crc.value == header.crc32
+    if header.version >= 2:
+        crc_ok: bool | None = crc.value == header.crc32
+    else:
+        # Version 1 predates the CRC, so its field is zero. A non-zero one means the version was
+        # lowered to skip the check (a downgrade), which check_sound() refuses.
+        crc_ok = None if header.crc32 == 0 else False
 
     metadata = None
     if (meta_section := image.metadata) is not None:
