@@ -17,31 +17,19 @@ people to stderr. `-v` re-raises so developers get the traceback.
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
-import logging
-import sys
 from collections.abc import Sequence
-from typing import Any
-
-from rich.console import Console
-from rich.markup import escape
 
 from router.errors import RouterError
 
+# The parser, the error handling and the two output channels are verify's (router already depends
+# on verify for attestation); re-exported for the subcommand modules.
+from verify._cli import emit_json, make_parser, run_cli, stderr_console
+
+__all__ = ["COMMANDS", "add_signer_argument", "add_signer_timeouts", "build_parser", "emit_json",
+           "main", "stderr_console"]
+
 #: Subcommand modules, `router._cmd_<name>`; order is the order of `--help`.
 COMMANDS: tuple[str, ...] = ("sign-tx", "address", "run", "submit")
-
-
-def stderr_console() -> Console:
-    """The console for people: rich output on stderr, never mixed into data on stdout."""
-    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
-
-
-def emit_json(obj: Any) -> None:
-    """Write one JSON document to stdout (the machine-readable channel)."""
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
-    sys.stdout.flush()
 
 
 def add_signer_argument(parser: argparse.ArgumentParser) -> None:
@@ -68,44 +56,14 @@ def add_signer_timeouts(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser(commands: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    return make_parser(
         prog="python -m router",
         description="Parent-side tools of Sentinel: talk to the enclave signer, route transactions.",
+        package="router",
+        commands=commands,
     )
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", help="debug logging; re-raise errors with tracebacks"
-    )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in commands:
-        module = importlib.import_module(f"router._cmd_{name.replace('-', '_')}")
-        module.register(subparsers)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit status (0 ok, 1 failed, 2 malformed input/usage)."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # argparse exits 2 on usage errors and 0 on --help
-        return int(e.code) if isinstance(e.code, int) else 2
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    func = getattr(args, "func", None)
-    if func is None:
-        parser.print_help(sys.stderr)
-        return 2
-    try:
-        return int(func(args))
-    except RouterError as e:
-        if args.verbose:
-            raise
-        stderr_console().print(f"[bold red]error:[/] {escape(e.diagnostics())}", markup=True)
-        return e.exit_code
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return 1
+    return run_cli(build_parser(), argv, RouterError)

@@ -23,7 +23,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, cast
 
 from rich.console import Console
 from rich.markup import escape
@@ -47,11 +47,18 @@ def emit_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def build_parser(commands: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m verify",
-        description="Check Sentinel enclave images, measurements and attestations without trusting us.",
-    )
+class _CliError(Protocol):
+    exit_code: int
+
+    def diagnostics(self) -> str: ...
+
+
+def make_parser(
+    *, prog: str, description: str, package: str, commands: Sequence[str]
+) -> argparse.ArgumentParser:
+    """The argparse root shared by `python -m verify` and `python -m router`: `-v` and one
+    subcommand per `<package>._cmd_<name>` module."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument(
         "-v",
         "--verbose",
@@ -60,14 +67,20 @@ def build_parser(commands: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in commands:
-        module = importlib.import_module(f"verify._cmd_{name.replace('-', '_')}")
+        module = importlib.import_module(f"{package}._cmd_{name.replace('-', '_')}")
         module.register(subparsers)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the process exit status (0 ok, 1 check failed, 2 malformed/usage)."""
-    parser = build_parser()
+def run_cli(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    error_type: type[Exception],
+) -> int:
+    """Parse, run the chosen subcommand, and turn `error_type` into one line and its exit code.
+
+    `error_type` is the package's error root (it has `diagnostics()` and `exit_code`).
+    """
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse exits 2 on usage errors and 0 on --help
@@ -83,12 +96,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(func(args))
-    except VerifyError as e:
+    except error_type as e:
         if args.verbose:
             raise
-        stderr_console().print(f"[bold red]error:[/] {escape(e.diagnostics())}")
-        return e.exit_code
+        err = cast(_CliError, e)
+        stderr_console().print(f"[bold red]error:[/] {escape(err.diagnostics())}")
+        return err.exit_code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return 1
+
+
+def build_parser(commands: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
+    return make_parser(
+        prog="python -m verify",
+        description="Check Sentinel enclave images, measurements and attestations without trusting us.",
+        package="verify",
+        commands=commands,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit status (0 ok, 1 check failed, 2 malformed/usage)."""
+    return run_cli(build_parser(), argv, VerifyError)
