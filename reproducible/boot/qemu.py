@@ -134,7 +134,9 @@ class Guest:
         """The first console line that starts with prefix; raises BootTimeout with the log tail."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for line in self.console().splitlines():
+            # Only whole lines: the guest may be half-way through writing the last one.
+            complete = self.console().rpartition("\n")[0]
+            for line in complete.splitlines():
                 line = line.strip("\r\x00 ")
                 if line.startswith(prefix):
                     return line
