@@ -78,7 +78,10 @@ def run(args: argparse.Namespace) -> int:
     with ApiClient(args.router[5:], timeout=10) as api:
         try:
             nonce, tx_hash = api.submit(intent)
-            out.update(nonce=nonce, tx_hash="0x" + tx_hash.hex(), state="pending")
+            out.update(nonce=nonce, tx_hash="0x" + tx_hash.hex())
+            # A known id (also across router restarts) answers with the existing intent: its
+            # state may be anything, so ask rather than assume "pending".
+            out.update(api.status(intent.id).to_json())
             if args.wait:
                 status = api.wait(intent.id, args.confirmations, args.timeout)
                 out.update(status.to_json())
@@ -94,5 +97,6 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"{'OK' if ok else 'FAILED'}: nonce {out['nonce']} in block "
                       f"{out.get('block_number')} ({out.get('tx_hash')})")
     else:
-        console.print(f"submitted: nonce {out['nonce']} ({out['tx_hash']})")
+        console.print(f"{out['state']}: nonce {out['nonce']} ({out['tx_hash']})")
+    ok = ok and out.get("state") not in ("failed", "cancelled", "replaced")
     return 0 if ok else 1

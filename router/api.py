@@ -11,8 +11,10 @@ ERROR frames (opcode 0xFF: code u16 + ASCII message). Integers little-endian, u2
 | 0x21 | STATUS | id                                                         | STATUS record  |
 | 0x22 | WAIT   | confirmations:u32 timeout_ms:u32, id                       | STATUS record  |
 | 0x23 | STATS  | empty                                                      | JSON (UTF-8), for operators |
+| 0x24 | CANCEL | id                                                         | STATUS record  |
 
-STATUS record: state:u8 (0 pending, 1 landed, 2 failed) receipt_status:u8 (0/1, 0xFF unknown)
+STATUS record: state:u8 (0 pending, 1 landed, 2 failed, 3 cancelled, 4 replaced)
+receipt_status:u8 (0/1, 0xFF unknown)
 reserved:u16 nonce:u64 block_number:u64 (2**64-1 if none) tx_hash[32] block_hash[32] (zeros).
 
 Error codes are the signer's (2 bad magic, 3 bad version, 4 unknown opcode, 5 payload too large,
@@ -50,6 +52,7 @@ from enclave._wire import encode_error as _encode_error
 from .core import Router
 from .errors import (
     IntentFailed,
+    JournalError,
     MalformedInput,
     NonceSourceError,
     RouterError,
@@ -67,6 +70,7 @@ OP_SUBMIT = 0x20
 OP_STATUS = 0x21
 OP_WAIT = 0x22
 OP_STATS = 0x23
+OP_CANCEL = 0x24
 
 E_INTERNAL, E_BAD_MAGIC, E_BAD_VERSION, E_UNKNOWN_OP = 1, 2, 3, 4
 E_TOO_LARGE, E_BAD_LENGTH, E_MALFORMED, E_REFUSED, E_UNAVAILABLE = 5, 6, 7, 8, 10
@@ -77,7 +81,9 @@ WAIT_FIXED = struct.Struct("<II")
 STATUS = struct.Struct("<BBHQQ32s32s")
 SUBMITTED = struct.Struct("<Q32s")
 _NO_BLOCK = 2**64 - 1
-_STATES = {TxState.PENDING: 0, TxState.LANDED: 1, TxState.FAILED: 2}
+_STATES = {TxState.PENDING: 0, TxState.LANDED: 1, TxState.FAILED: 2, TxState.CANCELLED: 3,
+           TxState.REPLACED: 4}
+_STATE_NAMES = {code: state.value for state, code in _STATES.items()}
 MAX_WAIT_MS = 600_000
 
 
@@ -146,10 +152,9 @@ def decode_status(payload: bytes) -> Status:
     if len(payload) != STATUS.size:
         raise TransportError(f"STATUS answer of {len(payload)} bytes (expected {STATUS.size})")
     state, rs, _, nonce, number, tx_hash, block_hash = STATUS.unpack(payload)
-    names = {0: "pending", 1: "landed", 2: "failed"}
-    if state not in names:
+    if state not in _STATE_NAMES:
         raise TransportError(f"STATUS answer with unknown state {state}")
-    return Status(names[state], None if rs == 0xFF else rs, nonce,
+    return Status(_STATE_NAMES[state], None if rs == 0xFF else rs, nonce,
                   None if number == _NO_BLOCK else number, tx_hash,
                   None if number == _NO_BLOCK else block_hash)
 
@@ -230,7 +235,7 @@ class ApiServer:
             frame = _encode_error(rid, E_MALFORMED, e.diagnostics())
         except SignerError as e:
             frame = _encode_error(rid, E_REFUSED, e.diagnostics())
-        except (TransportError, NonceSourceError) as e:
+        except (TransportError, NonceSourceError, JournalError) as e:
             frame = _encode_error(rid, E_UNAVAILABLE, e.diagnostics())
         except IntentFailed as e:
             frame = _encode_error(rid, E_FAILED, e.diagnostics())
@@ -268,6 +273,14 @@ class ApiServer:
             return _status_record(handle, int(rcpt["status"], 16) if "status" in rcpt else None)
         if op == OP_STATS:
             return json.dumps(self.router.stats(), default=str).encode()
+        if op == OP_CANCEL:
+            try:
+                ident = payload.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ApiError(E_MALFORMED, "intent id is not UTF-8") from e
+            if self.router.handle(ident) is None:
+                raise ApiError(E_NOT_FOUND, f"no intent with id {ident[:60]!r}")
+            return _status_record(await self.router.cancel(ident))
         raise ApiError(E_UNKNOWN_OP, f"unknown opcode 0x{op:02x}")
 
     def _handle(self, ident: bytes) -> Handle:
@@ -346,6 +359,10 @@ class ApiClient:
     def wait(self, intent_id: str, confirmations: int = 1, timeout: float = 60.0) -> Status:
         payload = WAIT_FIXED.pack(confirmations, int(timeout * 1000)) + intent_id.encode()
         return decode_status(self.call(OP_WAIT, payload, timeout=timeout + 5))
+
+    def cancel(self, intent_id: str) -> Status:
+        """Ask the router to cancel a pending intent; the answer is its status right after."""
+        return decode_status(self.call(OP_CANCEL, intent_id.encode()))
 
     def stats(self) -> dict[str, object]:
         # The router writes this JSON object itself (Router.stats); cast at the parsing boundary.

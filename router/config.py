@@ -6,9 +6,16 @@ signer = "unix:/run/sentinel/signer.sock"     # unix:PATH | tcp:127.0.0.1:PORT |
 listen = "unix:/run/sentinel/router.sock"     # the local API (Unix socket, signer framing)
 sender = "0xf39F...2266"                       # optional: checked against the signer's address
 rpc = ["http://127.0.0.1:8545"]               # one or more; broadcasts go to all at once
-ws = "ws://127.0.0.1:8545"                    # newHeads subscription
-cpu = 1                                       # optional: pin the router (and its signer calls)
+ws = ["ws://127.0.0.1:8545"]                  # newHeads from each at once (a URL or a list;
+                                              # optional: without it, heads are polled over rpc)
+cpu = 1                                       # optional: pin the signer thread (busy-poll client)
 signer_timeout = 5.0                          # optional: seconds a signer call may take (default 5)
+journal = "router-journal.sqlite"             # optional (this is the default, beside this file):
+                                              # a SQLite path, "postgresql://..." (active/standby
+                                              # routers: one lease per sender), or "memory"
+journal_sync = "full"                         # optional, SQLite: "full" (default) or "normal"
+journal_lease_seconds = 5.0                   # optional, PostgreSQL: how long a dead router's
+                                              # lease blocks the standby
 
 [fees]                                        # wei; integers or decimal strings
 priority_fee = "1000000000"
@@ -20,6 +27,8 @@ bump_percent = 13
 rebroadcast_after_seconds = 2.0
 presign_replacements = true
 fill_gaps = true
+poll_interval = 1.0                           # heads by HTTP polling while no WebSocket is up
+signer_cooldown = 0.5                         # after a signer failure, fail fast this long
 
 [attestation]                                 # optional: attest the signer before routing
 measurements = "measurements/0.1.0.json"      # the published PCRs the enclave must show
@@ -27,7 +36,7 @@ pcrs = [0, 1, 2]                              # optional: which of them (default
 root = "emulator-root.pem"                    # optional: default is the AWS Nitro root
 max_age_seconds = 300
 ```
-Relative paths in [attestation] are relative to the configuration file.
+Relative paths (journal, [attestation]) are relative to the configuration file.
 Unknown keys are refused (a typo must not silently fall back to a default).
 """
 
@@ -44,13 +53,14 @@ from .fees import FeePolicy
 from .signer_client import DEFAULT_IO_TIMEOUT
 
 _TOP = {"chain_id", "signer", "listen", "sender", "rpc", "ws", "cpu", "fees", "router",
-        "attestation", "signer_timeout"}
+        "attestation", "signer_timeout", "journal", "journal_sync", "journal_lease_seconds"}
 _ATTEST = {"measurements", "root", "pcrs", "max_age_seconds"}
 _FEES = {"priority_fee", "base_fee_multiplier_percent", "max_fee_cap", "bump_percent",
          "bump_on_reorg"}
 _ROUTER = {"rebroadcast_after_seconds", "rebroadcast_after_heads", "presign_replacements",
            "fill_gaps", "head_ring", "forget_after_blocks", "max_resigns",
-           "order_wait_seconds"}
+           "poll_interval", "signer_cooldown", "reconcile_depth"}
+DEFAULT_JOURNAL = "router-journal.sqlite"
 
 
 @dataclass(frozen=True)
@@ -60,12 +70,16 @@ class RunConfig:
     listen: str
     sender: str | None
     rpc: tuple[str, ...]
-    ws: str
+    ws: tuple[str, ...]
     cpu: int | None
     fees: FeePolicy
     tuning: dict[str, Any]
     attestation: AttestationPolicy | None = None
     signer_timeout: float = DEFAULT_IO_TIMEOUT
+    #: "memory", "postgresql://...", or an absolute SQLite path (resolved against the file).
+    journal: str = DEFAULT_JOURNAL
+    journal_sync: str = "full"
+    journal_lease_seconds: float = 5.0
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -95,9 +109,25 @@ def load_config(path: str | Path) -> RunConfig:
     for u in rpc:
         if not u.startswith(("http://", "https://")):
             raise ConfigError(f"{where}: rpc entry is not an http(s) URL: {u[:60]!r}")
-    ws = _str(doc, "ws", where)
-    if not ws.startswith(("ws://", "wss://")):
-        raise ConfigError(f"{where}: ws must be a ws:// or wss:// URL")
+    ws = doc.get("ws", [])
+    if isinstance(ws, str):
+        ws = [ws]
+    if not isinstance(ws, list) or not all(
+        isinstance(u, str) and u.startswith(("ws://", "wss://")) for u in ws
+    ):
+        raise ConfigError(f"{where}: ws must be a ws:// or wss:// URL or a list of them")
+    journal = doc.get("journal", DEFAULT_JOURNAL)
+    if not isinstance(journal, str) or not journal.strip():
+        raise ConfigError(f"{where}: journal must be a path, \"memory\" or a postgresql:// URL")
+    if journal != "memory" and not journal.startswith(("postgresql://", "postgres://")):
+        journal = str((p.parent / journal).resolve())
+    journal_sync = doc.get("journal_sync", "full")
+    if journal_sync not in ("full", "normal"):
+        raise ConfigError(f"{where}: journal_sync must be \"full\" or \"normal\"")
+    lease = doc.get("journal_lease_seconds", 5.0)
+    if (not isinstance(lease, int | float) or isinstance(lease, bool)
+            or not 0.5 <= lease <= 3600):
+        raise ConfigError(f"{where}: journal_lease_seconds must be a number in 0.5..3600")
     listen = _str(doc, "listen", where)
     if not listen.startswith("unix:") or len(listen) <= 5:
         raise ConfigError(f"{where}: listen must be unix:PATH (the API is local only)")
@@ -149,12 +179,15 @@ def load_config(path: str | Path) -> RunConfig:
         listen=listen,
         sender=sender,
         rpc=tuple(rpc),
-        ws=ws,
+        ws=tuple(ws),
         cpu=cpu,
         fees=fees,
         tuning=dict(router_doc),
         attestation=attestation,
         signer_timeout=float(signer_timeout),
+        journal=journal,
+        journal_sync=journal_sync,
+        journal_lease_seconds=float(lease),
     )
 
 

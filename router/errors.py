@@ -124,3 +124,17 @@ class ReorgTooDeep(RouterError):
 
 class IntentFailed(RouterError):
     """An intent can no longer be landed (e.g. the signer's policy refused it); cause is chained."""
+
+
+class IntentCancelled(IntentFailed):
+    """The intent was cancelled (`Router.cancel`): a self-transfer took its nonce."""
+
+
+class SignerUnavailable(TransportError):
+    """The signer failed moments ago; calls fail at once until its cooldown ends (no queueing
+    behind a reconnect), so the router's other work goes on."""
+
+
+class ChainChanged(RouterError):
+    """The node now serves another chain history (genesis changed, or our landed transactions are
+    gone deeper than any reorg the header ring can see)."""

@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import _hex
-from .errors import IntentFailed, RouterError
+from .errors import IntentCancelled, IntentFailed, RouterError
 from .nonces import InFlight, TxState
 
 if TYPE_CHECKING:
@@ -44,7 +44,8 @@ class Handle:
         """The receipt once the transaction is in a canonical block `confirmations` deep.
 
         Raises:
-            IntentFailed: the intent can no longer be landed (cause chained).
+            IntentFailed: the intent can no longer be landed (cause chained); IntentCancelled
+                when it was cancelled or its nonce went to another transaction.
             TimeoutError: not landed within `timeout` seconds.
         """
         router = self._router
@@ -54,6 +55,11 @@ class Handle:
             if f.state is TxState.FAILED:
                 raise IntentFailed(f"intent {self.intent.id} (nonce {f.nonce}) failed: "
                                    f"{f.error.diagnostics() if f.error else 'unknown'}") from f.error
+            if f.state in (TxState.CANCELLED, TxState.REPLACED):
+                raise IntentCancelled(
+                    f"intent {self.intent.id} (nonce {f.nonce}) was {f.state.value}: "
+                    + ("our cancellation took its nonce" if f.state is TxState.CANCELLED
+                       else "a transaction we did not sign took its nonce"))
             tip = router.view.tip
             landed = f.landed
             if (

@@ -24,7 +24,14 @@ log = logging.getLogger(__name__)
 class TxState(Enum):
     PENDING = "pending"  # signed and (being) broadcast, not seen in a canonical block
     LANDED = "landed"  # one of its hashes is in a canonical block
-    FAILED = "failed"  # cannot be landed (policy refused, fee cap); `error` says why
+    FAILED = "failed"  # cannot be landed (node refused it for good, fee cap); `error` says why
+    CANCELLED = "cancelled"  # `Router.cancel`: our zero-value self-transfer took its nonce
+    REPLACED = "replaced"  # its nonce went to a transaction we did not sign, and it was not
+    #                        moved: a filler or a cancelled intent (its purpose is served)
+
+
+#: States an intent never leaves by itself (LANDED can still be undone by a reorg).
+TERMINAL = frozenset({TxState.FAILED, TxState.CANCELLED, TxState.REPLACED})
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,18 @@ class InFlight:
     standby: tuple[Fees, bytes, bytes] | None = None
     #: A zero-value transfer to ourselves that only fills a nonce hole (core._fill_gap).
     filler: bool = False
+    #: The nonce each of our signatures was made for (a moved intent has signatures at two).
+    sig_nonces: dict[bytes, int] = field(default_factory=dict)
+    #: Every signature's bytes, by hash: a relocated intent re-sends the one that landed.
+    sig_raws: dict[bytes, bytes] = field(default_factory=dict)
+    #: `Router.cancel`: the self-transfer now signed for this nonce, and its signatures' hashes.
+    cancel_intent: Intent | None = None
+    cancel_hashes: set[bytes] = field(default_factory=set)
+
+    @property
+    def tx_intent(self) -> Intent:
+        """What a (re-)signature of this nonce carries: the intent, or its cancellation."""
+        return self.cancel_intent if self.cancel_intent is not None else self.intent
 
     def __repr__(self) -> str:  # raw bytes stay out of logs and reprs
         return (
@@ -137,9 +156,61 @@ class NonceManager:
         if flight.nonce != self.peek():
             raise ValueError(f"commit of nonce {flight.nonce}, expected {self.next_nonce}")
         flight.hashes = [flight.hash]
+        flight.sig_nonces[flight.hash] = flight.nonce
+        flight.sig_raws[flight.hash] = flight.raw
         self._by_nonce[flight.nonce] = flight
         self._by_hash[flight.hash] = flight
         self.next_nonce = flight.nonce + 1
+
+    def uncommit(self, flight: InFlight) -> None:
+        """Undo the last `commit` (its journal write failed: it must never be broadcast)."""
+        if self.next_nonce != flight.nonce + 1 or self._by_nonce.get(flight.nonce) is not flight:
+            raise ValueError(f"uncommit of nonce {flight.nonce}: not the last commit")
+        del self._by_nonce[flight.nonce]
+        for h in flight.hashes:
+            self._by_hash.pop(h, None)
+        self.next_nonce = flight.nonce
+
+    def restore(self, flight: InFlight) -> None:
+        """Track a flight recovered from the journal (or re-opened by a chain reset) at its own
+        nonce; `next_nonce` moves past it."""
+        held = self._by_nonce.get(flight.nonce)
+        if held is not None and held is not flight and held.state is TxState.PENDING:
+            raise ValueError(f"nonce {flight.nonce} is already held by {held!r}")
+        self._by_nonce[flight.nonce] = flight
+        for h in flight.hashes:
+            self._by_hash[h] = flight
+        if flight.landed is not None and flight.state is not TxState.PENDING:
+            self._by_block.setdefault(flight.landed.block_hash, []).append(flight)
+        if self.next_nonce is not None and flight.nonce >= self.next_nonce:
+            self.next_nonce = flight.nonce + 1
+
+    def relocate(self, flight: InFlight, nonce: int, tx_hash: bytes) -> int:
+        """An earlier signature (`tx_hash`) of a moved or failed intent landed at `nonce`: the
+        intent lives there again, with that signature as its current one (a reorg that drops it
+        re-sends those bytes, never the copy's). Returns the nonce it leaves."""
+        old = flight.nonce
+        if self._by_nonce.get(old) is flight:
+            del self._by_nonce[old]
+        flight.nonce = nonce
+        raw = flight.sig_raws.get(tx_hash)
+        if raw is not None:
+            flight.raw, flight.hash = raw, tx_hash
+        flight.standby = None
+        self._by_nonce[nonce] = flight
+        return old
+
+    def release_top(self, flight: InFlight) -> bool:
+        """A failed flight at the highest nonce gives its nonce back to the next submit (no
+        filler needed). False when something of ours is above it."""
+        if self.next_nonce != flight.nonce + 1 or self._by_nonce.get(flight.nonce) is not flight:
+            return False
+        del self._by_nonce[flight.nonce]
+        self.next_nonce = flight.nonce
+        return True
+
+    def tracks_hashes(self) -> bool:
+        return bool(self._by_hash)
 
     def adopt(self, flight: InFlight) -> None:
         """Track a transaction at a nonce below `next_nonce` that nothing of ours holds (a gap
@@ -149,6 +220,8 @@ class NonceManager:
         if flight.nonce >= self.peek():
             raise ValueError(f"adopt of nonce {flight.nonce} at or above next {self.next_nonce}")
         flight.hashes = [flight.hash]
+        flight.sig_nonces[flight.hash] = flight.nonce
+        flight.sig_raws[flight.hash] = flight.raw
         self._by_nonce[flight.nonce] = flight
         self._by_hash[flight.hash] = flight
 
@@ -159,6 +232,8 @@ class NonceManager:
         flight.signatures += 1
         if tx_hash not in flight.hashes:
             flight.hashes.append(tx_hash)
+        flight.sig_nonces[tx_hash] = flight.nonce
+        flight.sig_raws[tx_hash] = raw
         self._by_hash[tx_hash] = flight
 
     def move(self, flight: InFlight, at_least: int = 0) -> int:
@@ -183,10 +258,14 @@ class NonceManager:
         return self._by_nonce.get(nonce)
 
     def mark_landed(self, flight: InFlight, where: Landed) -> None:
+        """One of the flight's signatures is in a canonical block: LANDED, or CANCELLED when it
+        is the cancellation that landed."""
         if flight.landed is not None:
             self._unindex_block(flight)
         flight.landed = where
-        flight.state = TxState.LANDED
+        flight.state = (TxState.CANCELLED if where.tx_hash in flight.cancel_hashes
+                        else TxState.LANDED)
+        flight.error = None
         self._by_block.setdefault(where.block_hash, []).append(flight)
 
     def unland_blocks(self, block_hashes: Iterable[bytes]) -> list[InFlight]:
@@ -211,7 +290,8 @@ class NonceManager:
         )
 
     def landed_flights(self) -> list[InFlight]:
-        return [f for f in self._by_nonce.values() if f.state is TxState.LANDED]
+        """Flights one of whose signatures is in a block (landed, or cancelled by ours)."""
+        return [f for f in self._by_nonce.values() if f.landed is not None]
 
     def all(self) -> list[InFlight]:
         return sorted(self._by_nonce.values(), key=lambda f: f.nonce)

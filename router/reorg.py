@@ -1,7 +1,7 @@
 """Reorg reaction: which of our transactions a chain update dropped, and their re-signatures.
 
 This is the latency-critical path (timed by tests/bench/bench_reorg.py): from a ChainUpdate in hand
-to re-signed raw transactions, synchronously, in nonce order, with fees from the new head's base
+to re-signed raw transactions, in nonce order, in one signer round trip (a batch), with fees from the new head's base
 fee (bumped over the previous signature when the policy says the old one may still be pooled).
 Broadcasting is the caller's next step.
 """
@@ -12,10 +12,11 @@ import logging
 from typing import NamedTuple
 
 from .errors import RouterError
-from .fees import FeePolicy
+from .fees import FeePolicy, Fees
 from .heads import ChainUpdate
 from .nonces import InFlight, NonceManager
-from .signing import TxSigner, build_tx
+from .signer_thread import AsyncSigner
+from .signing import SignedLike, build_tx
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class Resigned(NamedTuple):
 
 class ReorgReactor:
     def __init__(
-        self, nonces: NonceManager, signer: TxSigner, policy: FeePolicy, chain_id: int
+        self, nonces: NonceManager, signer: AsyncSigner, policy: FeePolicy, chain_id: int
     ) -> None:
         self.nonces = nonces
         self.signer = signer
@@ -42,9 +43,15 @@ class ReorgReactor:
             return []
         return self.nonces.unland_blocks([h.hash for h in update.removed])
 
-    def resign(self, flights: list[InFlight], base_fee: int | None) -> list[Resigned]:
-        """Re-sign each flight (in nonce order) with fresh fees; never raises per flight."""
-        out: list[Resigned] = []
+    async def resign(self, flights: list[InFlight], base_fee: int | None) -> list[Resigned]:
+        """Re-sign each flight (in nonce order) with fresh fees; never raises per flight.
+
+        Standbys signed ahead of time are taken without I/O; the others go to the signer in one
+        batch (one round trip). A signer that is down or refuses leaves the old bytes in place:
+        they were valid under policy when signed, and re-sending them keeps the nonce filled.
+        """
+        out: list[Resigned | None] = []
+        todo: list[tuple[int, InFlight, Fees]] = []
         policy = self.policy
         base = base_fee or 0
         replace = policy.bump_on_reorg
@@ -63,38 +70,62 @@ class ReorgReactor:
                     self.nonces.replace_signature(flight, standby[1], standby[2], sb_fees)
                     out.append(Resigned(flight, True, None, True))
                     continue
+            todo.append((len(out), flight, fees))
+            out.append(None)
+        if todo:
+            txs = [build_tx(self.chain_id, f.nonce, f.tx_intent, fees) for _, f, fees in todo]
             try:
-                signed = self.signer.sign_tx(build_tx(self.chain_id, flight.nonce, flight.intent, fees))
+                results: list[SignedLike | RouterError] = await self.signer.sign_tx_batch(txs)
             except RouterError as e:
-                # The old signature was valid under policy when it was made; re-sending it keeps
-                # the nonce filled instead of leaving a gap.
-                out.append(Resigned(flight, False, e))
-                continue
-            self.nonces.replace_signature(flight, signed.raw, signed.hash, fees)
-            out.append(Resigned(flight, True))
-        return out
+                results = [e] * len(todo)
+            for (i, flight, fees), tx, signed in zip(todo, txs, results, strict=True):
+                if isinstance(signed, RouterError):
+                    out[i] = Resigned(flight, False, signed)
+                elif flight.landed is not None or flight.nonce != tx.nonce:
+                    # landed again or moved while the signer worked: this signature is stale
+                    out[i] = Resigned(flight, False)
+                else:
+                    self.nonces.replace_signature(flight, signed.raw, signed.hash, fees)
+                    out[i] = Resigned(flight, True)
+        return [r for r in out if r is not None]
 
-    def presign(self, flight: InFlight, base_fee: int | None) -> bool:
-        """Sign the replacement a reorg would need, ahead of time, priced for the base fee one
-        block later at its highest (+12.5 %), so that the reorg path only has to pick it up.
-        Returns False when the policy or the signer refuses (the reorg path then signs)."""
+    def standby_fees(self, flight: InFlight, base_fee: int | None) -> Fees | None:
+        """What the replacement a reorg would need costs, priced for the base fee one block later
+        at its highest (+12.5 %); None when the cap forbids it."""
         base = base_fee or 0
-        fees = self.policy.for_resign(base + -(-base // 8), flight.fees,
+        return self.policy.for_resign(base + -(-base // 8), flight.fees,
                                       replace=self.policy.bump_on_reorg)
-        if fees is None:
-            return False
-        try:
-            signed = self.signer.sign_tx(build_tx(self.chain_id, flight.nonce, flight.intent, fees))
-        except RouterError as e:
-            log.info("standby signature refused", extra={"nonce": flight.nonce,
-                                                         "error": e.diagnostics()})
-            return False
-        flight.standby = (fees, signed.raw, signed.hash)
-        return True
 
-    def react(self, update: ChainUpdate) -> list[Resigned]:
-        """affected + resign: the whole synchronous decision for one header."""
+    async def presign(self, flights: list[InFlight], base_fee: int | None) -> list[InFlight]:
+        """Sign the replacements a reorg would need, ahead of time and in one batch, so that the
+        reorg path only has to pick them up. Returns the flights that got a standby (the policy
+        or the signer may refuse some: the reorg path then signs)."""
+        todo = [(f, fees) for f in flights
+                if (fees := self.standby_fees(f, base_fee)) is not None]
+        if not todo:
+            return []
+        txs = [build_tx(self.chain_id, f.nonce, f.tx_intent, fees) for f, fees in todo]
+        try:
+            results = await self.signer.sign_tx_batch(txs)
+        except RouterError as e:
+            log.info("standby signatures not made", extra={"error": e.diagnostics()})
+            return []
+        done: list[InFlight] = []
+        for (flight, fees), tx, signed in zip(todo, txs, results, strict=True):
+            if isinstance(signed, RouterError):
+                log.info("standby signature refused", extra={"nonce": flight.nonce,
+                                                             "error": signed.diagnostics()})
+                continue
+            if flight.nonce != tx.nonce or flight.landed is None:
+                continue  # moved or reorged out while the signer worked: this one is stale
+            flight.standby = (fees, signed.raw, signed.hash)
+            flight.sig_nonces[signed.hash] = tx.nonce
+            done.append(flight)
+        return done
+
+    async def react(self, update: ChainUpdate) -> list[Resigned]:
+        """affected + resign: the whole decision for one header."""
         flights = self.affected(update)
         if not flights:
             return []
-        return self.resign(flights, update.header.base_fee)
+        return await self.resign(flights, update.header.base_fee)

@@ -51,7 +51,7 @@ from router.errors import MalformedInput, SignerError, SignerTimeout, TransportE
 from router.txjson import parse_tx
 
 __all__ = ["DEFAULT_IO_TIMEOUT", "DEFAULT_SPIN_US", "KeyInfo", "OnConnect", "SignedTx",
-           "SignerClient"]
+           "SignerClient", "parse_signer_address"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,14 @@ class KeyInfo:
 #: Called with the client on every new connection, before it is used (e.g. an attestation check).
 #: It may make calls on the client; raising refuses the connection (the error propagates).
 OnConnect = Callable[["SignerClient"], None]
+
+
+def parse_signer_address(address: str) -> Address:
+    """`unix:PATH | tcp:127.0.0.1:PORT | vsock:CID:PORT`. Raises MalformedInput."""
+    try:
+        return parse_address(address)
+    except EnclaveError as e:
+        raise MalformedInput(str(e)) from e
 
 
 class SignerClient:
