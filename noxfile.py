@@ -22,7 +22,10 @@ BUILD = ROOT / "build"
 NODE_DIR = ROOT / "tests" / "node"
 
 # Debian packages the test suite drives for real (see README "What the tests use").
-TEST_APT_PACKAGES = ["qemu-system-x86", "podman", "busybox-static", "cpio", "xz-utils"]
+# postgresql: the router journal's active/standby backend (tests/postgres_support.py starts one).
+TEST_APT_PACKAGES = [
+    "qemu-system-x86", "podman", "busybox-static", "cpio", "xz-utils", "postgresql"
+]
 
 
 def ensure_apt(session: nox.Session, packages: list[str]) -> None:

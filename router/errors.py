@@ -7,7 +7,20 @@
 
 from __future__ import annotations
 
-__all__ = ["MalformedInput", "RouterError", "SignerError", "SignerTimeout", "TransportError"]
+__all__ = [
+    "InvalidRecord",
+    "JournalClosed",
+    "JournalCorrupt",
+    "JournalError",
+    "JournalUnavailable",
+    "LeaseHeld",
+    "LeaseLost",
+    "MalformedInput",
+    "RouterError",
+    "SignerError",
+    "SignerTimeout",
+    "TransportError",
+]
 
 
 class RouterError(Exception):
@@ -138,3 +151,42 @@ class SignerUnavailable(TransportError):
 class ChainChanged(RouterError):
     """The node now serves another chain history (genesis changed, or our landed transactions are
     gone deeper than any reorg the header ring can see)."""
+
+
+# --- durable intent journal (router/journal) -----------------------------------------------------
+
+
+class JournalError(RouterError):
+    """The intent journal cannot be used as asked."""
+
+
+class JournalCorrupt(JournalError):
+    """The journal's file or tables are unreadable, of another schema version or not ours, or a
+    stored row does not decode (the message names the file and the row)."""
+
+
+class JournalUnavailable(JournalError):
+    """The journal's database cannot be reached or written (server down, timeout, disk I/O)."""
+
+
+class LeaseHeld(JournalError):
+    """Another holder owns this sender's journal; `holder` names it, `expires_in` is the seconds
+    until its lease lapses (None: held until that process exits, as with SQLite's flock)."""
+
+    def __init__(self, message: str, *, holder: str, expires_in: float | None) -> None:
+        super().__init__(message)
+        self.holder = holder
+        self.expires_in = expires_in
+
+
+class LeaseLost(JournalError):
+    """Fencing: this holder's lease token is no longer current; nothing was written."""
+
+
+class JournalClosed(LeaseLost):
+    """The journal was closed: it holds no lease and answers nothing."""
+
+
+class InvalidRecord(JournalError):
+    """A row, signature, meta entry or open_journal argument that the journal refuses (bad type,
+    range or reference); nothing was written."""
