@@ -4,16 +4,19 @@
 extend our tip is a reorg when its parent is a header we know; it is a gap (or a deeper reorg)
 when its parent is unknown, and then `HeadTracker` fetches the missing ancestors by hash until it
 reaches a header of our canonical chain. Duplicates (e.g. re-sent after a reconnect) change nothing.
-`HeadWatcher` keeps an `eth_subscribe("newHeads")` WebSocket open across drops and restarts.
+`HeadWatcher` keeps an `eth_subscribe("newHeads")` WebSocket open across drops and restarts;
+`HeadSources` runs one per configured WebSocket at once and falls back to HTTP polling of the
+latest block while none of them is subscribed, so the tip moves whichever way the node can answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -252,6 +255,7 @@ class WatcherStats:
     disconnects: int = 0
     heads: int = 0
     malformed: int = 0
+    errors: int = 0
 
 
 OnHeader = Callable[[Header, int], Awaitable[None]]
@@ -271,8 +275,10 @@ class HeadWatcher:
         *,
         on_connect: OnConnect | None = None,
         backoff: tuple[float, float] = (0.05, 2.0),
+        on_disconnect: Callable[[], None] | None = None,
     ) -> None:
         self._url = ws_url
+        self._on_disconnect = on_disconnect
         self.label = redact(ws_url)
         self._on_header = on_header
         self._on_connect = on_connect
@@ -311,15 +317,19 @@ class HeadWatcher:
             except asyncio.CancelledError:
                 raise
             except (OSError, websockets.WebSocketException, TransportError, TimeoutError) as e:
+                self.stats.errors += 1
                 log.warning(
                     "newHeads connection lost, reconnecting",
                     extra={"endpoint": self.label, "error": f"{type(e).__name__}: {e}"},
                 )
             finally:
                 self._ws = None
-                if self.connected.is_set():
-                    self.stats.disconnects += 1
+                was_connected = self.connected.is_set()
                 self.connected.clear()
+                if was_connected:
+                    self.stats.disconnects += 1
+                    if self._on_disconnect is not None:
+                        self._on_disconnect()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._backoff[1])
 
@@ -363,3 +373,255 @@ class HeadWatcher:
                 extra={"endpoint": self.label, "error": str(e)[:200]},
             )
             return None
+
+
+@dataclass
+class PollStats:
+    polls: int = 0
+    answers: int = 0
+    errors: int = 0
+
+
+@dataclass
+class SourcesStats:
+    """A snapshot of `HeadSources` counters: totals, then one entry per source (`sources`)."""
+
+    connects: int
+    disconnects: int
+    heads: int
+    duplicates: int
+    malformed: int
+    errors: int
+    polls: int
+    polling_active: bool
+    takeovers: int
+    sources: dict[str, dict[str, int | bool]]
+
+
+class HeadSources:
+    """Heads from every configured WebSocket at once and, while none is subscribed, from HTTP
+    polling of `eth_getBlockByNumber("latest", false)` on the RPC endpoints.
+
+    Polling takes over when no WebSocket has been subscribed for `takeover_after` seconds (default
+    `poll_interval`: a WebSocket that drops and reconnects at once does not flip the source), and
+    stops as soon as one subscribes again. `on_connect` runs after every WebSocket (re)subscription
+    and after the first answered poll of each takeover, so the owner catches up and re-sends.
+
+    `on_header` and `on_connect` never run concurrently (one lock): the owner sees one header at a
+    time, as with a single `HeadWatcher`. A header whose hash is the one last delivered for its
+    number is not delivered again (several sources send the same heads); a header that returns
+    after another one took its number (a flip-flop reorg) is delivered.
+    """
+
+    #: How many block numbers back the duplicate filter remembers.
+    _RECENT = 256
+
+    def __init__(
+        self,
+        ws_urls: Sequence[str],
+        rpcs: Sequence[RpcClient],
+        on_header: OnHeader,
+        *,
+        on_connect: OnConnect | None = None,
+        poll_interval: float = 1.0,
+        backoff: tuple[float, float] = (0.05, 2.0),
+        takeover_after: float | None = None,
+    ) -> None:
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be positive, got {poll_interval}")
+        if not ws_urls and not rpcs:
+            raise ValueError("no head source: give at least one ws URL or RPC endpoint")
+        self._on_header = on_header
+        self._on_connect = on_connect
+        self.poll_interval = poll_interval
+        self._takeover_after = poll_interval if takeover_after is None else takeover_after
+        self._rpcs = list(rpcs)
+        self.watchers = [
+            HeadWatcher(
+                url,
+                self._ws_header,
+                on_connect=self._ws_connected,
+                backoff=backoff,
+                on_disconnect=self._ws_disconnected,
+            )
+            for url in ws_urls
+        ]
+        self.connected = asyncio.Event()
+        self.polling_active = False
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self._down_since = time.monotonic()
+        self._poll_connect_due = False
+        self._poll_stats = [PollStats() for _ in self._rpcs]
+        self._poll_ok = [True] * len(self._rpcs)
+        self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._last_hash: dict[int, bytes] = {}
+        self._delivered = 0
+        self._duplicates = 0
+        self._takeovers = 0
+        parts = []
+        if self.watchers:
+            first = self.watchers[0].label
+            parts.append(first if len(self.watchers) == 1 else f"{first} +{len(self.watchers) - 1} ws")
+        if self._rpcs:
+            parts.append("poll fallback" if self.watchers else
+                         f"polling {self._rpcs[0].label}"
+                         + (f" +{len(self._rpcs) - 1}" if len(self._rpcs) > 1 else ""))
+        self.label = ", ".join(parts)
+
+    @property
+    def stats(self) -> SourcesStats:
+        sources: dict[str, dict[str, int | bool]] = {}
+        for i, w in enumerate(self.watchers):
+            sources[f"{w.label} #{i}"] = {**vars(w.stats), "subscribed": w.connected.is_set()}
+        for i, (rpc, st) in enumerate(zip(self._rpcs, self._poll_stats, strict=True)):
+            sources[f"poll {rpc.label} #{i}"] = dict(vars(st))
+        ws = [w.stats for w in self.watchers]
+        return SourcesStats(
+            connects=sum(s.connects for s in ws),
+            disconnects=sum(s.disconnects for s in ws),
+            heads=self._delivered,
+            duplicates=self._duplicates,
+            malformed=sum(s.malformed for s in ws),
+            errors=sum(s.errors for s in ws) + sum(s.errors for s in self._poll_stats),
+            polls=sum(s.polls for s in self._poll_stats),
+            polling_active=self.polling_active,
+            takeovers=self._takeovers,
+            sources=sources,
+        )
+
+    async def run(self) -> None:
+        """Run every source until cancelled. Source trouble is logged and counted, never raised."""
+        tasks = [asyncio.create_task(w.run(), name=f"heads-ws-{i}")
+                 for i, w in enumerate(self.watchers)]
+        tasks.append(asyncio.create_task(self._poll_loop(), name="heads-poll"))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            self._stop_polls()
+            for t in self._inflight.values():
+                t.cancel()
+            await asyncio.gather(*tasks, *self._inflight.values(), return_exceptions=True)
+
+    async def drop(self) -> None:
+        """Close every WebSocket (tests and operators use it to force reconnects)."""
+        for w in self.watchers:
+            await w.drop()
+
+    # --- delivery -----------------------------------------------------------------------------
+
+    async def _deliver(self, header: Header, received_ns: int) -> None:
+        async with self._lock:
+            if self._last_hash.get(header.number) == header.hash:
+                self._duplicates += 1
+                return
+            self._last_hash[header.number] = header.hash
+            if len(self._last_hash) > 2 * self._RECENT:
+                floor = header.number - self._RECENT
+                for n in [n for n in self._last_hash if n < floor]:
+                    del self._last_hash[n]
+            self._delivered += 1
+            try:
+                await self._on_header(header, received_ns)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug in one head must not stop its source
+                log.exception("head handler failed", extra={"number": header.number})
+
+    async def _connect_hook(self, source: str) -> None:
+        if self._on_connect is None:
+            return
+        async with self._lock:
+            try:
+                await self._on_connect()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a failed catch-up must not stop the source; the next head retries
+                log.exception("on_connect handler failed", extra={"endpoint": source})
+
+    # --- WebSockets ---------------------------------------------------------------------------
+
+    async def _ws_header(self, header: Header, received_ns: int) -> None:
+        await self._deliver(header, received_ns)
+
+    async def _ws_connected(self) -> None:
+        self.connected.set()
+        if self.polling_active:
+            log.info("a WebSocket is subscribed again; polling stops")
+            self._stop_polls()
+        self._changed.set()
+        await self._connect_hook("ws")
+
+    def _ws_disconnected(self) -> None:
+        if not self._ws_up():
+            self._down_since = time.monotonic()
+            self.connected.clear()
+        self._changed.set()
+
+    def _ws_up(self) -> bool:
+        return any(w.connected.is_set() for w in self.watchers)
+
+    # --- polling ------------------------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        if not self._rpcs:
+            return
+        while True:
+            # No await between a check and `_changed.clear()`: a change cannot be missed.
+            if self._ws_up():
+                self._stop_polls()
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            if not self.polling_active:
+                wait = (self._takeover_after if self.watchers else 0.0) - (
+                    time.monotonic() - self._down_since)
+                if wait > 0:
+                    self._changed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), wait)
+                    continue
+                self.polling_active = True
+                self._poll_connect_due = True
+                self._takeovers += 1
+                log.warning("no WebSocket subscribed; polling for heads",
+                            extra={"endpoint": self.label, "interval": self.poll_interval})
+            for i, rpc in enumerate(self._rpcs):
+                prev = self._inflight.get(i)
+                if prev is None or prev.done():  # a hung endpoint gets no second poll in flight
+                    self._inflight[i] = asyncio.create_task(self._poll_one(i, rpc))
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self.poll_interval)
+
+    def _stop_polls(self) -> None:
+        self.polling_active = False
+        self._poll_connect_due = False
+        # In-flight polls are not cancelled: one may be inside on_header, which must not be cut
+        # in half; they see polling_active False and deliver nothing new.
+
+    async def _poll_one(self, i: int, rpc: RpcClient) -> None:
+        st = self._poll_stats[i]
+        st.polls += 1
+        try:
+            obj = await rpc.call("eth_getBlockByNumber", "latest", False)
+            header = parse_header(obj, f"eth_getBlockByNumber(latest) from {rpc.label}")
+        except RouterError as e:
+            st.errors += 1
+            if self._poll_ok[i]:  # log the first failure, not every poll of an outage
+                log.warning("head poll failed", extra={"endpoint": rpc.label,
+                                                       "error": e.diagnostics()})
+            self._poll_ok[i] = False
+            return
+        received = time.perf_counter_ns()
+        st.answers += 1
+        self._poll_ok[i] = True
+        if not self.polling_active:
+            return
+        self.connected.set()
+        if self._poll_connect_due:
+            self._poll_connect_due = False
+            await self._connect_hook(f"poll {rpc.label}")
+        await self._deliver(header, received)

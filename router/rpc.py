@@ -8,9 +8,11 @@ nonce manager and the broadcaster act on.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,12 +22,14 @@ import aiohttp
 from . import _hex
 from .errors import (
     AlreadyKnown,
+    ConfigError,
     FeeTooLow,
     InsufficientFunds,
     InvalidTransaction,
     MalformedResponse,
     NonceTooLow,
     ReplacementUnderpriced,
+    RouterError,
     RpcError,
     TransportError,
 )
@@ -122,18 +126,102 @@ class RpcClient:
             raise TransportError(f"{method} to {self.label}: {type(e).__name__}: {e}") from e
         return self._decode(method, req_id, status, payload)
 
+    async def batch(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any | RpcError]:
+        """Send `calls` as one JSON-RPC batch (one HTTP POST); answers in the order of `calls`.
+
+        The node may answer the items in any order; they are matched by id. Each item is its
+        `result` or the classified RpcError of its error answer (returned, not raised).
+
+        Raises:
+            TransportError: the endpoint could not be reached, timed out, or answered an HTTP
+                error status without a JSON-RPC answer (a proxy's 502 page).
+            MalformedResponse: the answer is not a list of valid JSON-RPC 2.0 responses carrying
+                each request's id exactly once.
+        """
+        if not calls:
+            return []
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        first = next(self._ids)
+        ids = [first, *(next(self._ids) for _ in range(len(calls) - 1))]
+        body = [
+            {"jsonrpc": "2.0", "id": i, "method": method, "params": list(params)}
+            for i, (method, params) in zip(ids, calls, strict=True)
+        ]
+        where = f"batch of {len(calls)} ({calls[0][0]}, ...)"
+        try:
+            async with self._session.post(self._url, json=body) as resp:
+                payload = await resp.content.read(MAX_RESPONSE_BYTES + 1)
+                status = resp.status
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            raise TransportError(f"{where} to {self.label}: {type(e).__name__}: {e}") from e
+        try:
+            return self._decode_batch(where, ids, payload, status)
+        except MalformedResponse as e:
+            if 200 <= status < 300:
+                raise
+            raise TransportError(f"{where} to {self.label}: HTTP {status} ({e})") from e
+
+    def _decode_batch(self, where: str, ids: list[int], payload: bytes, status: int) -> list[Any]:
+        where = f"{where} from {self.label}"
+        answer = self._load(where, payload, status)
+        if not isinstance(answer, list):
+            detail = ""
+            if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+                detail = f": {str(answer['error'].get('message'))[:120]}"
+            raise MalformedResponse(
+                f"{where}: expected a JSON list (a batch answer), got {type(answer).__name__}{detail}"
+            )
+        slot = {req_id: k for k, req_id in enumerate(ids)}
+        out: list[Any] = [None] * len(ids)
+        seen: set[int] = set()
+        for item in answer:
+            req_id = item.get("id") if isinstance(item, dict) else None
+            if not isinstance(req_id, int) or isinstance(req_id, bool) or req_id not in slot:
+                raise MalformedResponse(f"{where}: answer item with id {req_id!r}, which no "
+                                        "request carried")
+            if req_id in seen:
+                raise MalformedResponse(f"{where}: id {req_id} answered twice")
+            seen.add(req_id)
+            try:
+                out[slot[req_id]] = self._item(f"{where} (id {req_id})", item, req_id)
+            except RpcError as e:
+                out[slot[req_id]] = e
+        if len(seen) != len(ids):
+            missing = sorted(set(ids) - seen)
+            raise MalformedResponse(f"{where}: no answer for id {missing[0]} "
+                                    f"({len(missing)} of {len(ids)} missing)")
+        return out
+
     def _decode(self, method: str, req_id: int, status: int, payload: bytes) -> Any:
         where = f"{method} from {self.label}"
+        try:
+            answer = self._load(where, payload, status)
+            if not isinstance(answer, dict):
+                raise MalformedResponse(
+                    f"{where}: expected a JSON object, got {type(answer).__name__}"
+                )
+            return self._item(where, answer, req_id)
+        except MalformedResponse as e:
+            # A gateway in front of the node (its 502/503 page, a rate limiter's text) is an
+            # outage of that endpoint, not a lying node: retry it like a refused connection.
+            if 200 <= status < 300:
+                raise
+            raise TransportError(f"{method} to {self.label}: HTTP {status} ({e})") from e
+
+    @staticmethod
+    def _load(where: str, payload: bytes, status: int) -> Any:
         if len(payload) > MAX_RESPONSE_BYTES:
             raise MalformedResponse(f"{where}: answer larger than {MAX_RESPONSE_BYTES} bytes")
         try:
-            answer = json.loads(payload)
+            return json.loads(payload)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise MalformedResponse(
                 f"{where}: answer is not JSON (HTTP {status}, {len(payload)} bytes)"
             ) from e
-        if not isinstance(answer, dict):
-            raise MalformedResponse(f"{where}: expected a JSON object, got {type(answer).__name__}")
+
+    def _item(self, where: str, answer: dict[str, Any], req_id: int) -> Any:
+        """The result of one JSON-RPC response object; raises its classified RpcError."""
         if answer.get("jsonrpc") != "2.0":
             raise MalformedResponse(f"{where}: jsonrpc member is {answer.get('jsonrpc')!r}, "
                                     "expected '2.0'")
@@ -204,3 +292,43 @@ def parse_block(obj: object, where: str) -> Block:
         tx_hashes=tuple(_hex.fixed_bytes(t, f"{where}.transactions[]", 32) for t in txs),
         raw=obj,
     )
+
+
+async def probe(
+    rpcs: Sequence[RpcClient], chain_id: int, *, timeout: float | None = None
+) -> tuple[list[RpcClient], list[tuple[RpcClient, RouterError]]]:
+    """Ask every endpoint for its chain id at once: (healthy, failed), each in `rpcs` order.
+
+    Healthy endpoints answer `eth_chainId` with `chain_id`. An endpoint that is down, hangs for
+    longer than `timeout` (default: its own timeout), answers an HTTP error page or nonsense is
+    failed, with its error; the caller decides whether the healthy ones are enough.
+
+    Raises:
+        ConfigError: an endpoint answered with another chain id (misconfiguration, not an outage:
+            sending signed transactions there is never right).
+    """
+
+    async def one(rpc: RpcClient) -> int:
+        if timeout is None:
+            return await rpc.chain_id()
+        try:
+            return await asyncio.wait_for(rpc.chain_id(), timeout)
+        except TimeoutError as e:
+            raise TransportError(f"eth_chainId to {rpc.label}: no answer within {timeout:g} s") from e
+
+    answers = await asyncio.gather(*(one(r) for r in rpcs), return_exceptions=True)
+    healthy: list[RpcClient] = []
+    failed: list[tuple[RpcClient, RouterError]] = []
+    wrong: list[str] = []
+    for rpc, got in zip(rpcs, answers, strict=True):
+        if isinstance(got, RouterError):
+            failed.append((rpc, got))
+        elif isinstance(got, BaseException):
+            raise got
+        elif got != chain_id:
+            wrong.append(f"{rpc.label} serves chain id {got}")
+        else:
+            healthy.append(rpc)
+    if wrong:
+        raise ConfigError(f"{'; '.join(wrong)}; configured chain id {chain_id}")
+    return healthy, failed
