@@ -26,11 +26,9 @@ from enclave.tx import UnsignedTx
 from . import _hex
 from .broadcast import Accepted, Broadcaster
 from .errors import (
-    ChainChanged,
     ConfigError,
     FeeTooLow,
     InsufficientFunds,
-    IntentCancelled,
     IntentFailed,
     InvalidTransaction,
     JournalError,
@@ -179,7 +177,7 @@ class Router:
                         extra={"endpoint": rpc.label, "error": err.diagnostics()})
         if not healthy:
             raise TransportError(
-                f"none of the {len(self.rpcs)} RPC endpoints answers "
+                f"none of the {len(self.rpcs)} RPC endpoints is reachable "
                 f"({'; '.join(f'{r.label}: {e.diagnostics()}' for r, e in failed)})"
             )
         # Healthy ones first: every "first answer wins" lookup then skips the dead at once.
@@ -1077,8 +1075,14 @@ class Router:
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.counters)
         out["broadcast"] = dict(self.broadcaster.counters)
-        out["watcher"] = vars(self.watcher.stats).copy()
+        out["watcher"] = vars(self.heads.stats).copy()
         out["next_nonce"] = self.nonces.next_nonce
+        out["endpoints_down"] = dict(self.endpoint_errors)
+        out["signer"] = {"available": self.signer.available, "calls": self.signer.calls,
+                         "failed_fast": self.signer.failed_fast}
+        out["journal"] = {"durable": self.journal.durable,
+                          "lease_remaining": min(self.journal.lease_remaining(), 1e9),
+                          "fenced": self._fenced is not None}
         out["pending"] = len(self.nonces.pending())
         out["tip"] = self.view.tip.number if self.view.tip else None
         if self.decision_us:

@@ -148,10 +148,6 @@ class SignerUnavailable(TransportError):
     behind a reconnect), so the router's other work goes on."""
 
 
-class ChainChanged(RouterError):
-    """The node now serves another chain history (genesis changed, or our landed transactions are
-    gone deeper than any reorg the header ring can see)."""
-
 
 # --- durable intent journal (router/journal) -----------------------------------------------------
 

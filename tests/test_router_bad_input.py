@@ -210,9 +210,9 @@ def test_impossible_headers_are_rejected_and_nothing_lost(anvil, caplog) -> None
                 for msg in bad:
                     await ws.inject(msg)
                 await wait_for(
-                    lambda: router.watcher.stats.malformed + router.counters["heads_rejected"]
+                    lambda: router.heads.stats.malformed + router.counters["heads_rejected"]
                     >= len(bad), what="all bad messages rejected")
-                assert router.watcher.stats.malformed == 8
+                assert router.heads.stats.malformed == 8
                 assert router.counters["heads_rejected"] == 2
                 text = caplog.text
                 for expected in ("parentHash equals the block's own hash", "gasUsed 16 is above",
@@ -225,7 +225,7 @@ def test_impossible_headers_are_rejected_and_nothing_lost(anvil, caplog) -> None
                 handles += [await router.submit(i) for i in intents[2:]]
                 for h in handles:
                     await h.receipt(timeout=20)
-                assert router.watcher.stats.connects == 1  # the connection survived
+                assert router.heads.stats.connects == 1  # the connection survived
 
     asyncio.run(main())
     assert sorted(mined_nonces(anvil)) == list(range(4))

@@ -23,16 +23,16 @@ def test_websocket_drop_with_missed_heads(anvil) -> None:
             handles = [await router.submit(i) for i in intents[:3]]
             for h in handles:
                 await h.receipt(timeout=20)
-            await router.watcher.drop()
+            await router.heads.drop()
             # heads produced while we are not listening: a gap the router must close by hash
             for _ in range(3):
                 anvil.rpc("evm_mine")
             handles += [await router.submit(i) for i in intents[3:]]
-            await wait_for(lambda: router.watcher.stats.connects >= 2, what="re-subscription")
+            await wait_for(lambda: router.heads.stats.connects >= 2, what="re-subscription")
             for h in handles:
                 await h.receipt(timeout=20)
             assert all(h.state is TxState.LANDED for h in handles)
-            assert router.watcher.stats.disconnects >= 1
+            assert router.heads.stats.disconnects >= 1
             assert router.view.tip.number == int(str(anvil.rpc("eth_blockNumber")), 16)
 
     asyncio.run(main())
@@ -62,7 +62,7 @@ def test_node_restart_loses_no_intent(tmp_path) -> None:
                 node = Anvil(port=node.port, chain_id=31337, args=["--state", str(state)]).start()
                 for h in handles:
                     await h.receipt(timeout=30)
-                assert router.watcher.stats.connects >= 2
+                assert router.heads.stats.connects >= 2
 
         asyncio.run(main())
         assert sorted(mined_nonces(node)) == list(range(5))
