@@ -18,6 +18,10 @@ from aiohttp import web
 
 # tamper(method, request_obj, answer_obj) -> bytes | dict | None (None: forward unchanged)
 Tamper = Callable[[str, dict[str, Any], dict[str, Any]], "bytes | dict[str, Any] | None"]
+# batch_tamper(request_list, answer_list) -> bytes | object | None (None: forward unchanged)
+BatchTamper = Callable[[list[Any], Any], "bytes | object | None"]
+
+BAD_GATEWAY = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
 
 
 class RpcProxy:
@@ -30,6 +34,11 @@ class RpcProxy:
         self.hang = hang
         self._closing = asyncio.Event()
         self.calls: list[str] = []
+        #: Rewrites whole batch answers (a list request); `tamper` sees single requests only.
+        self.batch_tamper: BatchTamper | None = None
+        #: While set, every request is answered with this HTTP status and an HTML page (a gateway
+        #: whose node is down), without reaching the node.
+        self.fail_status: int | None = None
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self.url = ""
@@ -56,6 +65,10 @@ class RpcProxy:
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         req = json.loads(body)
+        if self.fail_status is not None:
+            return web.Response(status=self.fail_status, body=BAD_GATEWAY, content_type="text/html")
+        if isinstance(req, list):
+            return await self._handle_batch(body, req)
         self.calls.append(req.get("method", "?"))
         if req.get("method") in self.hang:
             await self._closing.wait()
@@ -73,6 +86,24 @@ class RpcProxy:
                 answer = json.dumps(out).encode()
         return web.Response(body=answer, content_type="application/json")
 
+    async def _handle_batch(self, body: bytes, req: list[Any]) -> web.Response:
+        self.calls.append("batch:" + ",".join(str(r.get("method", "?")) for r in req))
+        if any(r.get("method") in self.hang for r in req):
+            await self._closing.wait()
+            return web.Response(status=503)
+        assert self._session is not None
+        async with self._session.post(
+            self.upstream, data=body, headers={"Content-Type": "application/json"}
+        ) as resp:
+            answer = await resp.read()
+        if self.batch_tamper is not None:
+            out = self.batch_tamper(req, json.loads(answer))
+            if isinstance(out, bytes):
+                answer = out
+            elif out is not None:
+                answer = json.dumps(out).encode()
+        return web.Response(body=answer, content_type="application/json")
+
 
 class WsProxy:
     def __init__(self, upstream: str) -> None:
@@ -84,9 +115,15 @@ class WsProxy:
         #: While set, notifications from the node are dropped (missed heads).
         self.muted = False
         self.lost = 0
+        #: While set, WebSocket upgrades are refused with HTTP 503 (the node's ws port is down
+        #: while its HTTP side answers).
+        self.refuse = False
+        self.upgrades = 0
 
     async def __aenter__(self) -> WsProxy:
-        self._server = await websockets.serve(self._handle, "127.0.0.1", 0)
+        self._server = await websockets.serve(
+            self._handle, "127.0.0.1", 0, process_request=self._gate
+        )
         port = next(iter(self._server.sockets)).getsockname()[1]
         self.url = f"ws://127.0.0.1:{port}"
         return self
@@ -94,6 +131,17 @@ class WsProxy:
     async def __aexit__(self, *exc: object) -> None:
         self._server.close()
         await self._server.wait_closed()
+
+    def _gate(self, connection: Any, request: Any) -> Any:
+        self.upgrades += 1
+        if self.refuse:
+            return connection.respond(503, "WebSocket endpoint down\n")
+        return None
+
+    async def kick(self) -> None:
+        """Close every client connection (a node or load balancer dropping its WebSockets)."""
+        for c in list(self._clients):
+            await c.close()
 
     async def _handle(self, client: Any) -> None:
         async with websockets.connect(self.upstream) as up:
