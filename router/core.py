@@ -768,12 +768,19 @@ class Router:
             log.warning("reorg", extra={
                 "depth": len(update.removed), "ancestor": update.ancestor.number
                 if update.ancestor else None, "affected": [r.flight.nonce for r in results]})
-            if results:
-                self._spawn(self._send_in_order([r.flight for r in results]))
-                self._record([r.flight for r in results if r.from_standby])
+            # An intent that was moved has signatures at two nonces: the new blocks may hold the
+            # old one (a flip-flop), so it is re-sent only after they are scanned.
+            moved = [r.flight for r in results if len(set(r.flight.sig_nonces.values())) > 1]
+            now = [r.flight for r in results if r.flight not in moved]
+            if now:
+                self._spawn(self._send_in_order(now))
+            self._record([r.flight for r in results if r.from_standby])
         else:
+            moved = []
             self.decision_us.append((time.perf_counter_ns() - received_ns) / 1000)
         await self._scan(update)
+        if moved:
+            self._spawn(self._send_in_order(moved))
         self._after_head()
 
     def _after_head(self) -> None:

@@ -69,7 +69,9 @@ class Handle:
                 and tip.number - landed.block_number + 1 >= confirmations
                 and (
                     router.view.is_canonical(landed.block_hash)
-                    # older than the header ring: the receipt's block hash is the judge
+                    # outside what the header ring holds (older, or from before a restart):
+                    # the receipt's block hash is the judge
+                    or router.view.canonical(landed.block_number) is None
                     or tip.number - landed.block_number >= router.config.forget_after_blocks
                 )
             ):

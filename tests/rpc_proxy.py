@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import rlp
 import websockets
 from aiohttp import web
 
@@ -39,6 +40,10 @@ class RpcProxy:
         #: While set, every request is answered with this HTTP status and an HTML page (a gateway
         #: whose node is down), without reaching the node.
         self.fail_status: int | None = None
+        #: Seconds every request waits before it is forwarded (a distant node).
+        self.delay = 0.0
+        #: Nonces of the eth_sendRawTransaction requests, in the order they arrived.
+        self.sent_nonces: list[int] = []
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self.url = ""
@@ -67,6 +72,11 @@ class RpcProxy:
         req = json.loads(body)
         if self.fail_status is not None:
             return web.Response(status=self.fail_status, body=BAD_GATEWAY, content_type="text/html")
+        for r in req if isinstance(req, list) else [req]:
+            if r.get("method") == "eth_sendRawTransaction":
+                self.sent_nonces.append(_nonce_of(r["params"][0]))
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if isinstance(req, list):
             return await self._handle_batch(body, req)
         self.calls.append(req.get("method", "?"))
@@ -103,6 +113,13 @@ class RpcProxy:
             elif out is not None:
                 answer = json.dumps(out).encode()
         return web.Response(body=answer, content_type="application/json")
+
+
+def _nonce_of(raw_hex: str) -> int:
+    """The nonce of a signed EIP-1559 (or legacy) transaction."""
+    raw = bytes.fromhex(raw_hex[2:])
+    fields = rlp.decode(raw[1:] if raw[0] < 0x80 else raw)
+    return int.from_bytes(fields[1] if raw[0] < 0x80 else fields[0], "big")
 
 
 class WsProxy:

@@ -126,7 +126,7 @@ def test_restart_after_landing_answers_old_ids(tmp_path: Path, anvil: Anvil) -> 
                 st = api.wait(i.id, timeout=30)
                 assert (st.state, st.nonce, st.tx_hash) == ("landed", nonce, tx_hash)
                 assert api.submit(i) == (nonce, tx_hash)
-            assert api.stats()["submitted"] == 0
+            assert api.stats().get("submitted", 0) == 0
     _landed_once(anvil, intents)
 
 
@@ -136,7 +136,7 @@ def test_restart_after_landing_answers_old_ids(tmp_path: Path, anvil: Anvil) -> 
 def test_insufficient_funds_fails_and_nothing_behind_it_waits(anvil: Anvil) -> None:
     """An intent the node refuses for good (value above the balance) ends `failed` with the
     node's reason, and the intents behind it land (its nonce is released or filled)."""
-    rich = 10**25  # 10M ETH: more than anvil's 10k ETH accounts hold
+    rich = 2 * 10**22  # 20k ETH: more than anvil's 10k ETH accounts hold (policy: <= 1M)
 
     async def main() -> None:
         async with running_router(anvil) as router:
@@ -323,8 +323,8 @@ def test_websocket_down_heads_by_polling(anvil: Anvil) -> None:
 
 def test_start_with_one_endpoint_502(anvil: Anvil) -> None:
     async def main() -> None:
-        async with RpcProxy(anvil.rpc_url, tamper=lambda m, r, a: b"<html>502 Bad Gateway</html>"
-                            ) as bad:
+        async with RpcProxy(anvil.rpc_url) as bad:
+            bad.fail_status = 502
             async with running_router(anvil, rpc_urls=(bad.url, anvil.rpc_url)) as router:
                 assert any("127.0.0.1" in k for k in router.endpoint_errors)
                 h = await router.submit(Intent(to=dest(6), value=66, id="502"))
@@ -381,11 +381,9 @@ def test_first_broadcasts_in_nonce_order_under_rpc_latency() -> None:
     anvil = Anvil(port=free_port(), chain_id=31337, args=["--no-mining"]).start()
     seen: list[int] = []
 
-    def record(method: str, req: dict[str, object], answer: dict[str, object]) -> None:
-        return None
-
     async def main() -> None:
-        async with RpcProxy(anvil.rpc_url, tamper=record, delay=0.02) as slow:
+        async with RpcProxy(anvil.rpc_url) as slow:
+            slow.delay = 0.02
             async with running_router(anvil, rpc_urls=(slow.url,)) as router:
                 intents = transfers(30, tag="order")
                 await asyncio.gather(*(router.submit(i) for i in intents))
