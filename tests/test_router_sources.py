@@ -196,6 +196,10 @@ def test_duplicate_filter_lets_a_flip_flop_through(anvil: Anvil) -> None:
             async with running(src):
                 await until(lambda: src.stats.connects == 2 and len(a.sub_ids) == 1
                             and len(b.sub_ids) == 1, "both subscribed")
+                await src.drop()  # every WebSocket reconnects
+                await until(lambda: src.stats.connects == 4 and len(a.sub_ids) == 2
+                            and len(b.sub_ids) == 2, "both re-subscribed")
+                assert src.stats.disconnects == 2 and src.stats.polls == 0
                 x, y = _header(10**6, 0xA0), _header(10**6, 0xB0)
                 await a.inject(a.notification(x))
                 await b.inject(b.notification(x))  # the same head from the other source
