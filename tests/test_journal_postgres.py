@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
@@ -11,7 +12,6 @@ from pathlib import Path
 import psycopg
 import pytest
 from journal_support import CHAIN, SENDER, row, sig, start_writer
-from postgres_support import start_postgres
 
 from router.journal import (
     Journal,
@@ -169,6 +169,10 @@ def test_closed_port_is_unavailable_quickly(tmp_path: Path) -> None:
 
 
 def test_stopped_server_is_unavailable(tmp_path: Path) -> None:
+    # Imported here: importing the plugin module before pytest registers it defeats its assert
+    # rewriting (a warning).
+    from postgres_support import start_postgres
+
     server = start_postgres()
     try:
         j = _open(server.dsn, tmp_path)
@@ -195,6 +199,27 @@ def test_blocked_statement_times_out(pg_dsn: str, tmp_path: Path) -> None:
             other.rollback()
         j.write([row(0)])  # the journal recovers once the row is free
         assert j.load() == [row(0)]
+    finally:
+        j.close()
+
+
+def test_hung_server_fails_the_call(pg_dsn: str, tmp_path: Path) -> None:
+    """A backend that stops answering (SIGSTOP: TCP still acknowledges, no statement timeout can
+    fire) must fail the call within db_timeout + the client's grace, not hang it."""
+    j = _open(pg_dsn, tmp_path, db_timeout=1)
+    try:
+        j.write([row(0)])
+        backend = j._conn.info.backend_pid  # type: ignore[attr-defined]
+        os.kill(backend, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(JournalUnavailable):
+                j.write([row(1)])
+            assert time.monotonic() - started < 10
+        finally:
+            os.kill(backend, signal.SIGCONT)
+        j.write([row(1)])  # a new connection
+        assert j.load() == [row(0), row(1)]
     finally:
         j.close()
 
