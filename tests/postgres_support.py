@@ -19,7 +19,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -53,7 +53,6 @@ class PgServer:
     port: int
     process: subprocess.Popen[bytes]
     log: Path
-    _as_user: list[str] = field(default_factory=list)
 
     @property
     def dsn(self) -> str:
@@ -91,10 +90,14 @@ def start_postgres(timeout: float = 60.0) -> PgServer:
     bindir = _bin_dir()
     root = Path(tempfile.mkdtemp(prefix="sentinel-pg-"))
     as_user: list[str] = []
+    # The server itself is started as the postgres user directly (not under runuser, which would
+    # stay its parent and not pass our stop signal on).
+    server_user: dict[str, object] = {}
     if os.geteuid() == 0:
         pw = pwd.getpwnam("postgres")
         os.chown(root, pw.pw_uid, pw.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
+        server_user = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
     data, sockets, log = root / "data", root / "sock", root / "server.log"
     init = subprocess.run(
         [*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
@@ -110,12 +113,13 @@ def start_postgres(timeout: float = 60.0) -> PgServer:
         # fsync off: the tests kill routers, never this server; durability of the server itself
         # is PostgreSQL's business, not what they check.
         process = subprocess.Popen(
-            [*as_user, str(bindir / "postgres"), "-D", str(data), "-p", str(port),
+            [str(bindir / "postgres"), "-D", str(data), "-p", str(port),
              "-h", "127.0.0.1", "-k", str(sockets), "-c", "fsync=off",
              "-c", "full_page_writes=off", "-c", "max_connections=100"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=root,
+            **server_user,  # type: ignore[arg-type]
         )
-    server = PgServer(root=root, port=port, process=process, log=log, _as_user=as_user)
+    server = PgServer(root=root, port=port, process=process, log=log)
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:

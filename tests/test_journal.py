@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from journal_support import CHAIN, SENDER, h, row, sig, start_writer
-from postgres_support import PgServer, pg_dsn, postgres  # noqa: F401  (fixtures)
 
 from router.journal import (
     IntentRow,
@@ -23,6 +22,9 @@ from router.journal import (
     LeaseHeld,
     open_journal,
 )
+
+# The real-PostgreSQL fixtures (postgres, pg_dsn).
+pytest_plugins = ["postgres_support"]
 
 Opener = Callable[..., Journal]
 
@@ -209,9 +211,9 @@ def _sqlite(tmp_path: Path, **kw: object) -> Journal:
     return open_journal("j.sqlite", base_dir=tmp_path, **args)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("sync", "level"), [("full", 2), ("normal", 1)])
-def test_sqlite_is_wal_with_the_chosen_sync(tmp_path: Path, sync: str, level: int) -> None:
-    j = _sqlite(tmp_path, sync=sync)
+@pytest.mark.parametrize(("sync", "level"), [("full", 2), ("normal", 1), (None, 1)])
+def test_sqlite_is_wal_with_the_chosen_sync(tmp_path: Path, sync: str | None, level: int) -> None:
+    j = _sqlite(tmp_path, **({} if sync is None else {"sync": sync}))
     try:
         db = j._db  # type: ignore[attr-defined]
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

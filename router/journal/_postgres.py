@@ -10,6 +10,8 @@ standby holds the lease, no write of the old holder can commit (fencing).
 from __future__ import annotations
 
 import math
+import os
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -106,6 +108,61 @@ RETURNING token
 """
 
 
+# A statement's own timeout fires on the server; this much later the client gives up by itself
+# (a stopped or wedged server cannot cancel anything).
+_CLIENT_GRACE_SECONDS = 2.0
+
+
+class _Watchdog:
+    """Shuts a connection's socket down when one call outlives its deadline, so a server that
+    stopped answering (SIGSTOP, a wedged host: TCP still acknowledges) fails the call instead of
+    hanging it forever. One daemon thread per journal, idle between calls."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._deadline: float | None = None
+        self._fd = -1
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def arm(self, fd: int, seconds: float) -> None:
+        with self._cv:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="journal-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            self._fd, self._deadline = fd, time.monotonic() + seconds
+            self._cv.notify()
+
+    def disarm(self) -> None:
+        with self._cv:
+            self._deadline = None
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopped, self._deadline = True, None
+            self._cv.notify()
+
+    def _run(self) -> None:
+        with self._cv:
+            while not self._stopped:
+                if self._deadline is None:
+                    self._cv.wait()
+                    continue
+                left = self._deadline - time.monotonic()
+                if left > 0:
+                    self._cv.wait(left)
+                    continue
+                self._deadline = None
+                try:
+                    # shutdown() on a duplicate acts on the shared socket: the blocked recv
+                    # returns EOF and psycopg raises OperationalError in the caller's thread.
+                    with socket.socket(fileno=os.dup(self._fd)) as sock:
+                        sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already closed: the call has ended anyway
+
+
 def describe(dsn: str) -> str:
     """`postgresql://host:port/dbname` without user or password, for messages."""
     try:
@@ -143,10 +200,12 @@ class PostgresJournal(Journal):
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._token = 0
         self._renewed_at = -math.inf
+        self._watchdog = _Watchdog()
         try:
             self._init_schema()
             self._acquire(acquire_timeout)
         except BaseException:
+            self._watchdog.stop()
             self._disconnect()
             raise
 
@@ -193,6 +252,7 @@ class PostgresJournal(Journal):
             if self._closed:
                 raise JournalClosed(f"journal {self._where} is closed")
             conn = self._connection()
+            self._watchdog.arm(conn.pgconn.socket, self._db_timeout + _CLIENT_GRACE_SECONDS)
             try:
                 yield conn
                 conn.commit()
@@ -204,6 +264,8 @@ class PostgresJournal(Journal):
                 if isinstance(exc, psycopg.Error):
                     raise self._translate(exc, what) from exc
                 raise
+            finally:
+                self._watchdog.disarm()
 
     def _translate(self, e: psycopg.Error, what: str) -> JournalError:
         if isinstance(e, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
@@ -440,6 +502,7 @@ class PostgresJournal(Journal):
                 pass  # unreachable: the lease lapses on its own
             finally:
                 self._closed = True
+                self._watchdog.stop()
                 self._disconnect()
 
 
