@@ -13,7 +13,7 @@ signer_timeout = 5.0                          # optional: seconds a signer call 
 journal = "router-journal.sqlite"             # optional (this is the default, beside this file):
                                               # a SQLite path, "postgresql://..." (active/standby
                                               # routers: one lease per sender), or "memory"
-journal_sync = "full"                         # optional, SQLite: "full" (default) or "normal"
+journal_sync = "normal"                       # optional, SQLite: "normal" (default) or "full"
 journal_lease_seconds = 5.0                   # optional, PostgreSQL: how long a dead router's
                                               # lease blocks the standby
 
@@ -78,7 +78,7 @@ class RunConfig:
     signer_timeout: float = DEFAULT_IO_TIMEOUT
     #: "memory", "postgresql://...", or an absolute SQLite path (resolved against the file).
     journal: str = DEFAULT_JOURNAL
-    journal_sync: str = "full"
+    journal_sync: str = "normal"
     journal_lease_seconds: float = 5.0
 
 
@@ -121,7 +121,7 @@ def load_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"{where}: journal must be a path, \"memory\" or a postgresql:// URL")
     if journal != "memory" and not journal.startswith(("postgresql://", "postgres://")):
         journal = str((p.parent / journal).resolve())
-    journal_sync = doc.get("journal_sync", "full")
+    journal_sync = doc.get("journal_sync", "normal")
     if journal_sync not in ("full", "normal"):
         raise ConfigError(f"{where}: journal_sync must be \"full\" or \"normal\"")
     lease = doc.get("journal_lease_seconds", 5.0)

@@ -808,6 +808,7 @@ class Router:
         suspects = self._landed_suspects(everything=genesis_changed)
         reopened = await self._verify_landed(suspects)
         if reopened:
+            self.counters["resent"] += len(reopened)
             self._spawn(self._send_in_order(reopened))
         self._after_head()
 

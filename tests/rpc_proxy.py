@@ -74,7 +74,9 @@ class RpcProxy:
             return web.Response(status=self.fail_status, body=BAD_GATEWAY, content_type="text/html")
         for r in req if isinstance(req, list) else [req]:
             if r.get("method") == "eth_sendRawTransaction":
-                self.sent_nonces.append(_nonce_of(r["params"][0]))
+                nonce = _nonce_of(r["params"][0])
+                if nonce is not None:
+                    self.sent_nonces.append(nonce)
         if self.delay:
             await asyncio.sleep(self.delay)
         if isinstance(req, list):
@@ -115,11 +117,15 @@ class RpcProxy:
         return web.Response(body=answer, content_type="application/json")
 
 
-def _nonce_of(raw_hex: str) -> int:
-    """The nonce of a signed EIP-1559 (or legacy) transaction."""
-    raw = bytes.fromhex(raw_hex[2:])
-    fields = rlp.decode(raw[1:] if raw[0] < 0x80 else raw)
-    return int.from_bytes(fields[1] if raw[0] < 0x80 else fields[0], "big")
+def _nonce_of(raw_hex: str) -> int | None:
+    """The nonce of a signed typed or legacy transaction; None for bytes that are not one (tests
+    send garbage on purpose)."""
+    try:
+        raw = bytes.fromhex(raw_hex[2:])
+        fields = rlp.decode(raw[1:] if raw[0] < 0x80 else raw)
+        return int.from_bytes(fields[1] if raw[0] < 0x80 else fields[0], "big")
+    except (ValueError, IndexError, TypeError, rlp.exceptions.DecodingError):
+        return None
 
 
 class WsProxy:
