@@ -29,7 +29,7 @@ from router.api import E_BAD_LENGTH, E_MALFORMED, E_NOT_FOUND, E_TIMEOUT, ApiCli
 from router.errors import RouterError
 from router.intent import Intent
 
-from .check import LANDED, PENDING, TERMINAL_NOT_LANDED, UNKNOWN, Seen, judge, scan_chain
+from .check import PENDING, TERMINAL_NOT_LANDED, UNKNOWN, Seen, judge, scan_chain
 from .procs import AnvilNode, HarnessError, ProcessFailed, RouterProcess, SignerProcess
 
 SENDER = DEV_ADDR_0

@@ -48,6 +48,14 @@ class Managed:
         self.kills = 0
         self._log: IO[bytes] | None = None
 
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the process and return once it serves.
+
+        Raises:
+            ProcessFailed: it exited or did not become ready within `timeout` seconds.
+        """
+        raise NotImplementedError
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 

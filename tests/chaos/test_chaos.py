@@ -7,6 +7,7 @@ lose or duplicate intents: the test then runs as a non-strict xfail, and reports
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,7 @@ from .harness import ChaosConfig, journal_supported, run_chaos
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def test_bounded_chaos_run(tmp_path, request) -> None:
+def test_bounded_chaos_run(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     supported, why = journal_supported(tmp_path)
     if not supported:
         request.applymarker(pytest.mark.xfail(
