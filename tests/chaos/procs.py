@@ -158,6 +158,9 @@ class AnvilNode(Managed):
             "--chain-id", str(self.chain_id), "--silent",
             "--block-time", str(self.block_time),
             "--state", str(self.state_file), "--state-interval", "1",
+            # without the states of past blocks a restored node cannot anvil_reorg
+            # ("Required data unavailable")
+            "--preserve-historical-states",
         ])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

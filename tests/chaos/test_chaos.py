@@ -26,6 +26,9 @@ def test_bounded_chaos_run(tmp_path: Path, request: pytest.FixtureRequest) -> No
     print(result.line())
     for example in result.examples:
         print("  " + example)
+    if not supported and not result.ok:
+        # what today's router does, in the summary line (-rx) rather than only in captured output
+        pytest.xfail(f"no durable journal ({why[:60]}...); found: {result.line()}")
     assert result.error is None, result.error
     assert result.faults_planned > 0 and sum(
         result.faults.get(k, 0) for k in ("router", "signer", "anvil", "reorg")) > 0
