@@ -448,7 +448,8 @@ def run_chaos(cfg: ChaosConfig, workdir: Path | None = None, *,
     made = workdir is None
     wd = Path(tempfile.mkdtemp(prefix=f"chaos-{cfg.seed}-")) if workdir is None else workdir
     wd.mkdir(parents=True, exist_ok=True)
-    form = " --bounded" if cfg == ChaosConfig.bounded(cfg.seed) else f" --intents {cfg.intents}"
+    form = (" --bounded" if cfg == ChaosConfig.bounded(cfg.seed)
+            else "" if cfg == ChaosConfig(seed=cfg.seed) else f" --intents {cfg.intents}")
     say(f"chaos run seed={cfg.seed} intents={cfg.intents} workdir={wd} "
         f"(replay: nox -s chaos -- --runs 1 --seed {cfg.seed}{form})")
     result = _Run(cfg, wd, say).run()
