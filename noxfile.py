@@ -78,6 +78,22 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def chaos(session: nox.Session) -> None:
+    """Fault injection at length: `nox -s chaos -- --runs N [--seed S] [--intents N] [--keep]`.
+
+    SIGKILLs the router, the signer and anvil and reorgs the chain while intents stream; each
+    run's invariants are judged from the chain (tests/chaos/). Prints one line per run and a
+    summary; exit 1 if any run lost, duplicated or stalled an intent.
+    """
+    anvil = ensure_anvil(session)
+    install_project(session, "router")  # the harness needs the router's and signer's deps only
+    session.run(
+        "python", "-m", "chaos", *session.posargs,
+        env={"SENTINEL_ANVIL": str(anvil), "PYTHONPATH": str(ROOT / "tests")},
+    )
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff over the whole tree."""
     session.install("ruff>=0.6")
