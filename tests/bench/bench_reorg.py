@@ -27,8 +27,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from _harness import Record, compare, tail_extra, time_calls
 from _signer import signer_cpus, start_signer
