@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from enclave import _wire
-from enclave._wire import HEADER, HEADER_SIZE, MAGIC, MAX_PAYLOAD, RESPONSE_BIT, VERSION, Op, Stats
+from enclave import wire
+from enclave.wire import HEADER, HEADER_SIZE, MAGIC, MAX_PAYLOAD, RESPONSE_BIT, VERSION, Op, Stats
 from enclave.errors import (
     AttestationUnavailable,
     EnclaveError,
@@ -332,12 +332,12 @@ class SignerServer:
                 counters[_ERRORS] += 1
                 if isinstance(e, PolicyDenied):
                     counters[_DENIALS] += 1
-                frame = _wire.encode_error(rid, e.code, str(e))
+                frame = wire.encode_error(rid, e.code, str(e))
             except Exception as e:  # a bug must cost one request, not the connection or the server
                 counters[_ERRORS] += 1
                 # Type name only: an exception text could quote request bytes.
                 logger.error("internal error on opcode 0x%02x: %s", op, type(e).__name__)
-                frame = _wire.encode_error(rid, ErrorCode.INTERNAL, "internal error")
+                frame = wire.encode_error(rid, ErrorCode.INTERNAL, "internal error")
             finally:
                 payload.release()
             try:
@@ -361,10 +361,10 @@ class SignerServer:
         it with an error frame, and return the new (start, end). Oversized payloads are read and
         discarded in buffer-sized chunks, never stored."""
         try:
-            _wire.check_header(magic, version, n)
+            wire.check_header(magic, version, n)
             raise AssertionError("unreachable: header was rejected")  # pragma: no cover
         except ProtocolError as e:
-            error = _wire.encode_error(rid, e.code, str(e))
+            error = wire.encode_error(rid, e.code, str(e))
         remaining = HEADER_SIZE + n
         buffered = end - start
         if buffered >= remaining:
@@ -389,16 +389,16 @@ class SignerServer:
     # --- operations (payload is a view into the receive buffer, valid during the call) ------------
 
     def _op_ping(self, p: memoryview, c: list[int]) -> bytes:
-        _wire.expect_length("ping", len(p), 0)
+        wire.expect_length("ping", len(p), 0)
         return b""
 
     def _op_get_key(self, p: memoryview, c: list[int]) -> bytes:
-        _wire.expect_length("get-key", len(p), 0)
+        wire.expect_length("get-key", len(p), 0)
         return self._key_info
 
     def _op_sign_digest(self, p: memoryview, c: list[int]) -> bytes:
         if len(p) != 32:
-            _wire.expect_length("sign-digest", len(p), 32)
+            wire.expect_length("sign-digest", len(p), 32)
         self._policy.check_digest()
         self._limiter.take()
         sig = self._key.sign_digest(bytes(p))
@@ -406,7 +406,7 @@ class SignerServer:
         return sig
 
     def _op_sign_tx(self, p: memoryview, c: list[int]) -> bytes:
-        tx = _wire.decode_sign_tx(p)
+        tx = wire.decode_sign_tx(p)
         self._policy.check_tx(tx)
         self._limiter.take()
         signed = sign_tx(self._key, tx)
@@ -417,7 +417,7 @@ class SignerServer:
         return out
 
     def _op_attest(self, p: memoryview, c: list[int]) -> bytes:
-        nonce, user_data, public_key = _wire.decode_attest(p)
+        nonce, user_data, public_key = wire.decode_attest(p)
         if public_key is not None:
             # The NSM signs whatever key it is given as *this enclave's* key, and KMS encrypts
             # CiphertextForRecipient to it: relaying a caller's key would hand the caller every
@@ -442,5 +442,5 @@ class SignerServer:
         return doc
 
     def _op_stats(self, p: memoryview, c: list[int]) -> bytes:
-        _wire.expect_length("stats", len(p), 0)
+        wire.expect_length("stats", len(p), 0)
         return self.stats().encode()

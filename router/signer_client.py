@@ -32,8 +32,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from enclave import _wire
-from enclave._wire import (
+from enclave import wire
+from enclave.wire import (
     HEADER,
     HEADER_SIZE,
     MAGIC,
@@ -187,7 +187,7 @@ class SignerClient:
         """The signer's public key and EVM address (cached after the first call)."""
         if self._key_info is None:
             out = self._call(Op.GET_KEY, b"")
-            if len(out) != _wire.KEY_INFO_SIZE:
+            if len(out) != wire.KEY_INFO_SIZE:
                 raise TransportError(f"get-key answer of {len(out)} bytes (expected 85)")
             pub, addr = bytes(out[:65]), bytes(out[65:])
             self._key_info = KeyInfo(checksum_address(addr), addr, pub)
@@ -198,7 +198,7 @@ class SignerClient:
         if len(digest) != 32:
             raise ValueError(f"digest must be 32 bytes (got {len(digest)})")
         out = self._call(Op.SIGN_DIGEST, bytes(digest))
-        if len(out) != _wire.SIGNATURE_SIZE:
+        if len(out) != wire.SIGNATURE_SIZE:
             raise TransportError(f"sign-digest answer of {len(out)} bytes (expected 65)")
         return bytes(out)
 
@@ -214,7 +214,7 @@ class SignerClient:
             sender = self.address().address_bytes if "from" in tx else None
             tx = parse_tx(tx, signer_address=sender)
         try:
-            payload = _wire.encode_sign_tx(tx)
+            payload = wire.encode_sign_tx(tx)
         except ValueError as e:
             raise MalformedInput(f"transaction: {e}") from e
         out = self._call(Op.SIGN_TX, payload)
@@ -227,16 +227,16 @@ class SignerClient:
         its `public_key` is the signer's own key (PROTOCOL.md, "Key binding"). Verify it with
         `router.attest.check_signer`, which also checks that binding."""
         try:
-            payload = _wire.encode_attest(nonce, user_data, None)
+            payload = wire.encode_attest(nonce, user_data, None)
         except ValueError as e:
             raise MalformedInput(f"attest: {e}") from e
         return bytes(self._call(Op.ATTEST, payload))
 
-    def stats(self) -> _wire.Stats:
+    def stats(self) -> wire.Stats:
         """The signer's counters."""
         out = self._call(Op.STATS, b"")
         try:
-            return _wire.Stats.decode(out)
+            return wire.Stats.decode(out)
         except EnclaveError as e:
             raise TransportError(f"stats answer: {e}") from e
 
@@ -325,7 +325,7 @@ class SignerClient:
             return body
         if rop == OP_ERROR:
             try:
-                code, message = _wire.decode_error(body)
+                code, message = wire.decode_error(body)
             except EnclaveError as e:
                 raise TransportError(f"malformed error frame: {e}") from e
             try:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from signer_support import DEV_POLICY, ROOT, header, raw_connect, read_frame, running_signer
 
-from enclave._wire import Op
+from enclave.wire import Op
 from enclave.errors import KeyLoadError
 from enclave.keys import KeyOrigin, SigningKey, load_dev_key
 from enclave.tx import TX_EIP1559, UnsignedTx

@@ -17,8 +17,8 @@ from anvil_support import DEV_KEY_0, ROOT
 from peer_support import frame_relay
 from signer_support import running_signer
 
-from enclave import _wire
-from enclave._wire import Op
+from enclave import wire
+from enclave.wire import Op
 from enclave.transport import listen, parse_address
 from enclave.tx import TX_EIP1559, UnsignedTx
 from router.errors import ConfigError, MalformedInput, SignerTimeout, TransportError
@@ -86,14 +86,14 @@ def test_stale_frame_on_a_new_connection_is_refused(tmp_path: Path) -> None:
 
     def peer() -> None:
         first, _ = listener.accept()
-        head = first.recv(_wire.HEADER_SIZE + 32, socket.MSG_WAITALL)
-        stale_id = _wire.HEADER.unpack_from(head)[3]
+        head = first.recv(wire.HEADER_SIZE + 32, socket.MSG_WAITALL)
+        stale_id = wire.HEADER.unpack_from(head)[3]
         seen.append(stale_id)
         second, _ = listener.accept()
-        head = second.recv(_wire.HEADER_SIZE, socket.MSG_WAITALL)
-        seen.append(_wire.HEADER.unpack_from(head)[3])
+        head = second.recv(wire.HEADER_SIZE, socket.MSG_WAITALL)
+        seen.append(wire.HEADER.unpack_from(head)[3])
         # the answer to the *first* request, 65 bytes like a real signature
-        second.sendall(_wire.pack_frame(Op.SIGN_DIGEST | _wire.RESPONSE_BIT, stale_id, bytes(65)))
+        second.sendall(wire.pack_frame(Op.SIGN_DIGEST | wire.RESPONSE_BIT, stale_id, bytes(65)))
         time.sleep(0.5)
         first.close()
         second.close()
