@@ -34,6 +34,7 @@ from enclave.errors import (
 )
 from enclave.keys import SigningKey
 from enclave.policy import Policy, RateLimiter
+from enclave.presign import NonceSource, PresignPool
 from enclave.transport import Address, accept, listen, listening_address, parse_address
 from enclave.tx import sign_tx
 
@@ -70,6 +71,12 @@ class SignerServer:
             Its documents always carry `key`'s public key in `public_key`.
         cpu: CPU to pin connection threads to (os.sched_setaffinity), or None.
         spin_us: busy-poll window before blocking reads; 0 disables busy-polling.
+        idle: called by the presignature refill thread about once a second while the pool is
+            full (`python -m enclave serve` collects garbage there); unused without a pool.
+
+    With `policy.presign_pool` > 0 the server attaches a presignature pool to `key` (its nonces mix
+    in the NSM's GetRandom when `nsm` is given), fills it before serving and refills it from a
+    background thread kept off `cpu`; `close()` detaches the pool and wipes what is left.
 
     Raises:
         PolicyDenied: the policy refuses this key.
@@ -83,6 +90,7 @@ class SignerServer:
         nsm: Nsm | None = None,
         cpu: int | None = None,
         spin_us: int = DEFAULT_SPIN_US,
+        idle: Callable[[], None] | None = None,
     ) -> None:
         policy.check_key(key)
         if cpu is not None and cpu not in os.sched_getaffinity(0):
@@ -109,6 +117,7 @@ class SignerServer:
         self._serving = False
         self._released = False
         self._accept_thread: threading.Thread | None = None
+        self._refilling = False
         table: list[_Handler | None] = [None] * 256
         table[Op.PING] = self._op_ping
         table[Op.GET_KEY] = self._op_get_key
@@ -116,7 +125,13 @@ class SignerServer:
         table[Op.SIGN_TX] = self._op_sign_tx
         table[Op.ATTEST] = self._op_attest
         table[Op.STATS] = self._op_stats
+        table[Op.SIGN_TX_BATCH] = self._op_sign_tx_batch
         self._table = tuple(table)
+        self._idle = idle
+        self._pool: PresignPool | None = None
+        if policy.presign_pool:
+            self._pool = PresignPool(policy.presign_pool, nonces=NonceSource(nsm))
+            key.use_presignatures(self._pool)
 
     def __repr__(self) -> str:
         return f"SignerServer(address={self._address}, key={self._key!r})"
@@ -149,6 +164,7 @@ class SignerServer:
         poller.register(listener, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         listener.setblocking(False)
+        self._start_refill()
         logger.info("serving %s for %s", addr, self._key.address)
         self._serving = True
         try:
@@ -181,6 +197,16 @@ class SignerServer:
                 target=self._serve_connection, args=(conn,), name="sentinel-conn", daemon=True
             ).start()
 
+    def _start_refill(self) -> None:
+        pool = self._pool
+        if pool is None or self._closing.is_set():
+            return
+        with self._lock:
+            if self._refilling:
+                return
+            self._refilling = True
+        pool.start_refill(avoid_cpu=self._cpu, idle=self._idle)
+
     def start(self) -> threading.Thread:
         """Run `serve_forever` in a background thread (tests, embedding)."""
         t = threading.Thread(target=self.serve_forever, name="sentinel-accept", daemon=True)
@@ -207,6 +233,9 @@ class SignerServer:
         if self._address is not None and self._address.kind == "unix":
             with contextlib.suppress(OSError):
                 os.unlink(self._address.path)
+        if self._pool is not None:
+            self._key.use_presignatures(None)
+            self._pool.close()
 
     def _release_listener(self) -> None:
         # By whoever owns the accept loop, or by close() if it never ran; exactly once, because a
@@ -236,7 +265,11 @@ class SignerServer:
             open_now = len(self._live)
             total = self._connections_total
         requests, errors, denials, digests, txs, attests = totals
-        return Stats(requests, errors, denials, digests, txs, attests, open_now, total)
+        pool = self._pool
+        return Stats(
+            requests, errors, denials, digests, txs, attests, open_now, total,
+            *((len(pool), pool.presigned, pool.fallbacks) if pool is not None else (0, 0, 0)),
+        )  # fmt: skip
 
     # --- connection loop --------------------------------------------------------------------------
 
@@ -415,6 +448,39 @@ class SignerServer:
         if len(out) > MAX_PAYLOAD:  # MAX_TX_DATA keeps this from happening; never send it
             raise EnclaveError(f"signed transaction of {len(out)} bytes exceeds the frame limit")
         return out
+
+    def _op_sign_tx_batch(self, p: memoryview, c: list[int]) -> bytes:
+        # Framing faults refuse the frame; after that each transaction stands alone: decoding,
+        # policy and rate limit per item, a refusal of one is its own result.
+        items = wire.decode_sign_tx_batch(p)
+        out = [wire.BATCH_COUNT.pack(len(items), 0)]
+        check_tx, take, key = self._policy.check_tx, self._limiter.take, self._key
+        try:
+            for item in items:
+                try:
+                    tx = wire.decode_sign_tx(item)
+                    check_tx(tx)
+                    take()
+                    signed = sign_tx(key, tx)
+                    c[_TXS] += 1
+                    out.append(wire.encode_batch_signed(signed.hash, signed.raw))
+                except EnclaveError as e:
+                    c[_ERRORS] += 1
+                    if isinstance(e, PolicyDenied):
+                        c[_DENIALS] += 1
+                    out.append(wire.encode_batch_error(e.code, str(e)))
+                except Exception as e:  # a bug costs one item, as it costs one request elsewhere
+                    c[_ERRORS] += 1
+                    logger.error("internal error in a sign-tx batch: %s", type(e).__name__)
+                    out.append(wire.encode_batch_error(ErrorCode.INTERNAL, "internal error"))
+        finally:
+            for item in items:
+                item.release()
+        # decode_sign_tx_batch bounds the answer by MAX_PAYLOAD; this only guards that arithmetic.
+        answer = b"".join(out)
+        if len(answer) > MAX_PAYLOAD:
+            raise EnclaveError(f"batch answer of {len(answer)} bytes exceeds the frame limit")
+        return answer
 
     def _op_attest(self, p: memoryview, c: list[int]) -> bytes:
         nonce, user_data, public_key = wire.decode_attest(p)

@@ -150,10 +150,21 @@ def test_error_frame_round_trip_and_truncation() -> None:
 
 
 def test_stats_round_trip() -> None:
-    s = wire.Stats(1, 2, 3, 4, 5, 6, 7, 8)
+    s = wire.Stats(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
     assert wire.Stats.decode(s.encode()) == s
-    with pytest.raises(ProtocolError, match="expected 64"):
+    with pytest.raises(ProtocolError, match="at least 64"):
         wire.Stats.decode(b"\x00" * 63)
+    with pytest.raises(ProtocolError, match="multiple of 8"):
+        wire.Stats.decode(b"\x00" * 65)
+
+
+def test_stats_decodes_older_and_newer_records() -> None:
+    """Counters are appended: a version-1 record (eight) reads with the new ones at 0, and a
+    record from a newer signer with more counters reads its known prefix."""
+    old = wire.STATS_STRUCT.pack(*range(1, 12))[:64]
+    assert wire.Stats.decode(old) == wire.Stats(1, 2, 3, 4, 5, 6, 7, 8)
+    newer = wire.Stats(*range(1, 12)).encode() + (99).to_bytes(8, "little")
+    assert wire.Stats.decode(newer) == wire.Stats(*range(1, 12))
 
 
 @pytest.mark.parametrize(
