@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from coincurve._libsecp256k1 import ffi, lib
+from coincurve._libsecp256k1 import ffi, lib  # type: ignore[import-not-found]
 from coincurve.context import GLOBAL_CONTEXT
 
 from enclave.errors import EnclaveError

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from enclave import wire
-from enclave.wire import HEADER, HEADER_SIZE, MAGIC, MAX_PAYLOAD, RESPONSE_BIT, VERSION, Op, Stats
 from enclave.errors import (
     AttestationUnavailable,
     EnclaveError,
@@ -37,6 +36,7 @@ from enclave.policy import Policy, RateLimiter
 from enclave.presign import NonceSource, PresignPool
 from enclave.transport import Address, accept, listen, listening_address, parse_address
 from enclave.tx import sign_tx
+from enclave.wire import HEADER, HEADER_SIZE, MAGIC, MAX_PAYLOAD, RESPONSE_BIT, VERSION, Op, Stats
 
 if TYPE_CHECKING:  # the NSM package is only needed by whoever builds the Nsm object
     from enclave.nsm import Nsm

@@ -38,6 +38,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from enclave import wire
+from enclave.errors import EnclaveError, ErrorCode
+from enclave.keys import checksum_address
+from enclave.transport import Address, connect, parse_address
+from enclave.tx import SignedTx, UnsignedTx
 from enclave.wire import (
     HEADER,
     HEADER_SIZE,
@@ -48,10 +52,6 @@ from enclave.wire import (
     VERSION,
     Op,
 )
-from enclave.errors import EnclaveError, ErrorCode
-from enclave.keys import checksum_address
-from enclave.transport import Address, connect, parse_address
-from enclave.tx import SignedTx, UnsignedTx
 from router.errors import MalformedInput, SignerError, SignerTimeout, TransportError
 from router.txjson import parse_tx
 

@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 from anvil_support import DEV_KEY_0
 from eth_account import Account
-from signer_support import DEV_POLICY, ROOT, dev_key, header, raw_connect, read_frame, running_signer
+from signer_support import (
+    DEV_POLICY,
+    ROOT,
+    dev_key,
+    header,
+    raw_connect,
+    read_frame,
+    running_signer,
+)
 
 from enclave import wire
 from enclave.errors import ErrorCode, ProtocolError
@@ -130,7 +138,6 @@ def test_batch_signs_every_transaction_in_order(tmp_path: Path) -> None:
 
 def _assert_fields(tx: UnsignedTx, raw: bytes) -> None:
     from eth_account.typed_transactions import TypedTransaction
-
     from hexbytes import HexBytes
 
     decoded = TypedTransaction.from_bytes(HexBytes(raw)).as_dict()

@@ -24,13 +24,13 @@ from signer_support import (
 )
 
 from enclave import wire
-from enclave.wire import Op
 from enclave.errors import ErrorCode, PolicyDenied, TransportError
 from enclave.keys import KeyOrigin, SigningKey
 from enclave.policy import Policy, load_policy
 from enclave.server import SignerServer
 from enclave.transport import listen, parse_address
 from enclave.tx import TX_EIP1559, TX_LEGACY, UnsignedTx
+from enclave.wire import Op
 from router.errors import SignerError
 from router.signer_client import SignerClient
 

@@ -17,10 +17,10 @@ from peer_support import frame_relay
 from signer_support import read_frame, running_signer
 
 from enclave import wire
-from enclave.wire import Op
 from enclave.keys import KeyOrigin, SigningKey
 from enclave.nsm.emulator import EmulatedNsm
 from enclave.transport import listen
+from enclave.wire import Op
 from router.attest import (
     AttestationPolicy,
     BindsSignerKey,

@@ -18,9 +18,9 @@ from peer_support import frame_relay
 from signer_support import running_signer
 
 from enclave import wire
-from enclave.wire import Op
 from enclave.transport import listen, parse_address
 from enclave.tx import TX_EIP1559, UnsignedTx
+from enclave.wire import Op
 from router.errors import ConfigError, MalformedInput, SignerTimeout, TransportError
 from router.signer_client import DEFAULT_IO_TIMEOUT, SignerClient
 
