@@ -15,6 +15,7 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
@@ -175,6 +176,19 @@ def _forwarder(args: argparse.Namespace) -> Forwarder | None:
     return Forwarder(f"tcp:127.0.0.1:{port}", parse_address(args.kms_proxy))
 
 
+def _collect_when_idle() -> Callable[[], None]:
+    """The refill thread's idle work: a young-generation collection each call (about once a second
+    while the pool is full), a full one every minute; cheap, since start-up objects are frozen."""
+    calls = 0
+
+    def collect() -> None:
+        nonlocal calls
+        calls += 1
+        gc.collect(2 if calls % 60 == 0 else 0)
+
+    return collect
+
+
 def run(args: argparse.Namespace) -> int:
     address = parse_address(args.listen)
     policy = load_policy(args.policy)
@@ -213,7 +227,9 @@ def run(args: argparse.Namespace) -> int:
             if relay is not None:
                 relay.close()  # KMS is needed only to load the key
         bind_key(nsm, key)  # attestations now name the key, whoever chose the blob
-    server = SignerServer(key, policy, nsm=nsm, cpu=args.cpu, spin_us=args.spin_us)
+    server = SignerServer(
+        key, policy, nsm=nsm, cpu=args.cpu, spin_us=args.spin_us, idle=_collect_when_idle()
+    )
     bound = server.bind(address)
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -221,10 +237,18 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    # Latency: objects alive now (modules, key, policy) leave the collector's young generations,
-    # and collections become rarer; the serving loop allocates few container objects.
+    # Latency: objects alive now (modules, key, policy) leave the collector's generations for good.
     gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
+    if policy.presign_pool:
+        # An automatic collection runs in whichever thread crosses the allocation threshold, i.e.
+        # in the middle of a request. With a pool, the refill thread collects instead while the
+        # pool is full (idle), so no request ever pays for a collection it happened to trigger.
+        gc.disable()
+        # The refill thread's Python steps between libsecp256k1 calls are short; a request thread
+        # waiting for the GIL need not wait the default 5 ms for a forced switch.
+        sys.setswitchinterval(0.0002)
+    else:
+        gc.set_threshold(50_000, 50, 100)  # no thread to collect in: collect rarely instead
     print(
         f"sentinel signer {key.address} listening on {bound} (policy: {policy.mode})",
         file=sys.stderr,

@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from enclave import _wire
+from enclave import wire
 from enclave.errors import EnclaveError
 from enclave.transport import connect, parse_address
 
@@ -53,15 +53,15 @@ def find_port(name: str, ports_dir: Path = VIRTIO_PORTS) -> Path | None:
 
 
 def _call(sock: socket.socket, op: int, payload: bytes, rid: int) -> bytes:
-    sock.sendall(_wire.pack_frame(op, rid, payload))
-    header = _recv_exact(sock, _wire.HEADER_SIZE)
-    magic, version, rop, rrid, n = _wire.HEADER.unpack(header)
-    _wire.check_header(magic, version, n)
+    sock.sendall(wire.pack_frame(op, rid, payload))
+    header = _recv_exact(sock, wire.HEADER_SIZE)
+    magic, version, rop, rrid, n = wire.HEADER.unpack(header)
+    wire.check_header(magic, version, n)
     body = _recv_exact(sock, n)
-    if rop == _wire.OP_ERROR:
-        code, message = _wire.decode_error(body)
+    if rop == wire.OP_ERROR:
+        code, message = wire.decode_error(body)
         raise RuntimeError(f"signer refused op 0x{op:02x}: code {code}: {message}")
-    if rop != op | _wire.RESPONSE_BIT or rrid != rid:
+    if rop != op | wire.RESPONSE_BIT or rrid != rid:
         raise RuntimeError(f"answer opcode 0x{rop:02x} id {rrid} to op 0x{op:02x} id {rid}")
     return body
 
@@ -98,17 +98,17 @@ def self_check(signer: str, wait: float) -> dict[str, object]:
         sock.settimeout(30.0)  # a signer that stops answering fails the check instead of hanging it
         try:
             t0 = time.monotonic()
-            _call(sock, _wire.Op.PING, b"", 1)
+            _call(sock, wire.Op.PING, b"", 1)
             result["ping_us"] = round((time.monotonic() - t0) * 1e6, 1)
-            info = _call(sock, _wire.Op.GET_KEY, b"", 2)
+            info = _call(sock, wire.Op.GET_KEY, b"", 2)
             public_key, address = info[:65], info[65:]
             result["address"] = "0x" + address.hex()
             digest = keccak256(b"sentinel self-check")
-            sig = _call(sock, _wire.Op.SIGN_DIGEST, digest, 3)
+            sig = _call(sock, wire.Op.SIGN_DIGEST, digest, 3)
             recovered = PublicKey.from_signature_and_message(sig, digest, hasher=None)
             result["signature_recovers"] = recovered.format(compressed=False) == public_key
             nonce = os.urandom(16)
-            doc = _call(sock, _wire.Op.ATTEST, _wire.encode_attest(nonce, None, None), 4)
+            doc = _call(sock, wire.Op.ATTEST, wire.encode_attest(nonce, None, None), 4)
             result["attestation_bytes"] = len(doc)
             result["attestation_has_nonce"] = nonce in doc
             result["attestation_binds_key"] = public_key in doc  # PROTOCOL.md, "Key binding"

@@ -17,6 +17,7 @@ import coincurve
 
 from enclave._keccak import keccak256
 from enclave.errors import KeyLoadError
+from enclave.presign import PresignPool
 
 __all__ = ["KeyOrigin", "SigningKey", "checksum_address", "load_dev_key"]
 
@@ -53,7 +54,9 @@ class SigningKey:
         KeyLoadError: the secret is not a valid secp256k1 scalar (message carries no key material).
     """
 
-    __slots__ = ("_key", "_sign", "address", "address_bytes", "origin", "public_key")
+    __slots__ = (
+        "_key", "_pool", "_secret", "_sign", "address", "address_bytes", "origin", "public_key"
+    )
 
     def __init__(self, secret: bytes | bytearray, *, origin: KeyOrigin) -> None:
         if not isinstance(origin, KeyOrigin):
@@ -67,6 +70,8 @@ class SigningKey:
             raise KeyLoadError("secret is not a valid secp256k1 scalar (0 < k < n)") from None
         self._key = key
         self._sign = key.sign_recoverable
+        self._secret = key.secret  # the library's own bytes, not a copy: the presigned path's tweak
+        self._pool: PresignPool | None = None
         self.origin = origin
         #: Uncompressed SEC1 public key, 65 bytes (0x04 || X || Y).
         self.public_key: bytes = key.public_key.format(compressed=False)
@@ -78,10 +83,30 @@ class SigningKey:
     def sign_digest(self, digest: bytes | bytearray | memoryview) -> bytes:
         """Sign a 32-byte digest: 65 bytes r || s || v, v the y-parity (0 or 1), s low (EIP-2).
 
+        With a presignature pool attached, one presignature is spent (random k, see
+        `enclave.presign`); without one, or when the pool is empty, libsecp256k1's deterministic
+        RFC 6979 signature.
+
         Raises:
             ValueError: digest is not 32 bytes (caller misuse; the wire layer checks lengths first).
         """
-        return self._sign(bytes(digest), hasher=None)
+        if type(digest) is not bytes:
+            digest = bytes(digest)
+        pool = self._pool
+        if pool is not None:
+            sig = pool.sign(self._secret, digest)
+            if sig is not None:
+                return sig
+        return self._sign(digest, hasher=None)
+
+    def use_presignatures(self, pool: PresignPool | None) -> None:
+        """Sign through `pool` from now on (None: deterministic RFC 6979 signatures only)."""
+        self._pool = pool
+
+    @property
+    def presign_pool(self) -> PresignPool | None:
+        """The attached presignature pool, if any."""
+        return self._pool
 
     def __repr__(self) -> str:
         return f"SigningKey(address={self.address}, origin={self.origin.value})"

@@ -13,6 +13,8 @@ silently loosen or tighten a rule)::
     sign_digest = false            # optional: allow SIGN_DIGEST (raw digests bypass every tx rule)
     allow_create = false           # optional: allow contract creation (no `to`)
     any_destination = false        # optional: development only; skips the destination list
+    presign_pool = 1024            # optional: presignatures kept ready (0, the default: off, every
+                                   # signature is RFC 6979); at most 65536 (enclave/presign.py)
 
     [rate_limit]                   # token bucket over all signing operations
     per_second = 50
@@ -36,6 +38,7 @@ from typing import Any, Literal
 
 from enclave.errors import PolicyDenied, PolicyFileError, RateLimited
 from enclave.keys import KeyOrigin, SigningKey
+from enclave.presign import MAX_POOL
 from enclave.tx import UINT256_MAX, UnsignedTx
 
 __all__ = ["DEFAULT_POLICY", "Destination", "Policy", "RateLimiter", "load_policy"]
@@ -48,7 +51,7 @@ _MAX_POLICY_FILE = 1 << 20
 
 _TOP_KEYS = {
     "schema", "mode", "chain_ids", "max_value", "max_fee_per_gas", "max_gas", "sign_digest",
-    "allow_create", "any_destination", "rate_limit", "destinations",
+    "allow_create", "any_destination", "rate_limit", "destinations", "presign_pool",
 }  # fmt: skip
 _REQUIRED = {"schema", "mode", "chain_ids", "max_value", "max_fee_per_gas", "max_gas", "rate_limit"}
 
@@ -76,6 +79,8 @@ class Policy:
     sign_digest: bool = False
     allow_create: bool = False
     any_destination: bool = False
+    #: Presignatures kept ready (0: off, deterministic RFC 6979 signatures only).
+    presign_pool: int = 0
 
     @classmethod
     def from_toml(cls, text: str | bytes, *, source: str = "policy") -> Policy:
@@ -297,4 +302,13 @@ def _parse(doc: dict[str, Any], source: str) -> Policy:
         sign_digest=_bool(source, "sign_digest", doc.get("sign_digest", False)),
         allow_create=_bool(source, "allow_create", doc.get("allow_create", False)),
         any_destination=any_destination,
+        presign_pool=_presign_pool(source, doc.get("presign_pool", 0)),
     )
+
+
+def _presign_pool(source: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _err(source, f"presign_pool must be an integer (got {type(v).__name__})")
+    if not 0 <= v <= MAX_POOL:
+        raise _err(source, f"presign_pool must be in 0..{MAX_POOL} (0 = off; got {v})")
+    return v

@@ -23,8 +23,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from enclave import _wire
-from enclave._wire import HEADER, HEADER_SIZE, MAGIC, MAX_PAYLOAD, RESPONSE_BIT, VERSION, Op, Stats
+from enclave import wire
 from enclave.errors import (
     AttestationUnavailable,
     EnclaveError,
@@ -34,8 +33,10 @@ from enclave.errors import (
 )
 from enclave.keys import SigningKey
 from enclave.policy import Policy, RateLimiter
+from enclave.presign import NonceSource, PresignPool
 from enclave.transport import Address, accept, listen, listening_address, parse_address
 from enclave.tx import sign_tx
+from enclave.wire import HEADER, HEADER_SIZE, MAGIC, MAX_PAYLOAD, RESPONSE_BIT, VERSION, Op, Stats
 
 if TYPE_CHECKING:  # the NSM package is only needed by whoever builds the Nsm object
     from enclave.nsm import Nsm
@@ -70,6 +71,12 @@ class SignerServer:
             Its documents always carry `key`'s public key in `public_key`.
         cpu: CPU to pin connection threads to (os.sched_setaffinity), or None.
         spin_us: busy-poll window before blocking reads; 0 disables busy-polling.
+        idle: called by the presignature refill thread about once a second while the pool is
+            full (`python -m enclave serve` collects garbage there); unused without a pool.
+
+    With `policy.presign_pool` > 0 the server attaches a presignature pool to `key` (its nonces mix
+    in the NSM's GetRandom when `nsm` is given), fills it before serving and refills it from a
+    background thread kept off `cpu`; `close()` detaches the pool and wipes what is left.
 
     Raises:
         PolicyDenied: the policy refuses this key.
@@ -83,6 +90,7 @@ class SignerServer:
         nsm: Nsm | None = None,
         cpu: int | None = None,
         spin_us: int = DEFAULT_SPIN_US,
+        idle: Callable[[], None] | None = None,
     ) -> None:
         policy.check_key(key)
         if cpu is not None and cpu not in os.sched_getaffinity(0):
@@ -109,6 +117,7 @@ class SignerServer:
         self._serving = False
         self._released = False
         self._accept_thread: threading.Thread | None = None
+        self._refilling = False
         table: list[_Handler | None] = [None] * 256
         table[Op.PING] = self._op_ping
         table[Op.GET_KEY] = self._op_get_key
@@ -116,7 +125,13 @@ class SignerServer:
         table[Op.SIGN_TX] = self._op_sign_tx
         table[Op.ATTEST] = self._op_attest
         table[Op.STATS] = self._op_stats
+        table[Op.SIGN_TX_BATCH] = self._op_sign_tx_batch
         self._table = tuple(table)
+        self._idle = idle
+        self._pool: PresignPool | None = None
+        if policy.presign_pool:
+            self._pool = PresignPool(policy.presign_pool, nonces=NonceSource(nsm))
+            key.use_presignatures(self._pool)
 
     def __repr__(self) -> str:
         return f"SignerServer(address={self._address}, key={self._key!r})"
@@ -149,6 +164,7 @@ class SignerServer:
         poller.register(listener, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         listener.setblocking(False)
+        self._start_refill()
         logger.info("serving %s for %s", addr, self._key.address)
         self._serving = True
         try:
@@ -181,6 +197,16 @@ class SignerServer:
                 target=self._serve_connection, args=(conn,), name="sentinel-conn", daemon=True
             ).start()
 
+    def _start_refill(self) -> None:
+        pool = self._pool
+        if pool is None or self._closing.is_set():
+            return
+        with self._lock:
+            if self._refilling:
+                return
+            self._refilling = True
+        pool.start_refill(avoid_cpu=self._cpu, idle=self._idle)
+
     def start(self) -> threading.Thread:
         """Run `serve_forever` in a background thread (tests, embedding)."""
         t = threading.Thread(target=self.serve_forever, name="sentinel-accept", daemon=True)
@@ -207,6 +233,9 @@ class SignerServer:
         if self._address is not None and self._address.kind == "unix":
             with contextlib.suppress(OSError):
                 os.unlink(self._address.path)
+        if self._pool is not None:
+            self._key.use_presignatures(None)
+            self._pool.close()
 
     def _release_listener(self) -> None:
         # By whoever owns the accept loop, or by close() if it never ran; exactly once, because a
@@ -236,7 +265,11 @@ class SignerServer:
             open_now = len(self._live)
             total = self._connections_total
         requests, errors, denials, digests, txs, attests = totals
-        return Stats(requests, errors, denials, digests, txs, attests, open_now, total)
+        pool = self._pool
+        return Stats(
+            requests, errors, denials, digests, txs, attests, open_now, total,
+            *((len(pool), pool.presigned, pool.fallbacks) if pool is not None else (0, 0, 0)),
+        )  # fmt: skip
 
     # --- connection loop --------------------------------------------------------------------------
 
@@ -332,12 +365,12 @@ class SignerServer:
                 counters[_ERRORS] += 1
                 if isinstance(e, PolicyDenied):
                     counters[_DENIALS] += 1
-                frame = _wire.encode_error(rid, e.code, str(e))
+                frame = wire.encode_error(rid, e.code, str(e))
             except Exception as e:  # a bug must cost one request, not the connection or the server
                 counters[_ERRORS] += 1
                 # Type name only: an exception text could quote request bytes.
                 logger.error("internal error on opcode 0x%02x: %s", op, type(e).__name__)
-                frame = _wire.encode_error(rid, ErrorCode.INTERNAL, "internal error")
+                frame = wire.encode_error(rid, ErrorCode.INTERNAL, "internal error")
             finally:
                 payload.release()
             try:
@@ -361,10 +394,10 @@ class SignerServer:
         it with an error frame, and return the new (start, end). Oversized payloads are read and
         discarded in buffer-sized chunks, never stored."""
         try:
-            _wire.check_header(magic, version, n)
+            wire.check_header(magic, version, n)
             raise AssertionError("unreachable: header was rejected")  # pragma: no cover
         except ProtocolError as e:
-            error = _wire.encode_error(rid, e.code, str(e))
+            error = wire.encode_error(rid, e.code, str(e))
         remaining = HEADER_SIZE + n
         buffered = end - start
         if buffered >= remaining:
@@ -389,16 +422,16 @@ class SignerServer:
     # --- operations (payload is a view into the receive buffer, valid during the call) ------------
 
     def _op_ping(self, p: memoryview, c: list[int]) -> bytes:
-        _wire.expect_length("ping", len(p), 0)
+        wire.expect_length("ping", len(p), 0)
         return b""
 
     def _op_get_key(self, p: memoryview, c: list[int]) -> bytes:
-        _wire.expect_length("get-key", len(p), 0)
+        wire.expect_length("get-key", len(p), 0)
         return self._key_info
 
     def _op_sign_digest(self, p: memoryview, c: list[int]) -> bytes:
         if len(p) != 32:
-            _wire.expect_length("sign-digest", len(p), 32)
+            wire.expect_length("sign-digest", len(p), 32)
         self._policy.check_digest()
         self._limiter.take()
         sig = self._key.sign_digest(bytes(p))
@@ -406,7 +439,7 @@ class SignerServer:
         return sig
 
     def _op_sign_tx(self, p: memoryview, c: list[int]) -> bytes:
-        tx = _wire.decode_sign_tx(p)
+        tx = wire.decode_sign_tx(p)
         self._policy.check_tx(tx)
         self._limiter.take()
         signed = sign_tx(self._key, tx)
@@ -416,8 +449,41 @@ class SignerServer:
             raise EnclaveError(f"signed transaction of {len(out)} bytes exceeds the frame limit")
         return out
 
+    def _op_sign_tx_batch(self, p: memoryview, c: list[int]) -> bytes:
+        # Framing faults refuse the frame; after that each transaction stands alone: decoding,
+        # policy and rate limit per item, a refusal of one is its own result.
+        items = wire.decode_sign_tx_batch(p)
+        out = [wire.BATCH_COUNT.pack(len(items), 0)]
+        check_tx, take, key = self._policy.check_tx, self._limiter.take, self._key
+        try:
+            for item in items:
+                try:
+                    tx = wire.decode_sign_tx(item)
+                    check_tx(tx)
+                    take()
+                    signed = sign_tx(key, tx)
+                    c[_TXS] += 1
+                    out.append(wire.encode_batch_signed(signed.hash, signed.raw))
+                except EnclaveError as e:
+                    c[_ERRORS] += 1
+                    if isinstance(e, PolicyDenied):
+                        c[_DENIALS] += 1
+                    out.append(wire.encode_batch_error(e.code, str(e)))
+                except Exception as e:  # a bug costs one item, as it costs one request elsewhere
+                    c[_ERRORS] += 1
+                    logger.error("internal error in a sign-tx batch: %s", type(e).__name__)
+                    out.append(wire.encode_batch_error(ErrorCode.INTERNAL, "internal error"))
+        finally:
+            for item in items:
+                item.release()
+        # decode_sign_tx_batch bounds the answer by MAX_PAYLOAD; this only guards that arithmetic.
+        answer = b"".join(out)
+        if len(answer) > MAX_PAYLOAD:
+            raise EnclaveError(f"batch answer of {len(answer)} bytes exceeds the frame limit")
+        return answer
+
     def _op_attest(self, p: memoryview, c: list[int]) -> bytes:
-        nonce, user_data, public_key = _wire.decode_attest(p)
+        nonce, user_data, public_key = wire.decode_attest(p)
         if public_key is not None:
             # The NSM signs whatever key it is given as *this enclave's* key, and KMS encrypts
             # CiphertextForRecipient to it: relaying a caller's key would hand the caller every
@@ -442,5 +508,5 @@ class SignerServer:
         return doc
 
     def _op_stats(self, p: memoryview, c: list[int]) -> bytes:
-        _wire.expect_length("stats", len(p), 0)
+        wire.expect_length("stats", len(p), 0)
         return self.stats().encode()

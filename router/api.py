@@ -1,4 +1,4 @@
-"""The router's local API: a Unix socket speaking the signer's binary framing (enclave/_wire.py).
+"""The router's local API: a Unix socket speaking the signer's binary framing (enclave/wire.py).
 
 Every frame is the signer's 12-byte little-endian header (magic "SN", version 1, opcode, request
 id, payload length) and payload; answers echo the request id with `opcode | 0x80`, failures are
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from enclave._wire import (
+from enclave.wire import (
     HEADER,
     HEADER_SIZE,
     MAGIC,
@@ -46,8 +46,8 @@ from enclave._wire import (
     VERSION,
     pack_frame,
 )
-from enclave._wire import decode_error as _decode_error
-from enclave._wire import encode_error as _encode_error
+from enclave.wire import decode_error as _decode_error
+from enclave.wire import encode_error as _encode_error
 
 from .core import Router
 from .errors import (

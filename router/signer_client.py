@@ -14,9 +14,14 @@ busy-poll has given up, so the hot path pays one clock read per call for it.
 Retries: a *broken* connection (reset, EOF, refused send) is re-opened with exponential backoff and
 the request re-sent once. A *timed-out* request is not re-sent by the client: the deadline bounds the
 whole call, and a signer that stalled once is likely to stall again, which would double the time
-the caller is frozen. Re-sending it is safe for the caller to do: signing is deterministic (RFC 6979),
-so a sign request sent twice yields the same signature and the same transaction hash, never a second,
-different transaction for the nonce (the signer's rate limiter and counters do see it twice).
+the caller is frozen. Re-sending is safe, but not because signatures repeat: with presignatures
+(policy `presign_pool` > 0) every signature has a fresh random k, so a sign request sent twice yields
+two different signatures and two different transaction hashes for the same nonce. What keeps that
+safe is that a call returns at most one answer: an answer lost with its connection never leaves the
+signer's socket, and a late answer on a dropped connection is never read, so the caller only ever
+holds, journals and broadcasts the one transaction it was given (both are valid; the chain accepts
+one per nonce). Callers must not assume a re-sign reproduces an earlier hash (enclave/PROTOCOL.md,
+"Signing"); with `presign_pool = 0` it does (RFC 6979).
 """
 
 from __future__ import annotations
@@ -28,12 +33,16 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from enclave import _wire
-from enclave._wire import (
+from enclave import wire
+from enclave.errors import EnclaveError, ErrorCode
+from enclave.keys import checksum_address
+from enclave.transport import Address, connect, parse_address
+from enclave.tx import SignedTx, UnsignedTx
+from enclave.wire import (
     HEADER,
     HEADER_SIZE,
     MAGIC,
@@ -43,10 +52,6 @@ from enclave._wire import (
     VERSION,
     Op,
 )
-from enclave.errors import EnclaveError, ErrorCode
-from enclave.keys import checksum_address
-from enclave.transport import Address, connect, parse_address
-from enclave.tx import SignedTx, UnsignedTx
 from router.errors import MalformedInput, SignerError, SignerTimeout, TransportError
 from router.txjson import parse_tx
 
@@ -195,7 +200,7 @@ class SignerClient:
         """The signer's public key and EVM address (cached after the first call)."""
         if self._key_info is None:
             out = self._call(Op.GET_KEY, b"")
-            if len(out) != _wire.KEY_INFO_SIZE:
+            if len(out) != wire.KEY_INFO_SIZE:
                 raise TransportError(f"get-key answer of {len(out)} bytes (expected 85)")
             pub, addr = bytes(out[:65]), bytes(out[65:])
             self._key_info = KeyInfo(checksum_address(addr), addr, pub)
@@ -206,7 +211,7 @@ class SignerClient:
         if len(digest) != 32:
             raise ValueError(f"digest must be 32 bytes (got {len(digest)})")
         out = self._call(Op.SIGN_DIGEST, bytes(digest))
-        if len(out) != _wire.SIGNATURE_SIZE:
+        if len(out) != wire.SIGNATURE_SIZE:
             raise TransportError(f"sign-digest answer of {len(out)} bytes (expected 65)")
         return bytes(out)
 
@@ -222,7 +227,7 @@ class SignerClient:
             sender = self.address().address_bytes if "from" in tx else None
             tx = parse_tx(tx, signer_address=sender)
         try:
-            payload = _wire.encode_sign_tx(tx)
+            payload = wire.encode_sign_tx(tx)
         except ValueError as e:
             raise MalformedInput(f"transaction: {e}") from e
         out = self._call(Op.SIGN_TX, payload)
@@ -230,21 +235,51 @@ class SignerClient:
             raise TransportError(f"sign-tx answer of {len(out)} bytes is too short")
         return SignedTx(bytes(out[32:]), bytes(out[:32]))
 
+    def sign_tx_batch(self, txs: Sequence[UnsignedTx]) -> list[SignedTx | SignerError]:
+        """Sign up to `enclave.wire.MAX_BATCH` transactions in one round trip (SIGN_TX_BATCH).
+
+        The signer applies its policy and rate limit to each transaction on its own: the result
+        list has one entry per transaction, in order, either its `SignedTx` or the `SignerError`
+        that refused it (returned, not raised).
+
+        Raises:
+            MalformedInput: no transaction, too many, one that cannot be encoded, or a batch
+                whose answer could exceed the frame limit.
+            SignerError: the signer refused the whole frame (a framing fault).
+            TransportError: the connection failed twice or the answer is inconsistent.
+        """
+        try:
+            payload = wire.encode_sign_tx_batch(tuple(txs))
+        except (ValueError, TypeError) as e:
+            raise MalformedInput(f"batch: {e}") from e
+        out = self._call(Op.SIGN_TX_BATCH, payload)
+        try:
+            results = wire.decode_sign_tx_batch_answer(out, len(txs))
+        except EnclaveError as e:
+            raise TransportError(f"sign-tx-batch answer: {e}") from e
+        signed: list[SignedTx | SignerError] = []
+        for status, body in results:
+            if status == 0:
+                signed.append(SignedTx(body[32:], body[:32]))
+            else:
+                signed.append(SignerError(status, _code_name(status), body.decode("ascii", "replace")))
+        return signed
+
     def attest(self, *, nonce: bytes | None = None, user_data: bytes | None = None) -> bytes:
         """The signer's NSM attestation document (raw COSE_Sign1) with this nonce and user data;
         its `public_key` is the signer's own key (PROTOCOL.md, "Key binding"). Verify it with
         `router.attest.check_signer`, which also checks that binding."""
         try:
-            payload = _wire.encode_attest(nonce, user_data, None)
+            payload = wire.encode_attest(nonce, user_data, None)
         except ValueError as e:
             raise MalformedInput(f"attest: {e}") from e
         return bytes(self._call(Op.ATTEST, payload))
 
-    def stats(self) -> _wire.Stats:
+    def stats(self) -> wire.Stats:
         """The signer's counters."""
         out = self._call(Op.STATS, b"")
         try:
-            return _wire.Stats.decode(out)
+            return wire.Stats.decode(out)
         except EnclaveError as e:
             raise TransportError(f"stats answer: {e}") from e
 
@@ -333,14 +368,10 @@ class SignerClient:
             return body
         if rop == OP_ERROR:
             try:
-                code, message = _wire.decode_error(body)
+                code, message = wire.decode_error(body)
             except EnclaveError as e:
                 raise TransportError(f"malformed error frame: {e}") from e
-            try:
-                name = ErrorCode(code).name
-            except ValueError:
-                name = f"code {code}"
-            raise SignerError(code, name, message)
+            raise SignerError(code, _code_name(code), message)
         self.close()
         raise TransportError(f"signer answered opcode 0x{rop:02x} to request 0x{op:02x}")
 
@@ -412,6 +443,13 @@ class SignerClient:
         logger.warning("signer at %s did not answer %s within %g s; connection dropped",
                        self._address, name, self._io_timeout)
         raise SignerTimeout(name, self._io_timeout, str(self._address))
+
+
+def _code_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return f"code {code}"
 
 
 class _Broken(Exception):

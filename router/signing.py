@@ -8,11 +8,14 @@ transaction without yielding to the event loop.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
+from enclave.errors import ErrorCode
 from enclave.tx import TX_EIP1559, UnsignedTx
 from enclave.tx import sign_tx as _sign_tx
 
+from .errors import SignerError
 from .fees import Fees
 from .intent import Intent
 
@@ -46,6 +49,18 @@ class InProcessSigner:
 
     def sign_tx(self, tx: UnsignedTx) -> SignedLike:
         return _sign_tx(self._key, tx)
+
+    def sign_tx_batch(self, txs: Sequence[UnsignedTx]) -> list[SignedLike | SignerError]:
+        """Sign each transaction, like `SignerClient.sign_tx_batch`: one result per transaction, in
+        order; one that cannot be signed (an unsupported type) is a MALFORMED `SignerError` in its
+        place. No policy or rate limit here: those live in the enclave."""
+        out: list[SignedLike | SignerError] = []
+        for tx in txs:
+            try:
+                out.append(_sign_tx(self._key, tx))
+            except ValueError as e:
+                out.append(SignerError(ErrorCode.MALFORMED, ErrorCode.MALFORMED.name, str(e)))
+        return out
 
 
 def build_tx(chain_id: int, nonce: int, intent: Intent, fees: Fees) -> UnsignedTx:

@@ -13,7 +13,7 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from enclave import _wire, server  # noqa: F401
+    from enclave import server, wire  # noqa: F401
 
 from signer_support import running_signer  # noqa: E402
 from wire_fuzz_support import check_answers, exchange  # noqa: E402

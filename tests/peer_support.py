@@ -12,7 +12,7 @@ from pathlib import Path
 
 from signer_support import recv_exact
 
-from enclave import _wire
+from enclave import wire
 from enclave.transport import connect, listen
 
 #: (opcode, connection index) -> upstream address, or None to never answer that request.
@@ -22,8 +22,8 @@ Delay = Callable[[int], float]
 
 
 def _read_frame(sock: socket.socket) -> bytes:
-    head = recv_exact(sock, _wire.HEADER_SIZE)
-    n = _wire.HEADER.unpack(head)[4]
+    head = recv_exact(sock, wire.HEADER_SIZE)
+    n = wire.HEADER.unpack(head)[4]
     return head + recv_exact(sock, n)
 
 
@@ -65,7 +65,7 @@ class FrameRelay:
                 except (EOFError, OSError):
                     self.closed.add(index)
                     return
-                _, _, op, rid, _ = _wire.HEADER.unpack_from(frame)
+                _, _, op, rid, _ = wire.HEADER.unpack_from(frame)
                 self.requests.append((index, op, rid))
                 target = self._route(op, index)
                 if target is None:

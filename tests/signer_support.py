@@ -10,7 +10,7 @@ from pathlib import Path
 
 from anvil_support import DEV_KEY_0
 
-from enclave import _wire
+from enclave import wire
 from enclave.keys import KeyOrigin, SigningKey
 from enclave.policy import Policy, load_policy
 from enclave.server import SignerServer
@@ -61,9 +61,9 @@ def raw_connect(server: SignerServer, timeout: float = 10.0) -> socket.socket:
 
 def read_frame(sock: socket.socket) -> tuple[int, int, bytes]:
     """(opcode, request_id, payload) of the next frame; asserts the header is well formed."""
-    header = recv_exact(sock, _wire.HEADER_SIZE)
-    magic, version, op, rid, n = _wire.HEADER.unpack(header)
-    assert magic == _wire.MAGIC and version == _wire.VERSION and n <= _wire.MAX_PAYLOAD
+    header = recv_exact(sock, wire.HEADER_SIZE)
+    magic, version, op, rid, n = wire.HEADER.unpack(header)
+    assert magic == wire.MAGIC and version == wire.VERSION and n <= wire.MAX_PAYLOAD
     return op, rid, recv_exact(sock, n)
 
 
@@ -78,7 +78,7 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 def error_of(payload: bytes) -> tuple[int, str]:
-    code, message = _wire.decode_error(payload)
+    code, message = wire.decode_error(payload)
     return code, message
 
 

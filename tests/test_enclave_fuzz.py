@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from signer_support import running_signer
 from wire_fuzz_support import check_answers, exchange, frame
 
-from enclave import _wire
+from enclave import wire
 from enclave.tx import UnsignedTx
 from router.signer_client import SignerClient
 
@@ -36,19 +36,19 @@ def signer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _valid_payload(op: int, data: bytes) -> bytes:
-    if op == _wire.Op.SIGN_DIGEST:
+    if op == wire.Op.SIGN_DIGEST:
         return data[:32].ljust(32, b"\0")
-    if op == _wire.Op.SIGN_TX:
+    if op == wire.Op.SIGN_TX:
         tx = UnsignedTx(2, 31337, len(data), 21000, data[:20].ljust(20, b"\1"), 0, data, 10**9, 1)
-        return _wire.encode_sign_tx(tx)
-    if op == _wire.Op.ATTEST:
-        return _wire.encode_attest(nonce=data[:64] or None, user_data=data[64:128] or None)
+        return wire.encode_sign_tx(tx)
+    if op == wire.Op.ATTEST:
+        return wire.encode_attest(nonce=data[:64] or None, user_data=data[64:128] or None)
     return b""
 
 
 @st.composite
 def frames(draw: st.DrawFn) -> bytes:
-    op = draw(st.sampled_from([*list(_wire.Op), 0, 0x7F, 0x80, 0xFF, draw(st.integers(0, 255))]))
+    op = draw(st.sampled_from([*list(wire.Op), 0, 0x7F, 0x80, 0xFF, draw(st.integers(0, 255))]))
     rid = draw(st.integers(0, 2**32 - 1))
     data = draw(st.binary(max_size=200))
     payload = draw(st.sampled_from([_valid_payload(op, data), data]))
@@ -62,7 +62,7 @@ def frames(draw: st.DrawFn) -> bytes:
     if kind == "long":
         return frame(op, rid, payload + b"\0" * 3)
     if kind == "huge":
-        n = _wire.MAX_PAYLOAD + draw(st.integers(1, 3000))
+        n = wire.MAX_PAYLOAD + draw(st.integers(1, 3000))
         return frame(op, rid, b"\x5a" * n)
     if kind == "flip" and payload:
         b = bytearray(frame(op, rid, payload))
@@ -98,10 +98,10 @@ def test_decoders_raise_only_protocol_errors(payload: bytes) -> None:
     from enclave.errors import ProtocolError
 
     for decode in (
-        _wire.decode_sign_tx,
-        _wire.decode_attest,
-        _wire.decode_error,
-        _wire.Stats.decode,
+        wire.decode_sign_tx,
+        wire.decode_attest,
+        wire.decode_error,
+        wire.Stats.decode,
     ):
         try:
             decode(memoryview(payload))

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from signer_support import DEV_POLICY, ROOT, header, raw_connect, read_frame, running_signer
 
-from enclave._wire import Op
 from enclave.errors import KeyLoadError
 from enclave.keys import KeyOrigin, SigningKey, load_dev_key
 from enclave.tx import TX_EIP1559, UnsignedTx
+from enclave.wire import Op
 from router.errors import RouterError
 from router.signer_client import SignerClient
 

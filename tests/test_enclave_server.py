@@ -23,14 +23,14 @@ from signer_support import (
     running_signer,
 )
 
-from enclave import _wire
-from enclave._wire import Op
+from enclave import wire
 from enclave.errors import ErrorCode, PolicyDenied, TransportError
 from enclave.keys import KeyOrigin, SigningKey
 from enclave.policy import Policy, load_policy
 from enclave.server import SignerServer
 from enclave.transport import listen, parse_address
 from enclave.tx import TX_EIP1559, TX_LEGACY, UnsignedTx
+from enclave.wire import Op
 from router.errors import SignerError
 from router.signer_client import SignerClient
 
@@ -162,7 +162,7 @@ def test_every_bad_frame_gets_a_typed_error_and_the_connection_survives(
 ) -> None:
     with running_signer(tmp_path) as server, raw_connect(server) as sock:
         op, rid, payload = _roundtrip(sock, frame)
-        assert (op, rid) == (_wire.OP_ERROR, 1)
+        assert (op, rid) == (wire.OP_ERROR, 1)
         got, message = error_of(payload)
         assert got == code, message
         assert message and message.isascii()
@@ -171,11 +171,11 @@ def test_every_bad_frame_gets_a_typed_error_and_the_connection_survives(
 
 
 def test_oversized_payload_is_drained_not_stored(tmp_path: Path) -> None:
-    n = _wire.MAX_PAYLOAD * 3 + 5
+    n = wire.MAX_PAYLOAD * 3 + 5
     with running_signer(tmp_path) as server, raw_connect(server) as sock:
         sock.sendall(header(Op.SIGN_TX, 5, n) + b"\xee" * n + header(Op.PING, 6, 0))
         op, rid, payload = read_frame(sock)
-        assert (op, rid, error_of(payload)[0]) == (_wire.OP_ERROR, 5, ErrorCode.PAYLOAD_TOO_LARGE)
+        assert (op, rid, error_of(payload)[0]) == (wire.OP_ERROR, 5, ErrorCode.PAYLOAD_TOO_LARGE)
         assert read_frame(sock)[:2] == (Op.PING | 0x80, 6)
 
 
@@ -279,14 +279,14 @@ def test_attest_refuses_a_callers_public_key(tmp_path: Path) -> None:
     rsa_like = bytes(range(256)) + bytes(38)  # any caller-chosen bytes, e.g. an RSA SPKI
     with running_signer(tmp_path, nsm=EmulatedNsm()) as server:
         with raw_connect(server) as sock:
-            sock.sendall(_wire.pack_frame(Op.ATTEST, 41, _wire.encode_attest(b"n", None, rsa_like)))
+            sock.sendall(wire.pack_frame(Op.ATTEST, 41, wire.encode_attest(b"n", None, rsa_like)))
             op, rid, payload = read_frame(sock)
             code, message = error_of(payload)
-            assert (op, rid, code) == (_wire.OP_ERROR, 41, ErrorCode.MALFORMED)
+            assert (op, rid, code) == (wire.OP_ERROR, 41, ErrorCode.MALFORMED)
             assert "public_key must be empty" in message and "signer's own key" in message
-            sock.sendall(_wire.pack_frame(Op.ATTEST, 42, _wire.encode_attest(b"n", b"u", None)))
+            sock.sendall(wire.pack_frame(Op.ATTEST, 42, wire.encode_attest(b"n", b"u", None)))
             op, rid, _ = read_frame(sock)
-            assert (op, rid) == (Op.ATTEST | _wire.RESPONSE_BIT, 42)
+            assert (op, rid) == (Op.ATTEST | wire.RESPONSE_BIT, 42)
         assert server.stats().attestations == 1
 
 
@@ -395,12 +395,12 @@ def test_connection_thread_is_pinned_and_spin_is_bounded(tmp_path: Path) -> None
 def test_pipelined_large_frames_cross_buffer_compaction(tmp_path: Path) -> None:
     """Frames bigger than half the receive buffer, sent back to back in one write, force the
     server to compact partially received frames; every answer must still be right and in order."""
-    sizes = [60_000, _wire.MAX_TX_DATA, 1, 90_000, _wire.MAX_TX_DATA - 7, 5]
+    sizes = [60_000, wire.MAX_TX_DATA, 1, 90_000, wire.MAX_TX_DATA - 7, 5]
     txs = [TX._replace(nonce=i, data=bytes([i + 1]) * n, gas=10**7) for i, n in enumerate(sizes)]
     stream = b"".join(
-        _wire.pack_frame(Op.SIGN_TX, 100 + i, _wire.encode_sign_tx(tx)) for i, tx in enumerate(txs)
+        wire.pack_frame(Op.SIGN_TX, 100 + i, wire.encode_sign_tx(tx)) for i, tx in enumerate(txs)
     )
-    assert len(stream) > 2 * (_wire.HEADER_SIZE + _wire.MAX_PAYLOAD)
+    assert len(stream) > 2 * (wire.HEADER_SIZE + wire.MAX_PAYLOAD)
     with running_signer(tmp_path) as server, raw_connect(server) as sock:
         sender = threading.Thread(target=sock.sendall, args=(stream,))
         sender.start()

@@ -16,11 +16,11 @@ from anvil_support import DEV_ADDR_0
 from peer_support import frame_relay
 from signer_support import read_frame, running_signer
 
-from enclave import _wire
-from enclave._wire import Op
+from enclave import wire
 from enclave.keys import KeyOrigin, SigningKey
 from enclave.nsm.emulator import EmulatedNsm
 from enclave.transport import listen
+from enclave.wire import Op
 from router.attest import (
     AttestationPolicy,
     BindsSignerKey,
@@ -119,9 +119,9 @@ def _unbound_signer(path: Path, nsm: EmulatedNsm, key: SigningKey) -> Iterator[s
                     if op == Op.GET_KEY:
                         out = key.public_key + key.address_bytes
                     else:
-                        nonce, user_data, _ = _wire.decode_attest(memoryview(payload))
+                        nonce, user_data, _ = wire.decode_attest(memoryview(payload))
                         out = nsm.attestation(nonce=nonce, user_data=user_data, public_key=None)
-                    conn.sendall(_wire.pack_frame(op | _wire.RESPONSE_BIT, rid, out))
+                    conn.sendall(wire.pack_frame(op | wire.RESPONSE_BIT, rid, out))
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()

@@ -18,7 +18,7 @@ from anvil_support import DEV_ADDR_0, DEV_KEY_0, ROOT
 from router_support import balance, dest, mined_nonces
 from signer_support import error_of, header, read_frame, running_signer
 
-from enclave._wire import OP_ERROR, pack_frame
+from enclave.wire import OP_ERROR, pack_frame
 from router import api
 from router.api import ApiClient, ApiError
 from router.intent import Intent

@@ -11,7 +11,7 @@ import socket
 
 from signer_support import header
 
-from enclave import _wire
+from enclave import wire
 from enclave.errors import ErrorCode
 
 
@@ -19,12 +19,12 @@ def expected_frames(stream: bytes) -> list[tuple[int, int]]:
     """(opcode, request_id) of each complete frame in `stream`."""
     out = []
     pos = 0
-    while len(stream) - pos >= _wire.HEADER_SIZE:
-        _, _, op, rid, n = _wire.HEADER.unpack_from(stream, pos)
-        if pos + _wire.HEADER_SIZE + n > len(stream):
+    while len(stream) - pos >= wire.HEADER_SIZE:
+        _, _, op, rid, n = wire.HEADER.unpack_from(stream, pos)
+        if pos + wire.HEADER_SIZE + n > len(stream):
             break
         out.append((op, rid))
-        pos += _wire.HEADER_SIZE + n
+        pos += wire.HEADER_SIZE + n
     return out
 
 
@@ -55,20 +55,20 @@ def check_answers(stream: bytes, answers: bytes) -> None:
     expected = expected_frames(stream)
     pos = 0
     for op, rid in expected:
-        assert len(answers) - pos >= _wire.HEADER_SIZE, f"missing answer to request id {rid}"
-        magic, version, rop, rrid, n = _wire.HEADER.unpack_from(answers, pos)
-        assert magic == _wire.MAGIC and version == _wire.VERSION
+        assert len(answers) - pos >= wire.HEADER_SIZE, f"missing answer to request id {rid}"
+        magic, version, rop, rrid, n = wire.HEADER.unpack_from(answers, pos)
+        assert magic == wire.MAGIC and version == wire.VERSION
         assert rrid == rid, f"answer id {rrid} for request {rid}"
-        assert n <= _wire.MAX_PAYLOAD and pos + _wire.HEADER_SIZE + n <= len(answers)
-        payload = answers[pos + _wire.HEADER_SIZE : pos + _wire.HEADER_SIZE + n]
-        if rop == _wire.OP_ERROR:
-            code, message = _wire.decode_error(payload)
+        assert n <= wire.MAX_PAYLOAD and pos + wire.HEADER_SIZE + n <= len(answers)
+        payload = answers[pos + wire.HEADER_SIZE : pos + wire.HEADER_SIZE + n]
+        if rop == wire.OP_ERROR:
+            code, message = wire.decode_error(payload)
             ErrorCode(code)  # a known code
             assert code != ErrorCode.INTERNAL, f"internal error for opcode {op:#x}: {message}"
             assert message.isascii() and message
         else:
-            assert rop == op | _wire.RESPONSE_BIT, f"answer opcode {rop:#x} to {op:#x}"
-        pos += _wire.HEADER_SIZE + n
+            assert rop == op | wire.RESPONSE_BIT, f"answer opcode {rop:#x} to {op:#x}"
+        pos += wire.HEADER_SIZE + n
     assert pos == len(answers), f"{len(answers) - pos} unexpected bytes after the answers"
 
 

@@ -17,14 +17,33 @@ def signer_cpus() -> tuple[int, int]:
     return (cpus[0], cpus[1]) if len(cpus) > 1 else (cpus[0], cpus[0])
 
 
-def start_signer(sock: Path, key_file: Path, cpu: int, *extra: str) -> subprocess.Popen[bytes]:
-    """`python -m enclave serve` on unix:`sock` with the dev key and policy, pinned to `cpu`;
-    returns once the socket exists (raises RuntimeError with the signer's stderr otherwise)."""
+DEV_POLICY = ROOT / "enclave" / "policy.dev.toml"
+
+
+def dev_policy_with_pool(directory: Path, pool: int) -> Path:
+    """The development policy with `presign_pool = pool` (0: RFC 6979 only), written in `directory`."""
+    text = DEV_POLICY.read_text()
+    if "presign_pool = " not in text:
+        raise RuntimeError(f"{DEV_POLICY} has no presign_pool line to change")
+    out = directory / f"policy-pool-{pool}.toml"
+    out.write_text(
+        "\n".join(f"presign_pool = {pool}" if line.startswith("presign_pool = ") else line
+                  for line in text.splitlines()) + "\n"
+    )  # fmt: skip
+    return out
+
+
+def start_signer(
+    sock: Path, key_file: Path, cpu: int, *extra: str, policy: Path = DEV_POLICY
+) -> subprocess.Popen[bytes]:
+    """`python -m enclave serve` on unix:`sock` with the dev key and `policy` (default: the dev
+    policy), pinned to `cpu`; returns once the socket exists (raises RuntimeError with the signer's
+    stderr otherwise)."""
     cmd = [
         sys.executable, "-m", "enclave", "serve",
         "--listen", f"unix:{sock}",
         "--dev-key-file", str(key_file),
-        "--policy", str(ROOT / "enclave" / "policy.dev.toml"),
+        "--policy", str(policy),
         "--cpu", str(cpu),
         *extra,
     ]  # fmt: skip

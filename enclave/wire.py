@@ -22,6 +22,11 @@ from enclave.tx import TX_EIP1559, TX_LEGACY, UINT256_MAX, UnsignedTx
 
 __all__ = [
     "ATTEST_FIXED",
+    "BATCH_COUNT",
+    "BATCH_ITEM",
+    "BATCH_RESULT",
+    "MAX_BATCH",
+    "SIGNED_TX_OVERHEAD",
     "HEADER",
     "HEADER_SIZE",
     "KEY_INFO_SIZE",
@@ -46,9 +51,14 @@ __all__ = [
     "decode_attest",
     "decode_error",
     "decode_sign_tx",
+    "decode_sign_tx_batch",
+    "decode_sign_tx_batch_answer",
+    "encode_batch_error",
+    "encode_batch_signed",
     "encode_attest",
     "encode_error",
     "encode_sign_tx",
+    "encode_sign_tx_batch",
     "expect_length",
     "pack_frame",
 ]
@@ -84,6 +94,7 @@ class Op(IntEnum):
     SIGN_TX = 0x04
     ATTEST = 0x05
     STATS = 0x06
+    SIGN_TX_BATCH = 0x07
 
 
 #: tx_type:u8 flags:u8 reserved:u16 data_len:u32 chain_id:u64 nonce:u64 gas:u64
@@ -92,6 +103,22 @@ TX_FIXED = struct.Struct("<BBHIQQQ32s32s32s20s")
 TX_FIXED_SIZE = TX_FIXED.size  # 148
 TX_FLAG_HAS_TO = 0x01
 _NO_TO = bytes(20)
+
+#: Most transactions one SIGN_TX_BATCH frame may carry.
+MAX_BATCH = 256
+#: count:u16 reserved:u16, the head of a batch request and of its answer.
+BATCH_COUNT = struct.Struct("<HH")
+#: length:u32 of one request item (a SIGN_TX payload) that follows.
+BATCH_ITEM = struct.Struct("<I")
+#: status:u16 (0 = signed, else an ErrorCode) length:u32 of the answer item that follows.
+BATCH_RESULT = struct.Struct("<HI")
+#: Upper bound of len(raw signed tx) - len(data): EIP-1559 with every field at its wire maximum
+#: (RLP: chain id, nonce, gas 9 bytes each; three u256 33 each; to 21; data prefix 4; access list,
+#: y parity 1 each; r, s 33 each; list header 4; type byte 1). Legacy is smaller (188).
+SIGNED_TX_OVERHEAD = 224
+#: Upper bound of one answer item beyond its calldata: result header, hash, signed tx overhead
+#: (an error item, 6 + at most MAX_ERROR_MESSAGE bytes, is smaller).
+_BATCH_ANSWER_ITEM = BATCH_RESULT.size + 32 + SIGNED_TX_OVERHEAD
 
 #: nonce_len:u16 user_data_len:u16 public_key_len:u16 reserved:u16, then the three fields in order
 ATTEST_FIXED = struct.Struct("<HHHH")
@@ -270,6 +297,139 @@ def decode_sign_tx(payload: memoryview) -> UnsignedTx:
     )
 
 
+# --- sign-tx batch ---------------------------------------------------------------------------------
+
+
+def _batch_answer_bound(count: int, data_total: int) -> int:
+    return BATCH_COUNT.size + count * _BATCH_ANSWER_ITEM + data_total
+
+
+def encode_sign_tx_batch(txs: list[UnsignedTx] | tuple[UnsignedTx, ...]) -> bytes:
+    """The SIGN_TX_BATCH request payload for `txs` (1..MAX_BATCH transactions).
+
+    Raises:
+        ValueError: no transaction, too many, one that `encode_sign_tx` refuses (its index is
+            named), or a batch whose answer could exceed MAX_PAYLOAD.
+    """
+    n = len(txs)
+    if not 1 <= n <= MAX_BATCH:
+        raise ValueError(f"a batch carries 1..{MAX_BATCH} transactions (got {n})")
+    parts = [BATCH_COUNT.pack(n, 0)]
+    data_total = 0
+    for i, tx in enumerate(txs):
+        try:
+            item = encode_sign_tx(tx)
+        except ValueError as e:
+            raise ValueError(f"transaction {i}: {e}") from None
+        data_total += len(item) - TX_FIXED_SIZE
+        parts.append(BATCH_ITEM.pack(len(item)))
+        parts.append(item)
+    bound = _batch_answer_bound(n, data_total)
+    if bound > MAX_PAYLOAD:
+        raise ValueError(
+            f"the answer to this batch could reach {bound} bytes (limit {MAX_PAYLOAD}): "
+            "send fewer transactions or less calldata per frame"
+        )
+    return b"".join(parts)
+
+
+def decode_sign_tx_batch(payload: memoryview) -> list[memoryview]:
+    """Split a SIGN_TX_BATCH payload into its items (each a SIGN_TX payload, decoded by the caller
+    one at a time so that one bad transaction refuses only itself).
+
+    Raises:
+        ProtocolError: MALFORMED for a framing fault (empty or oversized count, reserved field set,
+            truncated item, bytes after the last item), PAYLOAD_TOO_LARGE if the answer could
+            exceed MAX_PAYLOAD.
+    """
+    total = len(payload)
+    if total < BATCH_COUNT.size:
+        raise _malformed(f"sign-tx-batch payload of {total} bytes has no count")
+    count, reserved = BATCH_COUNT.unpack_from(payload, 0)
+    if reserved:
+        raise _malformed(f"sign-tx-batch reserved field 0x{reserved:04x} set")
+    if count == 0:
+        raise _malformed("sign-tx-batch of 0 transactions")
+    if count > MAX_BATCH:
+        raise _malformed(f"sign-tx-batch of {count} transactions (limit {MAX_BATCH})")
+    items: list[memoryview] = []
+    o = BATCH_COUNT.size
+    item_size = BATCH_ITEM.size
+    data_total = 0
+    for i in range(count):
+        if o + item_size > total:
+            raise _malformed(
+                f"sign-tx-batch truncated: {count} transactions declared, {i} present"
+            )
+        (length,) = BATCH_ITEM.unpack_from(payload, o)
+        o += item_size
+        if length > total - o:
+            raise _malformed(
+                f"sign-tx-batch truncated: transaction {i} declares {length} bytes, "
+                f"{total - o} remain"
+            )
+        items.append(payload[o : o + length])
+        data_total += max(0, length - TX_FIXED_SIZE)
+        o += length
+    if o != total:
+        raise _malformed(
+            f"sign-tx-batch: {total - o} bytes after the {count} declared transactions"
+        )
+    bound = _batch_answer_bound(count, data_total)
+    if bound > MAX_PAYLOAD:
+        raise ProtocolError(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"the answer to this batch could reach {bound} bytes (limit {MAX_PAYLOAD})",
+        )
+    return items
+
+
+def encode_batch_signed(tx_hash: bytes, raw: bytes) -> bytes:
+    """One answer item: a signed transaction (status 0, hash[32] || raw)."""
+    return BATCH_RESULT.pack(0, 32 + len(raw)) + tx_hash + raw
+
+
+def encode_batch_error(code: int, message: str) -> bytes:
+    """One answer item: a refusal (status = error code, ASCII message cut to MAX_ERROR_MESSAGE)."""
+    text = message.encode("ascii", "replace")[:MAX_ERROR_MESSAGE]
+    return BATCH_RESULT.pack(code, len(text)) + text
+
+
+def decode_sign_tx_batch_answer(
+    payload: bytes | memoryview, expected: int
+) -> list[tuple[int, bytes]]:
+    """(status, body) of each answer item, in request order: status 0 with hash[32] || raw, or
+    an error code with its ASCII message.
+
+    Raises:
+        ProtocolError: MALFORMED if the count is not `expected`, an item is truncated, a signed
+            item has no transaction, or bytes follow the last item.
+    """
+    total = len(payload)
+    if total < BATCH_COUNT.size:
+        raise _malformed(f"sign-tx-batch answer of {total} bytes has no count")
+    count, reserved = BATCH_COUNT.unpack_from(payload, 0)
+    if count != expected or reserved:
+        raise _malformed(f"sign-tx-batch answer carries {count} results for {expected} requests")
+    out: list[tuple[int, bytes]] = []
+    o = BATCH_COUNT.size
+    size = BATCH_RESULT.size
+    for i in range(count):
+        if o + size > total:
+            raise _malformed(f"sign-tx-batch answer truncated at result {i}")
+        status, length = BATCH_RESULT.unpack_from(payload, o)
+        o += size
+        if length > total - o:
+            raise _malformed(f"sign-tx-batch answer truncated in result {i}")
+        if status == 0 and length <= 32:
+            raise _malformed(f"sign-tx-batch result {i}: {length} bytes is no signed transaction")
+        out.append((status, bytes(payload[o : o + length])))
+        o += length
+    if o != total:
+        raise _malformed(f"sign-tx-batch answer: {total - o} bytes after the last result")
+    return out
+
+
 # --- attest -----------------------------------------------------------------------------------------
 
 
@@ -332,7 +492,12 @@ def decode_attest(payload: memoryview) -> tuple[bytes | None, bytes | None, byte
 
 @dataclass
 class Stats:
-    """Server counters (u64 each on the wire, in this order)."""
+    """Server counters (u64 each on the wire, in this order).
+
+    The first eight are protocol version 1's original record; later counters are appended, and a
+    decoder accepts any whole number of counters from eight up (missing ones read 0, unknown
+    trailing ones are ignored), so old and new peers still understand each other's records.
+    """
 
     requests: int = 0
     errors: int = 0
@@ -342,15 +507,29 @@ class Stats:
     attestations: int = 0
     connections_open: int = 0
     connections_total: int = 0
+    #: Presignatures ready now (0 when presigning is off).
+    presign_ready: int = 0
+    #: Signatures made from a presignature.
+    presigned: int = 0
+    #: Signatures made with RFC 6979 while presigning is on (pool empty or an edge-case digest).
+    presign_fallbacks: int = 0
 
     def encode(self) -> bytes:
         return STATS_STRUCT.pack(*(min(v, _U64_MAX) for v in astuple(self)))
 
     @classmethod
     def decode(cls, payload: bytes | memoryview) -> Stats:
-        """Raises ProtocolError(BAD_LENGTH) unless the payload is exactly the counters."""
-        expect_length("stats", len(payload), STATS_STRUCT.size)
-        return cls(*STATS_STRUCT.unpack_from(payload, 0))
+        """Raises ProtocolError(BAD_LENGTH) unless the payload is a whole number of u64 counters,
+        at least the original eight."""
+        n = len(payload)
+        if n < _STATS_V1_SIZE or n % 8:
+            raise ProtocolError(
+                ErrorCode.BAD_LENGTH,
+                f"stats payload: got {n} bytes, expected a multiple of 8, at least {_STATS_V1_SIZE}",
+            )
+        count = min(n // 8, len(fields(cls)))
+        return cls(*struct.unpack_from("<" + "Q" * count, payload, 0))
 
 
 STATS_STRUCT = struct.Struct("<" + "Q" * len(fields(Stats)))
+_STATS_V1_SIZE = 8 * 8
