@@ -250,7 +250,9 @@ class Router:
             flight = flight_of(row, sigs.get(row.intent_id, ()), self.config.sender)
             self._handles[flight.intent.id] = Handle(self, flight)
             for s in sigs.get(row.intent_id, ()):
-                if s.kind == STANDBY and flight.landed is not None:
+                # the newest unused standby at its nonce is the reorg path's ready replacement
+                if (s.kind == STANDBY and flight.landed is not None and s.nonce == flight.nonce
+                        and s.tx_hash != flight.hash):
                     flight.standby = (Fees(s.max_fee_per_gas, s.max_priority_fee_per_gas),
                                       s.raw, s.tx_hash)
             if flight.state is TxState.PENDING:

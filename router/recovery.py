@@ -8,6 +8,7 @@ second nonce while one of its signatures may still land.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from .errors import IntentCancelled, IntentFailed, JournalCorrupt, MalformedInput
@@ -15,6 +16,8 @@ from .fees import Fees
 from .intent import Intent
 from .journal import IntentRow, SignatureRow
 from .nonces import InFlight, Landed, TxState
+
+log = logging.getLogger(__name__)
 
 #: Journal kinds of signature (`SignatureRow.kind`).
 FIRST, BUMP, RESIGN, MOVE, CANCEL, FILLER, STANDBY = (
@@ -67,12 +70,19 @@ def flight_of(row: IntentRow, sigs: Iterable[SignatureRow], sender: str) -> InFl
         intent = Intent.from_json(row.intent)
     except MalformedInput as e:
         raise JournalCorrupt(f"journal row {row.intent_id!r}: intent does not parse ({e})") from e
-    sig_list = [s for s in sigs if s.kind != STANDBY]
+    # Every signature counts, standbys included: a reorg may have sent one (it then became the
+    # current signature), and a receipt lookup of one never sent simply finds nothing.
+    sig_list = list(sigs)
     current = next((s for s in sig_list if s.tx_hash == row.tx_hash), None)
     if current is None:
-        raise JournalCorrupt(
-            f"journal row {row.intent_id!r}: its signature {row.tx_hash.hex()[:10]} is not "
-            "in the journal")
+        # Should not happen (signatures are written first); the newest one at the row's nonce
+        # is as good a candidate to re-send, and every hash is still checked for receipts.
+        current = next((s for s in reversed(sig_list) if s.nonce == row.nonce), None)
+        if current is None:
+            raise JournalCorrupt(
+                f"journal row {row.intent_id!r}: no signature at its nonce {row.nonce}")
+        log.warning("journal row's current signature is missing; using the newest at its nonce",
+                    extra={"intent": row.intent_id})
     try:
         state = TxState(row.state)
     except ValueError as e:
