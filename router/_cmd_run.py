@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -129,6 +130,8 @@ async def _serve(router_cfg: RouterConfig, client: SignerClient, path: str,
     try:
         await router.start()
         await api.start()
+        # Start-up garbage (imports, recovery) is never scanned again: collections stay short.
+        gc.freeze()
         stderr_console().print(
             f"router for {router.config.sender} on chain {router.config.chain_id}: "
             f"API on unix:{path}, next nonce {router.nonces.next_nonce}"
