@@ -13,7 +13,14 @@ KEY = MEASUREMENTS / "release-dev-key.pub.pem"
 SIGNED = sorted(p.name.removesuffix(".json.sig") for p in MEASUREMENTS.glob("*.json.sig"))
 
 
-def _verify(version: str, key: Path = KEY) -> subprocess.CompletedProcess[str]:
+def _key(version: str) -> Path:
+    """Each development release names its own throw-away key; 0.1.0's is the undated one."""
+    own = MEASUREMENTS / f"release-dev-key-{version}.pub.pem"
+    return own if own.exists() else KEY
+
+
+def _verify(version: str, key: Path | None = None) -> subprocess.CompletedProcess[str]:
+    key = key if key is not None else _key(version)
     return subprocess.run(
         [
             sys.executable, "-m", "verify", "measurements",
