@@ -183,8 +183,7 @@ class Router:
         # Healthy ones first: every "first answer wins" lookup then skips the dead at once.
         self.rpcs.sort(key=lambda r: r not in healthy)
         await self.nonces.sync(healthy)
-        latest = await self._latest_header()
-        self.view.reset(latest)
+        await self._seed_view(await self._latest_header())
         self._genesis = await self._genesis_hash()
         resend = await self._recover()
         self.journal.meta_set("genesis", self._genesis.hex())
@@ -797,7 +796,7 @@ class Router:
         replaced node): start the view over and check every transaction we believe landed
         against the node's receipts; those it does not hold are re-sent from their signatures."""
         self.counters["deep_reorgs" if deep else "rewinds"] += 1
-        self.view.reset(header)
+        await self._seed_view(header)
         self._unlinkable = 0
         genesis_changed = await self._genesis_changed()
         if genesis_changed:
@@ -925,6 +924,22 @@ class Router:
         else:
             await self._on_header(header, time.perf_counter_ns())
         self._resend_stale(force=True)
+
+    async def _seed_view(self, latest: Header, depth: int = 16) -> None:
+        """Start the view at `latest` with a few of its ancestors, so that a shallow reorg just
+        after a (re)start finds its common ancestor and is handled as a plain reorg."""
+        chain = [latest]
+        while len(chain) < depth and chain[-1].number > 0:
+            try:
+                parent = await self._fetch_header(chain[-1].parent_hash)
+            except RouterError:
+                break
+            if parent is None or parent.number != chain[-1].number - 1:
+                break
+            chain.append(parent)
+        self.view.reset(chain[-1])
+        for h in reversed(chain[:-1]):
+            self.view.ingest(h)
 
     async def _genesis_hash(self) -> bytes:
         async def one(rpc: RpcClient) -> bytes:

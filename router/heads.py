@@ -161,6 +161,13 @@ class ChainView:
         while True:
             parent = self._known.get(cursor.parent_hash)
             if parent is None:
+                if cursor.number - 1 < min(self._canon, default=tip.number):
+                    # Below the oldest header we know: no common ancestor can be found by
+                    # walking further (a view started moments ago, or a chain that replaced ours).
+                    raise ReorgTooDeep(
+                        f"header #{header.number}: its ancestry leaves the known window at "
+                        f"#{cursor.number - 1}"
+                    )
                 if tip.number - cursor.number >= self.depth or len(branch) > self.depth:
                     raise ReorgTooDeep(
                         f"header #{header.number}: no common ancestor within {self.depth} blocks"

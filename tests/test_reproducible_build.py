@@ -19,7 +19,7 @@ import pytest
 from oci_support import docker_save_tar
 from rich.console import Console
 
-from reproducible.build import BuildOptions, BuildResult, run_build
+from reproducible.build import BuildOptions, BuildResult, project_version, run_build
 from reproducible.cpio import read_cpio
 from reproducible.errors import MeasurementsDiffer
 from reproducible.lock import LOCK_PATH
@@ -130,7 +130,7 @@ def test_check_names_each_differing_pcr(dev: BuildResult, tmp_path: Path) -> Non
     published.mkdir()
     doc = json.loads(dev.measurements.read_text())
     doc["Measurements"]["PCR1"] = "00" * 48
-    (published / "0.1.0.json").write_text(json.dumps(doc))
+    (published / f"{project_version()}.json").write_text(json.dumps(doc))
     with pytest.raises(MeasurementsDiffer, match="PCR1: expected 0000") as e:
         _build(tmp_path / "b", check=True, measurements_dir=published)
     assert "PCR2" not in str(e.value) and "PCR0" not in str(e.value)

@@ -251,7 +251,9 @@ def test_node_back_with_a_fresh_chain_relands_from_the_journal(tmp_path: Path) -
             old_blocks = {h.flight.landed.block_hash for h in handles if h.flight.landed}
             anvil.stop()
             anvil = Anvil(port=port, chain_id=31337).start()  # same port, no state: new genesis
-            await wait_for(lambda: router.counters["chain_replaced"] >= 1, timeout=30,
+            # noticed by the genesis check, or as a rewind whose receipts are gone: either way
+            # every landed transaction is checked and re-opened
+            await wait_for(lambda: router.counters["reopened"] >= len(intents), timeout=60,
                            what="the replaced chain noticed")
             anvil.rpc("evm_mine")
             for h in handles:
