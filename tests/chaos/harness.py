@@ -126,6 +126,7 @@ class RunResult:
     journal: bool = False
     journal_note: str = ""
     quiesced: bool = False
+    quiesce_seconds: float = 0.0  # from the end of the stream until quiet (or the timeout)
     wall_seconds: float = 0.0
     workdir: str = ""
     examples: list[str] = field(default_factory=list)
@@ -144,6 +145,7 @@ class RunResult:
                 f"lost={self.lost} stalled={self.stalled} unknown={self.unknown_status} "
                 f"mismatched={self.mismatched} fillers={self.fillers} faults={faults} "
                 f"retries={self.submit_retries} journal={'yes' if self.journal else 'no'} "
+                f"quiet={'yes' if self.quiesced else 'no'}@{self.quiesce_seconds:.0f}s "
                 f"wall={self.wall_seconds:.1f}s {'OK' if self.ok else 'FAIL'}"
                 + (f" error={self.error}" if self.error else ""))
 
@@ -421,7 +423,9 @@ class _Run:
             driver.join()
             chaos.join()
             r.accepted = len(self.accepted)
+            t_quiet = time.monotonic()
             r.quiesced = self.quiesce()
+            r.quiesce_seconds = time.monotonic() - t_quiet
             self.judge()
         except (HarnessError, OSError, RouterError, ValueError) as e:
             r.error = f"{type(e).__name__}: {e}"
