@@ -68,6 +68,7 @@ def summary(results: list[RunResult]) -> Table:
         ("STATUS contradicts chain", sum(r.mismatched for r in results)),
         ("gap fillers / cancels on chain", sum(r.fillers for r in results)),
         ("submit retries", sum(r.submit_retries for r in results)),
+        ("forgotten ids resubmitted", sum(r.resubmitted_forgotten for r in results)),
         *((f"faults: {k}", sum(r.faults.get(k, 0) for r in results)) for k in KINDS),
         ("wall seconds", round(sum(r.wall_seconds for r in results), 1)),
     ]

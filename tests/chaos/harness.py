@@ -122,10 +122,12 @@ class RunResult:
     faults_planned: int = 0
     submit_retries: int = 0
     resubmitted: int = 0  # intents whose SUBMIT was retried (same id) after a failure
+    resubmitted_forgotten: int = 0  # accepted intents submitted again: STATUS did not know them
     unexpected_exits: int = 0  # processes that died without being killed
     journal: bool = False
     journal_note: str = ""
     quiesced: bool = False
+    quiesce_seconds: float = 0.0  # from the end of the stream until quiet (or the timeout)
     wall_seconds: float = 0.0
     workdir: str = ""
     examples: list[str] = field(default_factory=list)
@@ -143,7 +145,8 @@ class RunResult:
                 f"landed={self.landed} failed={self.failed} duplicates={self.duplicates} "
                 f"lost={self.lost} stalled={self.stalled} unknown={self.unknown_status} "
                 f"mismatched={self.mismatched} fillers={self.fillers} faults={faults} "
-                f"retries={self.submit_retries} journal={'yes' if self.journal else 'no'} "
+                f"retries={self.submit_retries} resubmitted={self.resubmitted_forgotten} journal={'yes' if self.journal else 'no'} "
+                f"quiet={'yes' if self.quiesced else 'no'}@{self.quiesce_seconds:.0f}s "
                 f"wall={self.wall_seconds:.1f}s {'OK' if self.ok else 'FAIL'}"
                 + (f" error={self.error}" if self.error else ""))
 
@@ -287,6 +290,8 @@ class _Run:
                             client = ApiClient(str(self.api_path), timeout=15.0)
                         client.submit(intent)
                         self.accepted.add(intent.id)
+                        if retried:
+                            self._resubmit_forgotten(client)
                         break
                     except ApiError as e:
                         if e.code in (E_MALFORMED, E_BAD_LENGTH):
@@ -314,6 +319,26 @@ class _Run:
             if client is not None:
                 client.close()
             self.stream_done.set()
+
+    def _resubmit_forgotten(self, client: ApiClient) -> None:
+        """After an outage, what a careful bot does: every accepted intent the router says it
+        does not know is submitted again under the same id (safe only with idempotency that
+        survives restarts; without it, a second transaction for the intent)."""
+        for intent in self.intents:
+            if intent.id not in self.accepted:
+                continue
+            try:
+                client.status(intent.id)
+            except ApiError as e:
+                if e.code != E_NOT_FOUND:
+                    continue
+                try:
+                    client.submit(intent)
+                    self.result.resubmitted_forgotten += 1
+                except RouterError:
+                    return
+            except RouterError:
+                return  # the link broke: the driver's next submit reconnects
 
     def chaos(self, plan: list[Fault], start: float) -> None:
         try:
@@ -421,7 +446,9 @@ class _Run:
             driver.join()
             chaos.join()
             r.accepted = len(self.accepted)
+            t_quiet = time.monotonic()
             r.quiesced = self.quiesce()
+            r.quiesce_seconds = time.monotonic() - t_quiet
             self.judge()
         except (HarnessError, OSError, RouterError, ValueError) as e:
             r.error = f"{type(e).__name__}: {e}"
