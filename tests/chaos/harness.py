@@ -124,8 +124,6 @@ class RunResult:
     resubmitted: int = 0  # intents whose SUBMIT was retried (same id) after a failure
     resubmitted_forgotten: int = 0  # accepted intents submitted again: STATUS did not know them
     unexpected_exits: int = 0  # processes that died without being killed
-    journal: bool = False
-    journal_note: str = ""
     quiesced: bool = False
     quiesce_seconds: float = 0.0  # from the end of the stream until quiet (or the timeout)
     wall_seconds: float = 0.0
@@ -145,14 +143,14 @@ class RunResult:
                 f"landed={self.landed} failed={self.failed} duplicates={self.duplicates} "
                 f"lost={self.lost} stalled={self.stalled} unknown={self.unknown_status} "
                 f"mismatched={self.mismatched} fillers={self.fillers} faults={faults} "
-                f"retries={self.submit_retries} resubmitted={self.resubmitted_forgotten} journal={'yes' if self.journal else 'no'} "
+                f"retries={self.submit_retries} resubmitted={self.resubmitted_forgotten} "
                 f"quiet={'yes' if self.quiesced else 'no'}@{self.quiesce_seconds:.0f}s "
                 f"wall={self.wall_seconds:.1f}s {'OK' if self.ok else 'FAIL'}"
                 + (f" error={self.error}" if self.error else ""))
 
 
 def config_text(anvil: AnvilNode, signer: SignerProcess, api_path: Path,
-                journal: Path | None) -> str:
+                journal: Path) -> str:
     lines = [
         "chain_id = 31337",
         f'signer = "{signer.address}"',
@@ -162,32 +160,9 @@ def config_text(anvil: AnvilNode, signer: SignerProcess, api_path: Path,
         f'ws = "{anvil.ws_url}"',
         "signer_timeout = 2.0",
     ]
-    if journal is not None:
-        lines.append(f'journal = "{journal}"')
+    lines.append(f'journal = "{journal}"')
     lines += ["", "[router]", "rebroadcast_after_seconds = 1.0", ""]
     return "\n".join(lines)
-
-
-def journal_supported(workdir: Path) -> tuple[bool, str]:
-    """Whether today's router accepts the `journal` key: a config with it must load where the same
-    config without it does. Returns (supported, why not)."""
-    from router.config import load_config
-    from router.errors import ConfigError
-
-    probe = workdir / "journal-probe"
-    probe.mkdir(exist_ok=True)
-    anvil = AnvilNode(probe, 1)
-    signer = SignerProcess(probe, "00" * 32)
-    with_journal = probe / "with.toml"
-    with_journal.write_text(config_text(anvil, signer, probe / "api.sock",
-                                        probe / "journal.sqlite"))
-    try:
-        load_config(with_journal)
-    except ConfigError as e:
-        return False, f"router config refuses `journal`: {e.diagnostics()}"
-    finally:
-        shutil.rmtree(probe, ignore_errors=True)
-    return True, ""
 
 
 class _Run:
@@ -426,10 +401,9 @@ class _Run:
     def run(self) -> RunResult:
         r = self.result
         t0 = time.monotonic()
-        r.journal, r.journal_note = journal_supported(self.workdir)
         self.config_file.write_text(config_text(
             self.anvil, self.signer, self.api_path,
-            self.workdir / "journal.sqlite" if r.journal else None))
+            self.workdir / "journal.sqlite"))
         plan = plan_faults(self.cfg)
         r.faults_planned = len(plan)
         try:
