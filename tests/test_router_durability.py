@@ -250,7 +250,10 @@ def test_node_back_with_a_fresh_chain_relands_from_the_journal(tmp_path: Path) -
                 await h.receipt(timeout=20)
             old_blocks = {h.flight.landed.block_hash for h in handles if h.flight.landed}
             anvil.stop()
-            anvil = Anvil(port=port, chain_id=31337).start()  # same port, no state: new genesis
+            # same port, no state; another genesis time (anvil's blocks are deterministic: one
+            # restarted within the same second would rebuild the very same chain)
+            anvil = Anvil(port=port, chain_id=31337,
+                          args=["--timestamp", str(int(time.time()) + 10_000)]).start()
             # noticed by the genesis check, or as a rewind whose receipts are gone: either way
             # every landed transaction is checked and re-opened
             await wait_for(lambda: router.counters["reopened"] >= len(intents), timeout=60,
