@@ -12,7 +12,7 @@ from .errors import IntentCancelled, IntentFailed, RouterError
 from .nonces import InFlight, TxState
 
 if TYPE_CHECKING:
-    from .core import Router
+    from ._base import RouterBase
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 class Handle:
     """What `submit` returns: the intent's current state and an awaitable receipt."""
 
-    def __init__(self, router: Router, flight: InFlight) -> None:
+    def __init__(self, router: RouterBase, flight: InFlight) -> None:
         self._router = router
         self.flight = flight
         self.intent = flight.intent
