@@ -92,6 +92,12 @@ class Router(Follower):
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Submits waiting for their first broadcast return (their intents are journaled and
+        # pending: the next start re-sends them).
+        while not self._outbox.empty():
+            _, sent = self._outbox.get_nowait()
+            if not sent.done():
+                sent.set_result(None)
         await self.broadcaster.close()
         for rpc in self.rpcs:
             await rpc.close()
