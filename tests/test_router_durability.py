@@ -183,10 +183,11 @@ def test_signer_outage_never_freezes_the_loop(tmp_path: Path) -> None:
          "--dev-key-file", str(key), "--policy", str(ROOT / "enclave" / "policy.dev.toml")],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        client = SignerClient.connect(f"unix:{sock}", io_timeout=3.0, connect_timeout=20)
+        client = SignerClient.connect(f"unix:{sock}", io_timeout=4.0, connect_timeout=20)
 
         async def main() -> None:
-            router = Router(config_for(anvil, presign_replacements=False), client)
+            router = Router(config_for(anvil, presign_replacements=False, signer_cooldown=2.0),
+                            client)
             await router.start()
             gaps: list[float] = []
 
@@ -210,10 +211,11 @@ def test_signer_outage_never_freezes_the_loop(tmp_path: Path) -> None:
                 t0 = time.monotonic()
                 with pytest.raises(SignerUnavailable):
                     await router.submit(Intent(to=dest(3), value=3, id="during-2"))
-                assert time.monotonic() - t0 < 0.5
+                assert time.monotonic() - t0 < 1.0
                 await wait_for(lambda: router.view.tip.number >= tip0 + 2, timeout=10,
                                what="heads during the outage")
-                assert max(gaps) < 0.5, f"event loop froze for {max(gaps):.2f} s"
+                # far below the 4 s a blocking signer call would freeze it for
+                assert max(gaps) < 1.0, f"event loop froze for {max(gaps):.2f} s"
                 signer.send_signal(18)  # SIGCONT
                 await asyncio.sleep(router.config.signer_cooldown + 0.1)
                 h = await router.submit(Intent(to=dest(2), value=2, id="during"))
