@@ -1,9 +1,10 @@
 """What the router needs from a signer, and how it turns an intent into an unsigned transaction.
 
 `TxSigner` is satisfied by `router.signer_client.SignerClient` (the enclave over vsock/unix/tcp)
-and by `InProcessSigner` (a key in this process: development and benchmarks only). Signing is a
-synchronous call on purpose: on the reorg path the router goes from a header to a signed
-transaction without yielding to the event loop.
+and by `InProcessSigner` (a key in this process: development and benchmarks only). A `TxSigner`
+is a blocking call (the client busy-polls its socket); the router never makes it on its event loop
+but on its signer thread (`router.signer_thread.AsyncSigner`), so a slow or absent signer cannot
+freeze heads, the API or re-broadcasts.
 """
 
 from __future__ import annotations
