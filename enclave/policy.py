@@ -10,7 +10,8 @@ silently loosen or tighten a rule)::
     max_value = "5000000000000000000"      # wei; integer or decimal string (TOML ints stop at 2**63)
     max_fee_per_gas = "300000000000"       # wei; caps maxFeePerGas, and gasPrice for legacy txs
     max_gas = 3000000
-    sign_digest = false            # optional: allow SIGN_DIGEST (raw digests bypass every tx rule)
+    sign_digest = false            # optional: development only; allow SIGN_DIGEST (raw digests
+                                   # bypass every transaction rule)
     allow_create = false           # optional: allow contract creation (no `to`)
     any_destination = false        # optional: development only; skips the destination list
     presign_pool = 1024            # optional: presignatures kept ready (0, the default: off, every
@@ -271,6 +272,10 @@ def _parse(doc: dict[str, Any], source: str) -> Policy:
     any_destination = _bool(source, "any_destination", doc.get("any_destination", False))
     if mode == "production" and any_destination:
         raise _err(source, "any_destination is for development policies only")
+    # A raw digest can be the signing hash of any transaction: allowing it skips every rule above.
+    sign_digest = _bool(source, "sign_digest", doc.get("sign_digest", False))
+    if mode == "production" and sign_digest:
+        raise _err(source, "sign_digest is for development policies only")
     destinations: dict[bytes, Destination] = {}
     raw_dests = doc.get("destinations", [])
     if not isinstance(raw_dests, list):
@@ -299,7 +304,7 @@ def _parse(doc: dict[str, Any], source: str) -> Policy:
         rate_per_second=float(per_second),
         rate_burst=burst,
         destinations=destinations,
-        sign_digest=_bool(source, "sign_digest", doc.get("sign_digest", False)),
+        sign_digest=sign_digest,
         allow_create=_bool(source, "allow_create", doc.get("allow_create", False)),
         any_destination=any_destination,
         presign_pool=_presign_pool(source, doc.get("presign_pool", 0)),

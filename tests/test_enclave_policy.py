@@ -79,7 +79,9 @@ def test_sign_digest_rule() -> None:
     with pytest.raises(PolicyDenied, match="sign_digest"):
         POLICY.check_digest()
     Policy.from_toml(
-        BASE.replace("max_gas = 500000", "max_gas = 500000\nsign_digest = true")
+        BASE.replace("max_gas = 500000", "max_gas = 500000\nsign_digest = true").replace(
+            'mode = "production"', 'mode = "development"'
+        )
     ).check_digest()
 
 
