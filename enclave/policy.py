@@ -28,6 +28,7 @@ silently loosen or tighten a rule)::
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -264,8 +265,16 @@ def _parse(doc: dict[str, Any], source: str) -> Policy:
     if not isinstance(rate, dict) or set(rate) != {"per_second", "burst"}:
         raise _err(source, "[rate_limit] must have exactly per_second and burst")
     per_second = rate["per_second"]
-    if isinstance(per_second, bool) or not isinstance(per_second, int | float) or per_second <= 0:
-        raise _err(source, f"rate_limit.per_second must be a positive number (got {per_second!r})")
+    # nan compares false with everything and inf never runs dry: either turned the limit off.
+    if (
+        isinstance(per_second, bool)
+        or not isinstance(per_second, int | float)
+        or not math.isfinite(per_second)
+        or per_second <= 0
+    ):
+        raise _err(
+            source, f"rate_limit.per_second must be a finite positive number (got {per_second!r})"
+        )
     burst = _uint(source, "rate_limit.burst", rate["burst"], limit=1 << 32)
     if burst < 1:
         raise _err(source, "rate_limit.burst must be at least 1")
