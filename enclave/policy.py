@@ -17,6 +17,9 @@ silently loosen or tighten a rule)::
     presign_pool = 1024            # optional: presignatures kept ready (0, the default: off, every
                                    # signature is RFC 6979); at most 65536 (enclave/presign.py)
 
+Numbers are finite, and positive where a rate is meant; hex is exactly `0x` and the stated number of
+ASCII hex digits, nothing else (no spaces, signs or underscores, which `bytes.fromhex` or `int` accept).
+
     [rate_limit]                   # token bucket over all signing operations
     per_second = 50
     burst = 100
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 import time
 import tomllib
@@ -234,13 +238,19 @@ def _bool(source: str, name: str, v: Any) -> bool:
     return v
 
 
+_HEX = re.compile(r"0[xX]([0-9a-fA-F]*)")
+
+
 def _hex_bytes(source: str, name: str, v: Any, size: int) -> bytes:
-    if not isinstance(v, str) or not v.startswith(("0x", "0X")) or len(v) != 2 + 2 * size:
+    # fullmatch on an ASCII class: bytes.fromhex alone skips whitespace, which turned "0x" and
+    # eight spaces into an empty selector and a padded address into a 19-byte one.
+    m = _HEX.fullmatch(v) if isinstance(v, str) else None
+    if m is None or len(m.group(1)) != 2 * size:
         raise _err(source, f"{name} must be 0x followed by {2 * size} hex digits (got {v!r})")
-    try:
-        return bytes.fromhex(v[2:])
-    except ValueError:
-        raise _err(source, f"{name} is not hexadecimal (got {v!r})") from None
+    out = bytes.fromhex(m.group(1))
+    if len(out) != size:  # the pattern makes this impossible; a short entry would never match
+        raise _err(source, f"{name} must be {size} bytes (got {len(out)})")
+    return out
 
 
 def _parse(doc: dict[str, Any], source: str) -> Policy:

@@ -185,7 +185,7 @@ def test_issue14_4_rate_must_be_finite(value: str) -> None:
         ('"0xa9059cbb", "0x095ea7b3"', '"0xa905 9cb"'),
         ('"0xa9059cbb", "0x095ea7b3"', '"0x+9059cbb"'),
         ('address = "0x' + "a0" * 20 + '"', 'address = "0x' + "a0" * 19 + '  "'),
-        ('address = "0x' + "a0" * 20 + '"', 'address = "0x' + "a0" * 19 + '\t\n"'),
+        ('address = "0x' + "a0" * 20 + '"', 'address = "0x' + "a0" * 19 + '\\t\\n"'),
         ('address = "0x' + "a0" * 20 + '"', 'address = "0x' + "a0" * 20 + ' "'),
         ('address = "0x' + "a0" * 20 + '"', 'address = "0x' + "a0" * 19 + '٠١"'),
     ],
