@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import math
 import signal
 import socket
 import sys
@@ -25,10 +26,26 @@ from enclave.forward import Forwarder
 from enclave.keys import SigningKey, load_dev_key
 from enclave.policy import DEFAULT_POLICY, load_policy
 from enclave.provision import Provision, bind_key, receive_key
-from enclave.server import DEFAULT_SPIN_US, SignerServer
+from enclave.server import (
+    DEFAULT_FRAME_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_SPIN_US,
+    SignerServer,
+)
 from enclave.transport import parse_address
 
 logger = logging.getLogger(__name__)
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0 (nan or inf would turn a deadline off)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds must be finite and > 0")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,6 +69,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=DEFAULT_SPIN_US,
         metavar="US",
         help=f"busy-poll window before blocking reads (default {DEFAULT_SPIN_US}; 0 disables)",
+    )
+    p.add_argument(
+        "--frame-timeout",
+        type=_seconds,
+        default=DEFAULT_FRAME_TIMEOUT,
+        metavar="S",
+        help="seconds a started frame may take to arrive whole (default "
+        f"{DEFAULT_FRAME_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        default=DEFAULT_IDLE_TIMEOUT,
+        metavar="S",
+        help=f"seconds a silent connection is kept (default {DEFAULT_IDLE_TIMEOUT:g})",
     )
     keys = p.add_argument_group("signing key (exactly one source)")
     keys.add_argument(
@@ -228,7 +260,14 @@ def run(args: argparse.Namespace) -> int:
                 relay.close()  # KMS is needed only to load the key
         bind_key(nsm, key)  # attestations now name the key, whoever chose the blob
     server = SignerServer(
-        key, policy, nsm=nsm, cpu=args.cpu, spin_us=args.spin_us, idle=_collect_when_idle()
+        key,
+        policy,
+        nsm=nsm,
+        cpu=args.cpu,
+        spin_us=args.spin_us,
+        idle=_collect_when_idle(),
+        frame_timeout=args.frame_timeout,
+        idle_timeout=args.idle_timeout,
     )
     bound = server.bind(address)
 

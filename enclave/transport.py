@@ -14,12 +14,21 @@ import ipaddress
 import os
 import socket
 import stat
+import struct
 from dataclasses import dataclass
 from typing import Literal
 
 from enclave.errors import TransportError
 
-__all__ = ["Address", "accept", "connect", "listen", "listening_address", "parse_address"]
+__all__ = [
+    "Address",
+    "accept",
+    "connect",
+    "listen",
+    "listening_address",
+    "parse_address",
+    "peer_of",
+]
 
 VMADDR_CID_ANY = 0xFFFFFFFF
 _MAX_PORT_TCP = 65535
@@ -194,6 +203,19 @@ def connect(addr: Address | str, *, timeout: float | None = 5.0) -> socket.socke
             sock.close()
         raise TransportError(f"{addr}: cannot connect ({e.strerror or e})") from e
     return sock
+
+
+def peer_of(conn: socket.socket, addr: Address) -> object:
+    """Who is on the other end, as far as the family tells: a Unix peer's pid (SO_PEERCRED), a
+    VSOCK peer's CID (every process of the parent shares CID 3), a TCP peer's host; None if
+    unknown. Used to pick which connection to close when the table is full."""
+    try:
+        if addr.kind == "unix":
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            return ("pid", struct.unpack("3i", creds)[0])
+        return (addr.kind, conn.getpeername()[0])
+    except OSError:
+        return None
 
 
 def accept(listener: socket.socket, addr: Address) -> socket.socket:
