@@ -50,6 +50,7 @@ from enclave.transport import (
     listening_address,
     parse_address,
     peer_of,
+    unlink_if_own,
 )
 from enclave.tx import sign_tx
 from enclave.wire import HEADER, HEADER_SIZE, MAGIC, MAX_PAYLOAD, RESPONSE_BIT, VERSION, Op, Stats
@@ -147,6 +148,7 @@ class SignerServer:
         self._closed_totals = [0] * 6
         self._connections_total = 0
         self._listener: socket.socket | None = None
+        self._inode: tuple[int, int] | None = None
         self._address: Address | None = None
         self._closing = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
@@ -183,6 +185,9 @@ class SignerServer:
         addr = parse_address(address) if isinstance(address, str) else address
         self._listener = listen(addr)
         self._address = listening_address(self._listener, addr)
+        if addr.kind == "unix":  # close() removes the path only while it is still this socket
+            st = os.stat(addr.path)
+            self._inode = (st.st_dev, st.st_ino)
         return self._address
 
     @property
@@ -299,9 +304,8 @@ class SignerServer:
         for c in conns:
             with contextlib.suppress(OSError):
                 c.shutdown(socket.SHUT_RDWR)
-        if self._address is not None and self._address.kind == "unix":
-            with contextlib.suppress(OSError):
-                os.unlink(self._address.path)
+        if self._address is not None and self._address.kind == "unix" and self._inode is not None:
+            unlink_if_own(self._address.path, self._inode)
         if self._pool is not None:
             self._key.use_presignatures(None)
             self._pool.close()

@@ -28,6 +28,7 @@ __all__ = [
     "listening_address",
     "parse_address",
     "peer_of",
+    "unlink_if_own",
 ]
 
 VMADDR_CID_ANY = 0xFFFFFFFF
@@ -130,8 +131,9 @@ def _tune(sock: socket.socket, addr: Address) -> None:
 
 
 def listen(addr: Address | str, *, backlog: int = 16) -> socket.socket:
-    """A listening socket on `addr`. A stale Unix socket file at PATH is replaced; any other file
-    there is left alone (error).
+    """A listening socket on `addr`. A stale Unix socket file at PATH (nobody accepts on it) is
+    replaced; a live one, or any other file, is left alone (error): a second server must not take
+    the path over from a running one and leave it unreachable.
 
     Raises:
         TransportError: the family is unavailable, or bind/listen failed.
@@ -167,7 +169,45 @@ def _remove_stale_unix_socket(path: str) -> None:
         return
     if not stat.S_ISSOCK(st.st_mode):
         raise TransportError(f"unix:{path}: exists and is not a socket; refusing to replace it")
-    os.unlink(path)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        pass  # nobody listens: a crashed server's file
+    except OSError as e:
+        # A full backlog (EAGAIN) or a timeout still means someone listens.
+        raise TransportError(
+            f"unix:{path}: another server is listening there (probe: {e.strerror or e}); "
+            "refusing to take it over"
+        ) from None
+    else:
+        raise TransportError(
+            f"unix:{path}: another server is listening there; refusing to take it over"
+        )
+    finally:
+        probe.close()
+    # Only the file we probed: if it changed meanwhile, leave it (bind then fails on it).
+    unlink_if_own(path, (st.st_dev, st.st_ino))
+
+
+def unlink_if_own(path: str, inode: tuple[int, int]) -> bool:
+    """Remove the Unix socket file at `path` if it is still `inode` (st_dev, st_ino); True if so.
+
+    A server that lost its path to another (removed and re-bound) must not delete the new one's.
+    The check and the unlink are two steps; only a process replacing the file in between could
+    slip through, and that process owns the directory anyway.
+    """
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if (st.st_dev, st.st_ino) != inode:
+        return False
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+        return True
+    return False
 
 
 def listening_address(sock: socket.socket, addr: Address) -> Address:

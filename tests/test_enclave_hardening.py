@@ -55,7 +55,7 @@ def _ping(sock: socket.socket, rid: int) -> None:
 
 
 def _closed_within(sock: socket.socket, seconds: float) -> bool:
-    """True if the srv closes `sock` (EOF or reset) within `seconds`."""
+    """True if the server closes `sock` (EOF or reset) within `seconds`."""
     sock.settimeout(seconds)
     try:
         return sock.recv(1) == b""
@@ -128,7 +128,7 @@ def test_issue14_1_idle_connection_is_closed(tmp_path: Path) -> None:
 
 
 def test_issue14_1_a_client_that_never_reads_is_cut(tmp_path: Path) -> None:
-    """Pipelined requests whose answers are never read fill the socket buffers; the srv's send
+    """Pipelined requests whose answers are never read fill the socket buffers; the server's send
     has the frame deadline too, so the connection is cut instead of holding its thread forever."""
     with _signer(tmp_path, frame_timeout=0.5, idle_timeout=600.0) as srv:
         with raw_connect(srv) as greedy:
@@ -143,7 +143,7 @@ def test_issue14_1_a_client_that_never_reads_is_cut(tmp_path: Path) -> None:
                     continue
                 except OSError:
                     cut = True
-            assert cut, "the srv kept a connection that never reads its answers"
+            assert cut, "the server kept a connection that never reads its answers"
         with raw_connect(srv) as fine:
             _ping(fine, 2)
 
@@ -203,7 +203,7 @@ def test_issue14_5_policy_hex_is_strict(old: str, new: str) -> None:
 def test_issue14_6_second_server_refuses_a_live_socket(tmp_path: Path) -> None:
     with running_signer(tmp_path) as first:
         second = SignerServer(dev_key(), load_policy(DEV_POLICY), spin_us=0)
-        with pytest.raises(TransportError, match="another srv is listening"):
+        with pytest.raises(TransportError, match="another server is listening"):
             second.bind(str(first.address))
         second.close()
         with raw_connect(first) as client:  # the first is still reachable at its path
