@@ -106,7 +106,7 @@ def test_issue14_1_partial_frame_has_one_deadline(tmp_path: Path) -> None:
         with raw_connect(srv) as slow:
             frame = header(Op.SIGN_DIGEST, 7, 32) + bytes(32)
             started = time.monotonic()
-            with pytest.raises(OSError):  # EPIPE / reset once the srv has closed it
+            with pytest.raises(OSError):  # EPIPE / reset once the server has closed it
                 for b in frame:
                     slow.send(bytes([b]))
                     time.sleep(0.1)
@@ -286,7 +286,7 @@ class _FlippingKms:
 
 
 def test_issue14_12_pinned_address_refuses_a_tampered_envelope(
-    kms: RecipientKmsServer,
+    kms: RecipientKmsServer,  # noqa: F811
     nsm: EmulatedNsm,  # noqa: F811
 ) -> None:
     from enclave.kms import KmsKeyMismatch  # new with the fix: the other tests run without it
