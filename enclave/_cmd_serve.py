@@ -157,7 +157,13 @@ def _context(pairs: list[str]) -> dict[str, str] | None:
     return out or None
 
 
-def _load_key(args: argparse.Namespace, nsm: Any, provision: Provision | None = None) -> SigningKey:
+def _load_key(
+    args: argparse.Namespace,
+    nsm: Any,
+    provision: Provision | None = None,
+    *,
+    pinned: bytes | None = None,
+) -> SigningKey:
     from enclave.kms import kms_client, load_kms_key
 
     key_id, context = args.kms_key_id, _context(args.kms_context)
@@ -182,7 +188,16 @@ def _load_key(args: argparse.Namespace, nsm: Any, provision: Provision | None = 
             secret_access_key=provision.secret_access_key,
             session_token=provision.session_token,
         )
-    return load_kms_key(blob, nsm=nsm, client=client, key_id=key_id, encryption_context=context)
+    # `pinned` (policy signer_address) before bind_key: a tampered envelope must not get its key
+    # into PCR16, and a provisioning parent gets the refusal as an answer and may retry.
+    return load_kms_key(
+        blob,
+        nsm=nsm,
+        client=client,
+        key_id=key_id,
+        encryption_context=context,
+        expected_address=pinned,
+    )
 
 
 def _forwarder(args: argparse.Namespace) -> Forwarder | None:
@@ -246,11 +261,11 @@ def run(args: argparse.Namespace) -> int:
             relay.start()
         try:
             if args.kms_provision is None:
-                key = _load_key(args, nsm)
+                key = _load_key(args, nsm, pinned=policy.signer_address)
             else:
                 key = receive_key(
                     args.kms_provision,
-                    lambda p: _load_key(args, nsm, p),
+                    lambda p: _load_key(args, nsm, p, pinned=policy.signer_address),
                     on_listening=lambda a: print(
                         f"sentinel signer waiting for key provisioning on {a}", file=sys.stderr
                     ),

@@ -16,6 +16,8 @@ silently loosen or tighten a rule)::
     any_destination = false        # optional: development only; skips the destination list
     presign_pool = 1024            # optional: presignatures kept ready (0, the default: off, every
                                    # signature is RFC 6979); at most 65536 (enclave/presign.py)
+    signer_address = "0x..."       # optional: the only key this signer may load (20-byte hex);
+                                   # refuses a key from a tampered KMS envelope (PROTOCOL.md)
 
 Numbers are finite, and positive where a rate is meant; hex is exactly `0x` and the stated number of
 ASCII hex digits, nothing else (no spaces, signs or underscores, which `bytes.fromhex` or `int` accept).
@@ -58,6 +60,7 @@ _MAX_POLICY_FILE = 1 << 20
 _TOP_KEYS = {
     "schema", "mode", "chain_ids", "max_value", "max_fee_per_gas", "max_gas", "sign_digest",
     "allow_create", "any_destination", "rate_limit", "destinations", "presign_pool",
+    "signer_address",
 }  # fmt: skip
 _REQUIRED = {"schema", "mode", "chain_ids", "max_value", "max_fee_per_gas", "max_gas", "rate_limit"}
 
@@ -87,6 +90,8 @@ class Policy:
     any_destination: bool = False
     #: Presignatures kept ready (0: off, deterministic RFC 6979 signatures only).
     presign_pool: int = 0
+    #: The 20-byte address of the only key this policy signs with, or None (any key of the mode).
+    signer_address: bytes | None = None
 
     @classmethod
     def from_toml(cls, text: str | bytes, *, source: str = "policy") -> Policy:
@@ -110,11 +115,16 @@ class Policy:
         """Refuse keys this policy may not sign with (production: no development keys).
 
         Raises:
-            PolicyDenied: rule `key_origin`.
+            PolicyDenied: rule `key_origin`, or `signer_address` (not the pinned key).
         """
         if self.mode == "production" and key.origin is KeyOrigin.DEV:
             raise PolicyDenied(
                 "key_origin", "a production policy refuses development keys (use the KMS key)"
+            )
+        pinned = self.signer_address
+        if pinned is not None and key.address_bytes != pinned:
+            raise PolicyDenied(
+                "signer_address", f"key {key.address} is not the pinned signer 0x{pinned.hex()}"
             )
 
     def check_digest(self) -> None:
@@ -295,6 +305,9 @@ def _parse(doc: dict[str, Any], source: str) -> Policy:
     sign_digest = _bool(source, "sign_digest", doc.get("sign_digest", False))
     if mode == "production" and sign_digest:
         raise _err(source, "sign_digest is for development policies only")
+    signer_address = None
+    if "signer_address" in doc:
+        signer_address = _hex_bytes(source, "signer_address", doc["signer_address"], 20)
     destinations: dict[bytes, Destination] = {}
     raw_dests = doc.get("destinations", [])
     if not isinstance(raw_dests, list):
@@ -327,6 +340,7 @@ def _parse(doc: dict[str, Any], source: str) -> Policy:
         allow_create=_bool(source, "allow_create", doc.get("allow_create", False)),
         any_destination=any_destination,
         presign_pool=_presign_pool(source, doc.get("presign_pool", 0)),
+        signer_address=signer_address,
     )
 
 
