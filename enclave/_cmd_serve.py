@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import math
 import signal
 import socket
 import sys
@@ -25,10 +26,26 @@ from enclave.forward import Forwarder
 from enclave.keys import SigningKey, load_dev_key
 from enclave.policy import DEFAULT_POLICY, load_policy
 from enclave.provision import Provision, bind_key, receive_key
-from enclave.server import DEFAULT_SPIN_US, SignerServer
+from enclave.server import (
+    DEFAULT_FRAME_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_SPIN_US,
+    SignerServer,
+)
 from enclave.transport import parse_address
 
 logger = logging.getLogger(__name__)
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0 (nan or inf would turn a deadline off)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds must be finite and > 0")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,6 +69,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=DEFAULT_SPIN_US,
         metavar="US",
         help=f"busy-poll window before blocking reads (default {DEFAULT_SPIN_US}; 0 disables)",
+    )
+    p.add_argument(
+        "--frame-timeout",
+        type=_seconds,
+        default=DEFAULT_FRAME_TIMEOUT,
+        metavar="S",
+        help="seconds a started frame may take to arrive whole (default "
+        f"{DEFAULT_FRAME_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        default=DEFAULT_IDLE_TIMEOUT,
+        metavar="S",
+        help=f"seconds a silent connection is kept (default {DEFAULT_IDLE_TIMEOUT:g})",
     )
     keys = p.add_argument_group("signing key (exactly one source)")
     keys.add_argument(
@@ -125,7 +157,13 @@ def _context(pairs: list[str]) -> dict[str, str] | None:
     return out or None
 
 
-def _load_key(args: argparse.Namespace, nsm: Any, provision: Provision | None = None) -> SigningKey:
+def _load_key(
+    args: argparse.Namespace,
+    nsm: Any,
+    provision: Provision | None = None,
+    *,
+    pinned: bytes | None = None,
+) -> SigningKey:
     from enclave.kms import kms_client, load_kms_key
 
     key_id, context = args.kms_key_id, _context(args.kms_context)
@@ -150,7 +188,16 @@ def _load_key(args: argparse.Namespace, nsm: Any, provision: Provision | None = 
             secret_access_key=provision.secret_access_key,
             session_token=provision.session_token,
         )
-    return load_kms_key(blob, nsm=nsm, client=client, key_id=key_id, encryption_context=context)
+    # `pinned` (policy signer_address) before bind_key: a tampered envelope must not get its key
+    # into PCR16, and a provisioning parent gets the refusal as an answer and may retry.
+    return load_kms_key(
+        blob,
+        nsm=nsm,
+        client=client,
+        key_id=key_id,
+        encryption_context=context,
+        expected_address=pinned,
+    )
 
 
 def _forwarder(args: argparse.Namespace) -> Forwarder | None:
@@ -214,11 +261,11 @@ def run(args: argparse.Namespace) -> int:
             relay.start()
         try:
             if args.kms_provision is None:
-                key = _load_key(args, nsm)
+                key = _load_key(args, nsm, pinned=policy.signer_address)
             else:
                 key = receive_key(
                     args.kms_provision,
-                    lambda p: _load_key(args, nsm, p),
+                    lambda p: _load_key(args, nsm, p, pinned=policy.signer_address),
                     on_listening=lambda a: print(
                         f"sentinel signer waiting for key provisioning on {a}", file=sys.stderr
                     ),
@@ -228,7 +275,14 @@ def run(args: argparse.Namespace) -> int:
                 relay.close()  # KMS is needed only to load the key
         bind_key(nsm, key)  # attestations now name the key, whoever chose the blob
     server = SignerServer(
-        key, policy, nsm=nsm, cpu=args.cpu, spin_us=args.spin_us, idle=_collect_when_idle()
+        key,
+        policy,
+        nsm=nsm,
+        cpu=args.cpu,
+        spin_us=args.spin_us,
+        idle=_collect_when_idle(),
+        frame_timeout=args.frame_timeout,
+        idle_timeout=args.idle_timeout,
     )
     bound = server.bind(address)
 

@@ -33,13 +33,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from enclave._cms import CmsError, open_enveloped_data
 from enclave.errors import KeyLoadError
-from enclave.keys import KeyOrigin, SigningKey
+from enclave.keys import KeyOrigin, SigningKey, checksum_address
 from enclave.nsm import Nsm
 
 __all__ = [
     "RECIPIENT_KEY_ALGORITHM",
     "CmsError",
     "KmsError",
+    "KmsKeyMismatch",
     "KmsRefused",
     "KmsResponseError",
     "KmsTransportError",
@@ -72,6 +73,14 @@ class KmsRefused(KmsError):
     def __init__(self, error_code: str, message: str) -> None:
         self.error_code = error_code
         super().__init__(f"KMS Decrypt refused: {error_code}: {message}")
+
+
+class KmsKeyMismatch(KmsError):
+    """The envelope opened to another key than the pinned one (policy `signer_address`).
+
+    The content encryption is AES-CBC without a MAC: a flipped bit of the IV or ciphertext, by
+    whoever relays KMS's answer, opens to a different 32-byte secret without any error. Only the
+    resulting address tells, so a pinned address is the integrity check."""
 
 
 class KmsResponseError(KmsError):
@@ -165,6 +174,7 @@ def load_kms_key(
     client: Any,
     key_id: str | None = None,
     encryption_context: Mapping[str, str] | None = None,
+    expected_address: bytes | None = None,
 ) -> SigningKey:
     """The signing key whose KMS ciphertext is `blob` (bytes, or the path of a file holding them).
 
@@ -174,6 +184,7 @@ def load_kms_key(
         client: a boto3 KMS client.
         key_id: the KMS key expected to have encrypted the blob (recommended: pins the key).
         encryption_context: the context the blob was encrypted with.
+        expected_address: the 20-byte EVM address the key must have (policy `signer_address`).
 
     Raises:
         KmsTransportError: KMS unreachable.
@@ -181,6 +192,7 @@ def load_kms_key(
         KmsResponseError: the answer carries `Plaintext` or no `CiphertextForRecipient`.
         CmsError: the envelope is malformed or does not open with the ephemeral key.
         KeyLoadError: the plaintext is not a 32-byte secp256k1 secret.
+        KmsKeyMismatch: the key is not `expected_address`'s (a tampered envelope, or another blob).
         NsmError: the module could not attest.
     """
     ciphertext_blob = _read_blob(blob)
@@ -230,6 +242,11 @@ def load_kms_key(
         key = SigningKey(secret, origin=KeyOrigin.KMS)
     finally:
         secret[:] = bytes(len(secret))
+    if expected_address is not None and key.address_bytes != expected_address:
+        raise KmsKeyMismatch(
+            f"the decrypted key is {key.address}, not the policy's signer_address "
+            f"{checksum_address(expected_address)}: refusing it"
+        )
     logger.info("loaded the signing key for %s from KMS key %s", key.address, response.get("KeyId"))
     return key
 

@@ -10,11 +10,17 @@ silently loosen or tighten a rule)::
     max_value = "5000000000000000000"      # wei; integer or decimal string (TOML ints stop at 2**63)
     max_fee_per_gas = "300000000000"       # wei; caps maxFeePerGas, and gasPrice for legacy txs
     max_gas = 3000000
-    sign_digest = false            # optional: allow SIGN_DIGEST (raw digests bypass every tx rule)
+    sign_digest = false            # optional: development only; allow SIGN_DIGEST (raw digests
+                                   # bypass every transaction rule)
     allow_create = false           # optional: allow contract creation (no `to`)
     any_destination = false        # optional: development only; skips the destination list
     presign_pool = 1024            # optional: presignatures kept ready (0, the default: off, every
                                    # signature is RFC 6979); at most 65536 (enclave/presign.py)
+    signer_address = "0x..."       # optional: the only key this signer may load (20-byte hex);
+                                   # refuses a key from a tampered KMS envelope (PROTOCOL.md)
+
+Numbers are finite, and positive where a rate is meant; hex is exactly `0x` and the stated number of
+ASCII hex digits, nothing else (no spaces, signs or underscores, which `bytes.fromhex` or `int` accept).
 
     [rate_limit]                   # token bucket over all signing operations
     per_second = 50
@@ -27,7 +33,9 @@ silently loosen or tighten a rule)::
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import threading
 import time
 import tomllib
@@ -52,6 +60,7 @@ _MAX_POLICY_FILE = 1 << 20
 _TOP_KEYS = {
     "schema", "mode", "chain_ids", "max_value", "max_fee_per_gas", "max_gas", "sign_digest",
     "allow_create", "any_destination", "rate_limit", "destinations", "presign_pool",
+    "signer_address",
 }  # fmt: skip
 _REQUIRED = {"schema", "mode", "chain_ids", "max_value", "max_fee_per_gas", "max_gas", "rate_limit"}
 
@@ -81,6 +90,8 @@ class Policy:
     any_destination: bool = False
     #: Presignatures kept ready (0: off, deterministic RFC 6979 signatures only).
     presign_pool: int = 0
+    #: The 20-byte address of the only key this policy signs with, or None (any key of the mode).
+    signer_address: bytes | None = None
 
     @classmethod
     def from_toml(cls, text: str | bytes, *, source: str = "policy") -> Policy:
@@ -104,11 +115,16 @@ class Policy:
         """Refuse keys this policy may not sign with (production: no development keys).
 
         Raises:
-            PolicyDenied: rule `key_origin`.
+            PolicyDenied: rule `key_origin`, or `signer_address` (not the pinned key).
         """
         if self.mode == "production" and key.origin is KeyOrigin.DEV:
             raise PolicyDenied(
                 "key_origin", "a production policy refuses development keys (use the KMS key)"
+            )
+        pinned = self.signer_address
+        if pinned is not None and key.address_bytes != pinned:
+            raise PolicyDenied(
+                "signer_address", f"key {key.address} is not the pinned signer 0x{pinned.hex()}"
             )
 
     def check_digest(self) -> None:
@@ -232,13 +248,19 @@ def _bool(source: str, name: str, v: Any) -> bool:
     return v
 
 
+_HEX = re.compile(r"0[xX]([0-9a-fA-F]*)")
+
+
 def _hex_bytes(source: str, name: str, v: Any, size: int) -> bytes:
-    if not isinstance(v, str) or not v.startswith(("0x", "0X")) or len(v) != 2 + 2 * size:
+    # fullmatch on an ASCII class: bytes.fromhex alone skips whitespace, which turned "0x" and
+    # eight spaces into an empty selector and a padded address into a 19-byte one.
+    m = _HEX.fullmatch(v) if isinstance(v, str) else None
+    if m is None or len(m.group(1)) != 2 * size:
         raise _err(source, f"{name} must be 0x followed by {2 * size} hex digits (got {v!r})")
-    try:
-        return bytes.fromhex(v[2:])
-    except ValueError:
-        raise _err(source, f"{name} is not hexadecimal (got {v!r})") from None
+    out = bytes.fromhex(m.group(1))
+    if len(out) != size:  # the pattern makes this impossible; a short entry would never match
+        raise _err(source, f"{name} must be {size} bytes (got {len(out)})")
+    return out
 
 
 def _parse(doc: dict[str, Any], source: str) -> Policy:
@@ -263,14 +285,29 @@ def _parse(doc: dict[str, Any], source: str) -> Policy:
     if not isinstance(rate, dict) or set(rate) != {"per_second", "burst"}:
         raise _err(source, "[rate_limit] must have exactly per_second and burst")
     per_second = rate["per_second"]
-    if isinstance(per_second, bool) or not isinstance(per_second, int | float) or per_second <= 0:
-        raise _err(source, f"rate_limit.per_second must be a positive number (got {per_second!r})")
+    # nan compares false with everything and inf never runs dry: either turned the limit off.
+    if (
+        isinstance(per_second, bool)
+        or not isinstance(per_second, int | float)
+        or not math.isfinite(per_second)
+        or per_second <= 0
+    ):
+        raise _err(
+            source, f"rate_limit.per_second must be a finite positive number (got {per_second!r})"
+        )
     burst = _uint(source, "rate_limit.burst", rate["burst"], limit=1 << 32)
     if burst < 1:
         raise _err(source, "rate_limit.burst must be at least 1")
     any_destination = _bool(source, "any_destination", doc.get("any_destination", False))
     if mode == "production" and any_destination:
         raise _err(source, "any_destination is for development policies only")
+    # A raw digest can be the signing hash of any transaction: allowing it skips every rule above.
+    sign_digest = _bool(source, "sign_digest", doc.get("sign_digest", False))
+    if mode == "production" and sign_digest:
+        raise _err(source, "sign_digest is for development policies only")
+    signer_address = None
+    if "signer_address" in doc:
+        signer_address = _hex_bytes(source, "signer_address", doc["signer_address"], 20)
     destinations: dict[bytes, Destination] = {}
     raw_dests = doc.get("destinations", [])
     if not isinstance(raw_dests, list):
@@ -299,10 +336,11 @@ def _parse(doc: dict[str, Any], source: str) -> Policy:
         rate_per_second=float(per_second),
         rate_burst=burst,
         destinations=destinations,
-        sign_digest=_bool(source, "sign_digest", doc.get("sign_digest", False)),
+        sign_digest=sign_digest,
         allow_create=_bool(source, "allow_create", doc.get("allow_create", False)),
         any_destination=any_destination,
         presign_pool=_presign_pool(source, doc.get("presign_pool", 0)),
+        signer_address=signer_address,
     )
 
 

@@ -33,6 +33,7 @@ import hashlib
 import logging
 import socket
 import struct
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -178,9 +179,16 @@ def decode_provision(body: bytes) -> Provision:
     )
 
 
-def _recv_exact(conn: socket.socket, n: int) -> bytes:
+def _recv_exact(conn: socket.socket, n: int, deadline: float | None) -> bytes:
     buf = bytearray()
     while len(buf) < n:
+        if deadline is not None:
+            # One deadline for the whole message: a per-read timeout let a sender trickling a
+            # byte at a time hold the listener (and the enclave's start) indefinitely.
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ProvisionError(f"message not complete in time ({len(buf)} of {n} bytes)")
+            conn.settimeout(left)
         chunk = conn.recv(n - len(buf))
         if not chunk:
             raise ProvisionError(f"connection closed after {len(buf)} of {n} bytes")
@@ -188,11 +196,13 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def _read_message(conn: socket.socket) -> bytes:
-    (n,) = _LENGTH.unpack(_recv_exact(conn, _LENGTH.size))
+def _read_message(conn: socket.socket, timeout: float | None = None) -> bytes:
+    """One length-prefixed message, all of it within `timeout` seconds (None: the socket's own)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    (n,) = _LENGTH.unpack(_recv_exact(conn, _LENGTH.size, deadline))
     if not 0 < n <= MAX_MESSAGE:
         raise ProvisionError(f"provisioning message of {n} bytes (expected 1..{MAX_MESSAGE})")
-    return _recv_exact(conn, n)
+    return _recv_exact(conn, n, deadline)
 
 
 def _answer(conn: socket.socket, answer: dict[str, Any]) -> None:
@@ -211,7 +221,8 @@ def receive_key(
     """Listen on `address` until a parent sends a message from which `load` builds a key.
 
     Each attempt gets an answer; a malformed message or a refused load (KMS, policy) is answered
-    with its diagnostics and the enclave keeps listening, so the parent can retry.
+    with its diagnostics and the enclave keeps listening, so the parent can retry. The whole
+    message must arrive within `read_timeout` seconds of the connection's acceptance.
 
     Raises:
         TransportError: cannot listen on `address`.
@@ -232,7 +243,9 @@ def receive_key(
             with conn:
                 conn.settimeout(read_timeout)
                 try:
-                    key = load(decode_provision(_read_message(conn)))
+                    message = _read_message(conn, read_timeout)
+                    conn.settimeout(read_timeout)  # for the answer
+                    key = load(decode_provision(message))
                 except (OSError, EnclaveError) as e:
                     text = e.diagnostics() if isinstance(e, EnclaveError) else f"read failed: {e}"
                     logger.warning("key provisioning refused: %s", text)

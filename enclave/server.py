@@ -6,6 +6,14 @@ Hot path, per frame: one non-blocking `recv_into` into a preallocated buffer (us
 requests that come close together, then it falls back to a blocking read so an idle connection costs
 nothing. Nothing on that path logs; connection open/close and internal errors do (without payloads).
 
+Deadlines (looked at only once a read or send would block, so the hot path pays nothing for them):
+a frame must arrive whole, and its answer be taken, within `frame_timeout` of the first blocked
+read of it (one deadline per frame, however slowly its bytes trickle in); a connection silent for
+`idle_timeout` is closed. When all connection slots are taken, a new connection is still served: the
+one waiting in a read the longest is closed for it, preferring a peer holding the most connections,
+then one stuck mid-frame. Only when every connection is busy in a request is a new one refused.
+Any process on the parent can open VSOCK connections, so none may hold the signer from the others.
+
 Every frame gets exactly one answer: the response, or an ERROR frame with a code from
 `enclave.errors.ErrorCode`. Malformed frames, policy denials and operation failures never close the
 connection; only EOF or a socket error does.
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import select
 import socket
@@ -34,14 +43,22 @@ from enclave.errors import (
 from enclave.keys import SigningKey
 from enclave.policy import Policy, RateLimiter
 from enclave.presign import NonceSource, PresignPool
-from enclave.transport import Address, accept, listen, listening_address, parse_address
+from enclave.transport import (
+    Address,
+    accept,
+    listen,
+    listening_address,
+    parse_address,
+    peer_of,
+    unlink_if_own,
+)
 from enclave.tx import sign_tx
 from enclave.wire import HEADER, HEADER_SIZE, MAGIC, MAX_PAYLOAD, RESPONSE_BIT, VERSION, Op, Stats
 
 if TYPE_CHECKING:  # the NSM package is only needed by whoever builds the Nsm object
     from enclave.nsm import Nsm
 
-__all__ = ["DEFAULT_SPIN_US", "SignerServer"]
+__all__ = ["DEFAULT_FRAME_TIMEOUT", "DEFAULT_IDLE_TIMEOUT", "DEFAULT_SPIN_US", "SignerServer"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +67,16 @@ DEFAULT_SPIN_US = 200
 #: Receive buffer: the largest frame plus room for the start of a pipelined next frame.
 _BUFFER_SIZE = 2 * (HEADER_SIZE + MAX_PAYLOAD)
 _MAX_CONNECTIONS = 64
+#: Seconds a started frame may take to arrive whole (and its answer to be taken by the peer).
+DEFAULT_FRAME_TIMEOUT = 2.0
+#: Seconds of silence after which a connection is closed. Generous: a client reconnects on its
+#: next call (router/signer_client.py re-opens broken connections), and full tables evict anyway.
+DEFAULT_IDLE_TIMEOUT = 300.0
+
+# Per-connection state (list indices), written by its thread only around blocking waits and read by
+# the accept thread to choose whom to evict: monotonic ns the wait began (0: not waiting), whether
+# the wait is mid-frame (a partial frame or an answer not taken), evicted flag, peer identity.
+_WAITING, _PARTIAL, _EVICTED, _PEER = range(4)
 
 # Per-connection counters (list indices), summed into `Stats` on demand: no lock on the hot path.
 _REQUESTS, _ERRORS, _DENIALS, _DIGESTS, _TXS, _ATTESTS = range(6)
@@ -71,6 +98,9 @@ class SignerServer:
             Its documents always carry `key`'s public key in `public_key`.
         cpu: CPU to pin connection threads to (os.sched_setaffinity), or None.
         spin_us: busy-poll window before blocking reads; 0 disables busy-polling.
+        frame_timeout: seconds a frame may take from its first blocked read to its last byte, and
+            its answer to be sent.
+        idle_timeout: seconds a connection may stay silent between frames.
         idle: called by the presignature refill thread about once a second while the pool is
             full (`python -m enclave serve` collects garbage there); unused without a pool.
 
@@ -91,7 +121,12 @@ class SignerServer:
         cpu: int | None = None,
         spin_us: int = DEFAULT_SPIN_US,
         idle: Callable[[], None] | None = None,
+        frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
+        for name, value in (("frame_timeout", frame_timeout), ("idle_timeout", idle_timeout)):
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a finite number of seconds > 0 (got {value})")
         policy.check_key(key)
         if cpu is not None and cpu not in os.sched_getaffinity(0):
             raise ValueError(
@@ -105,12 +140,15 @@ class SignerServer:
         self._nsm = nsm
         self._cpu = cpu
         self._spin_ns = spin_us * 1000
+        self._frame_ns = int(frame_timeout * 1e9)
+        self._idle_ns = int(idle_timeout * 1e9)
         self._key_info = key.public_key + key.address_bytes
         self._lock = threading.Lock()
-        self._live: dict[int, tuple[socket.socket, list[int]]] = {}
+        self._live: dict[int, tuple[socket.socket, list[int], list[object]]] = {}
         self._closed_totals = [0] * 6
         self._connections_total = 0
         self._listener: socket.socket | None = None
+        self._inode: tuple[int, int] | None = None
         self._address: Address | None = None
         self._closing = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
@@ -147,6 +185,9 @@ class SignerServer:
         addr = parse_address(address) if isinstance(address, str) else address
         self._listener = listen(addr)
         self._address = listening_address(self._listener, addr)
+        if addr.kind == "unix":  # close() removes the path only while it is still this socket
+            st = os.stat(addr.path)
+            self._inode = (st.st_dev, st.st_ino)
         return self._address
 
     @property
@@ -187,15 +228,48 @@ class SignerServer:
                 logger.warning("accept failed on %s; continuing", addr, exc_info=True)
                 time.sleep(0.01)
                 continue
+            counters = [0] * 6
+            state: list[object] = [0, 0, 0, peer_of(conn, addr)]
             with self._lock:
-                too_many = len(self._live) >= _MAX_CONNECTIONS
-            if too_many:
-                logger.warning("refusing a connection: %d already open", _MAX_CONNECTIONS)
+                refuse, victim = self._make_room(state[_PEER])
+                if not refuse:
+                    self._live[id(conn)] = (conn, counters, state)
+                    self._connections_total += 1
+            if refuse:
+                logger.warning("refusing a connection: %d busy in requests", _MAX_CONNECTIONS)
                 conn.close()
                 continue
+            if victim is not None:
+                logger.warning("connection table full: closing the longest-waiting connection")
+                with contextlib.suppress(OSError):
+                    victim.shutdown(socket.SHUT_RDWR)  # wakes its thread, which cleans up
             threading.Thread(
-                target=self._serve_connection, args=(conn,), name="sentinel-conn", daemon=True
+                target=self._serve_connection,
+                args=(conn, counters, state),
+                name="sentinel-conn",
+                daemon=True,
             ).start()
+
+    def _make_room(self, peer: object) -> tuple[bool, socket.socket | None]:
+        """With the lock held: (False, None) if there is room, (False, the connection to evict,
+        marked) if not, (True, None) if every connection is busy in a request (refuse the new)."""
+        live = [(c, st) for c, _, st in self._live.values() if not st[_EVICTED]]
+        if len(live) < _MAX_CONNECTIONS:
+            return False, None
+        per_peer: dict[object, int] = {}
+        for _, st in live:
+            per_peer[st[_PEER]] = per_peer.get(st[_PEER], 0) + 1
+        per_peer[peer] = per_peer.get(peer, 0) + 1
+        waiting = [(c, st) for c, st in live if st[_WAITING]]
+        if not waiting:
+            return True, None
+        # The peer holding most, then a wait mid-frame, then the oldest wait.
+        conn, st = min(
+            waiting,
+            key=lambda cs: (-per_peer[cs[1][_PEER]], -int(cs[1][_PARTIAL]), cs[1][_WAITING]),  # type: ignore[call-overload]
+        )
+        st[_EVICTED] = 1
+        return False, conn
 
     def _start_refill(self) -> None:
         pool = self._pool
@@ -226,13 +300,12 @@ class SignerServer:
         if not self._serving:
             self._release_listener()
         with self._lock:
-            conns = [c for c, _ in self._live.values()]
+            conns = [c for c, _, _ in self._live.values()]
         for c in conns:
             with contextlib.suppress(OSError):
                 c.shutdown(socket.SHUT_RDWR)
-        if self._address is not None and self._address.kind == "unix":
-            with contextlib.suppress(OSError):
-                os.unlink(self._address.path)
+        if self._address is not None and self._address.kind == "unix" and self._inode is not None:
+            unlink_if_own(self._address.path, self._inode)
         if self._pool is not None:
             self._key.use_presignatures(None)
             self._pool.close()
@@ -259,7 +332,7 @@ class SignerServer:
         """Current counters (approximate while connections are busy: no lock on their counters)."""
         with self._lock:
             totals = list(self._closed_totals)
-            for _, counters in self._live.values():
+            for _, counters, _ in self._live.values():
                 for i, v in enumerate(counters):
                     totals[i] += v
             open_now = len(self._live)
@@ -273,11 +346,9 @@ class SignerServer:
 
     # --- connection loop --------------------------------------------------------------------------
 
-    def _serve_connection(self, conn: socket.socket) -> None:
-        counters = [0] * 6
-        with self._lock:
-            self._live[id(conn)] = (conn, counters)
-            self._connections_total += 1
+    def _serve_connection(
+        self, conn: socket.socket, counters: list[int], state: list[object]
+    ) -> None:
         if self._cpu is not None:
             try:
                 os.sched_setaffinity(0, {self._cpu})  # pid 0: this thread only
@@ -285,7 +356,7 @@ class SignerServer:
                 logger.warning("cannot pin connection thread to cpu %d: %s", self._cpu, e)
         logger.debug("connection opened")
         try:
-            self._loop(conn, counters)
+            self._loop(conn, counters, state)
         except _Closed:
             pass
         finally:
@@ -297,19 +368,50 @@ class SignerServer:
                 conn.close()
             logger.debug("connection closed")
 
-    def _loop(self, conn: socket.socket, counters: list[int]) -> None:
+    def _loop(self, conn: socket.socket, counters: list[int], state: list[object]) -> None:
         buf = bytearray(_BUFFER_SIZE)
         mv = memoryview(buf)
-        recv_into, sendall = conn.recv_into, conn.sendall
-        spin_ns = self._spin_ns
+        recv_into, send = conn.recv_into, conn.send
+        spin_ns, frame_ns, idle_ns = self._spin_ns, self._frame_ns, self._idle_ns
         clock = time.monotonic_ns
         dontwait = socket.MSG_DONTWAIT
         unpack_header, pack_header = HEADER.unpack_from, HEADER.pack
         table = self._table
         start = end = 0
+        frame_deadline = 0  # set by the first blocked read of a frame, cleared at each frame start
+        poller = select.poll()
+        poller.register(conn, select.POLLIN)
+
+        def wait(partial: bool, events: int = select.POLLIN) -> None:
+            """Slow path: block until `conn` is ready, or close it at the frame/idle deadline."""
+            nonlocal frame_deadline
+            now = clock()
+            if partial:
+                if not frame_deadline:
+                    frame_deadline = now + frame_ns
+                deadline = frame_deadline
+            else:
+                deadline = now + idle_ns
+            state[_PARTIAL] = partial
+            state[_WAITING] = now
+            p = poller
+            if events != select.POLLIN:
+                p = select.poll()
+                p.register(conn, events)
+            try:
+                while True:
+                    left = deadline - clock()
+                    if left <= 0:
+                        logger.info("closing a connection: %s", "frame deadline" if partial
+                                    else "idle deadline")  # fmt: skip
+                        raise _Closed
+                    if p.poll(-(-left // 1_000_000)):  # ms, rounded up
+                        return
+            finally:
+                state[_WAITING] = 0
 
         def fill() -> int:
-            """Read more bytes at `end`: spin on non-blocking reads, then block. 0 means EOF."""
+            """Read more bytes at `end`: spin on non-blocking reads, then wait. 0 means EOF."""
             room = mv[end:]
             try:
                 try:
@@ -317,18 +419,43 @@ class SignerServer:
                 except BlockingIOError:
                     pass
                 if spin_ns:
-                    deadline = clock() + spin_ns
+                    spin_end = clock() + spin_ns
                     while True:
                         try:
                             return recv_into(room, 0, dontwait)
                         except BlockingIOError:
-                            if clock() > deadline:
+                            if clock() > spin_end:
                                 break
-                return recv_into(room)
+                while True:
+                    wait(end > start)
+                    try:
+                        return recv_into(room, 0, dontwait)
+                    except BlockingIOError:  # woken without data
+                        continue
+            except OSError as e:
+                raise _Closed from e
+
+        def send_frame(frame: bytes) -> None:
+            """Send a whole answer; a peer that does not take it by the frame deadline is cut."""
+            try:
+                try:
+                    sent = send(frame, dontwait)
+                except BlockingIOError:
+                    sent = 0
+                if sent == len(frame):
+                    return
+                rest = memoryview(frame)[sent:]
+                while rest:
+                    wait(True, select.POLLOUT)
+                    try:
+                        rest = rest[send(rest, dontwait) :]
+                    except BlockingIOError:
+                        continue
             except OSError as e:
                 raise _Closed from e
 
         while True:
+            frame_deadline = 0
             # Frame boundary: keep at least one maximal frame of room after `start`.
             if start == end:
                 start = end = 0
@@ -344,7 +471,9 @@ class SignerServer:
             magic, version, op, rid, n = unpack_header(buf, start)
             counters[_REQUESTS] += 1
             if magic != MAGIC or version != VERSION or n > MAX_PAYLOAD:
-                start, end = self._reject_frame(conn, buf, mv, start, end, magic, version, n, rid)
+                start, end = self._reject_frame(
+                    conn, buf, mv, start, end, (magic, version, n, rid), wait, send_frame
+                )
                 counters[_ERRORS] += 1
                 continue
             frame_end = start + HEADER_SIZE + n
@@ -373,10 +502,7 @@ class SignerServer:
                 frame = wire.encode_error(rid, ErrorCode.INTERNAL, "internal error")
             finally:
                 payload.release()
-            try:
-                sendall(frame)
-            except OSError as e:
-                raise _Closed from e
+            send_frame(frame)
 
     def _reject_frame(
         self,
@@ -385,14 +511,14 @@ class SignerServer:
         mv: memoryview,
         start: int,
         end: int,
-        magic: bytes,
-        version: int,
-        n: int,
-        rid: int,
+        head: tuple[bytes, int, int, int],
+        wait: Callable[[bool], None],
+        send_frame: Callable[[bytes], None],
     ) -> tuple[int, int]:
         """Consume a frame whose header is unacceptable (12 + n bytes, whatever they are), answer
         it with an error frame, and return the new (start, end). Oversized payloads are read and
-        discarded in buffer-sized chunks, never stored."""
+        discarded in buffer-sized chunks, never stored, under the frame's deadline."""
+        magic, version, n, rid = head
         try:
             wire.check_header(magic, version, n)
             raise AssertionError("unreachable: header was rejected")  # pragma: no cover
@@ -407,16 +533,16 @@ class SignerServer:
             start = end = 0
             while remaining:
                 try:
-                    got = conn.recv_into(mv, min(remaining, len(buf)))
+                    got = conn.recv_into(mv, min(remaining, len(buf)), socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    wait(True)
+                    continue
                 except OSError as exc:
                     raise _Closed from exc
                 if not got:
                     raise _Closed
                 remaining -= got
-        try:
-            conn.sendall(error)
-        except OSError as exc:
-            raise _Closed from exc
+        send_frame(error)
         return start, end
 
     # --- operations (payload is a view into the receive buffer, valid during the call) ------------

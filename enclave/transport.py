@@ -14,12 +14,22 @@ import ipaddress
 import os
 import socket
 import stat
+import struct
 from dataclasses import dataclass
 from typing import Literal
 
 from enclave.errors import TransportError
 
-__all__ = ["Address", "accept", "connect", "listen", "listening_address", "parse_address"]
+__all__ = [
+    "Address",
+    "accept",
+    "connect",
+    "listen",
+    "listening_address",
+    "parse_address",
+    "peer_of",
+    "unlink_if_own",
+]
 
 VMADDR_CID_ANY = 0xFFFFFFFF
 _MAX_PORT_TCP = 65535
@@ -121,8 +131,9 @@ def _tune(sock: socket.socket, addr: Address) -> None:
 
 
 def listen(addr: Address | str, *, backlog: int = 16) -> socket.socket:
-    """A listening socket on `addr`. A stale Unix socket file at PATH is replaced; any other file
-    there is left alone (error).
+    """A listening socket on `addr`. A stale Unix socket file at PATH (nobody accepts on it) is
+    replaced; a live one, or any other file, is left alone (error): a second server must not take
+    the path over from a running one and leave it unreachable.
 
     Raises:
         TransportError: the family is unavailable, or bind/listen failed.
@@ -158,7 +169,45 @@ def _remove_stale_unix_socket(path: str) -> None:
         return
     if not stat.S_ISSOCK(st.st_mode):
         raise TransportError(f"unix:{path}: exists and is not a socket; refusing to replace it")
-    os.unlink(path)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        pass  # nobody listens: a crashed server's file
+    except OSError as e:
+        # A full backlog (EAGAIN) or a timeout still means someone listens.
+        raise TransportError(
+            f"unix:{path}: another server is listening there (probe: {e.strerror or e}); "
+            "refusing to take it over"
+        ) from None
+    else:
+        raise TransportError(
+            f"unix:{path}: another server is listening there; refusing to take it over"
+        )
+    finally:
+        probe.close()
+    # Only the file we probed: if it changed meanwhile, leave it (bind then fails on it).
+    unlink_if_own(path, (st.st_dev, st.st_ino))
+
+
+def unlink_if_own(path: str, inode: tuple[int, int]) -> bool:
+    """Remove the Unix socket file at `path` if it is still `inode` (st_dev, st_ino); True if so.
+
+    A server that lost its path to another (removed and re-bound) must not delete the new one's.
+    The check and the unlink are two steps; only a process replacing the file in between could
+    slip through, and that process owns the directory anyway.
+    """
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if (st.st_dev, st.st_ino) != inode:
+        return False
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+        return True
+    return False
 
 
 def listening_address(sock: socket.socket, addr: Address) -> Address:
@@ -194,6 +243,19 @@ def connect(addr: Address | str, *, timeout: float | None = 5.0) -> socket.socke
             sock.close()
         raise TransportError(f"{addr}: cannot connect ({e.strerror or e})") from e
     return sock
+
+
+def peer_of(conn: socket.socket, addr: Address) -> object:
+    """Who is on the other end, as far as the family tells: a Unix peer's pid (SO_PEERCRED), a
+    VSOCK peer's CID (every process of the parent shares CID 3), a TCP peer's host; None if
+    unknown. Used to pick which connection to close when the table is full."""
+    try:
+        if addr.kind == "unix":
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            return ("pid", struct.unpack("3i", creds)[0])
+        return (addr.kind, conn.getpeername()[0])
+    except OSError:
+        return None
 
 
 def accept(listener: socket.socket, addr: Address) -> socket.socket:

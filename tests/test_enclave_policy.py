@@ -79,7 +79,9 @@ def test_sign_digest_rule() -> None:
     with pytest.raises(PolicyDenied, match="sign_digest"):
         POLICY.check_digest()
     Policy.from_toml(
-        BASE.replace("max_gas = 500000", "max_gas = 500000\nsign_digest = true")
+        BASE.replace("max_gas = 500000", "max_gas = 500000\nsign_digest = true").replace(
+            'mode = "production"', 'mode = "development"'
+        )
     ).check_digest()
 
 
@@ -149,7 +151,7 @@ def _edit(old: str, new: str) -> str:
         (_edit(f'address = "{TOKEN}"', 'address = "0x1234"'), "40 hex digits"),
         (_edit(f'address = "{ROUTER}"', f'address = "{TOKEN}"'), "listed twice"),
         (_edit('selectors = ["0xa9059cbb", "0x095ea7b3"]', "selectors = []"), "non-empty list"),
-        (_edit('selectors = ["0xa9059cbb", "0x095ea7b3"]', 'selectors = ["0xzz059cbb"]'), "not hexadecimal"),
+        (_edit('selectors = ["0xa9059cbb", "0x095ea7b3"]', 'selectors = ["0xzz059cbb"]'), "8 hex digits"),
         (_edit(f'address = "{ROUTER}"', f'address = "{ROUTER}"\nlabel = "x"'), "address and optional selectors"),
     ],
     ids=["not-toml", "unknown", "missing", "schema", "mode", "no-chains", "chain-0", "bool-chain",
