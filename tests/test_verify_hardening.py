@@ -1,0 +1,188 @@
+"""Issue 14, the customers' tool: findings #2, #8, #9, #10 and #11, each a named test."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import cbor2
+import pytest
+from attestation_support import T0, TestPki, make_document, make_payload, run_cli, sign_es384
+
+from verify.attestation import MalformedAttestation, decode_document_text, parse_document
+
+ASSETS = Path(__file__).parent / "assets" / "attestation"
+EVERVAULT = ASSETS / "evervault_beta_valid_2022.bin"
+ETERNIS = ASSETS / "eternis_example_2024.bin"
+AT = (T0.replace(second=5)).isoformat()  # inside the test PKI's 3-hour signing certificate
+
+
+@pytest.fixture(scope="module")
+def pki() -> TestPki:
+    return TestPki.generate("hardening")
+
+
+# --- hand-made CBOR: what cbor2 will not write (duplicate keys, odd heads) --------------------
+
+
+def head(major: int, n: int) -> bytes:
+    """The shortest head of major type `major` with argument `n`."""
+    if n < 24:
+        return bytes([major << 5 | n])
+    for info, width in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if n < 1 << (8 * width):
+            return bytes([major << 5 | info]) + n.to_bytes(width, "big")
+    raise ValueError(n)
+
+
+class RawCbor(bytes):
+    """Already-encoded CBOR, inserted as is by `cbor_map`."""
+
+
+def cbor_map(pairs: list[tuple[object, object]]) -> bytes:
+    """A CBOR map with exactly these pairs, in order, duplicates included."""
+    out = head(5, len(pairs))
+    for key, value in pairs:
+        out += cbor2.dumps(key)
+        out += bytes(value) if isinstance(value, RawCbor) else cbor2.dumps(value)
+    return out
+
+
+def payload_pairs(pki: TestPki, **overrides: object) -> list[tuple[object, object]]:
+    return list(make_payload(pki, **overrides).items())
+
+
+def signed(pki: TestPki, payload: bytes, protected: bytes = cbor2.dumps({1: -35})) -> bytes:
+    """A document around `payload` whose signature verifies: only decoding can refuse it."""
+    return cbor2.dumps([protected, {}, payload, sign_es384(pki.leaf_key, protected, payload)])
+
+
+def verify_cli(path: Path, pki_root: Path, *extra: str) -> tuple[int, str, str]:
+    """The CLI on a test-PKI document, at a time its chain is valid, expecting its user_data."""
+    return run_cli("attestation", str(path), "--root", str(pki_root), "--at", AT,
+                   "--user-data", b"sentinel user data".hex(), "--json", *extra)
+
+
+@pytest.fixture
+def root_pem(pki: TestPki, tmp_path: Path) -> Path:
+    path = tmp_path / "root.pem"
+    path.write_bytes(pki.root_pem)
+    return path
+
+
+# --- #8: strict CBOR: duplicate map keys and unknown crit labels are refused --------------------
+
+
+def duplicate_pcr0(pki: TestPki) -> bytes:
+    pcrs = dict(make_payload(pki)["pcrs"])  # type: ignore[call-overload]
+    pcr_pairs: list[tuple[object, object]] = [(0, bytes(48))] + list(pcrs.items())  # zeros, then real
+    pairs = [(k, RawCbor(cbor_map(pcr_pairs)) if k == "pcrs" else v) for k, v in payload_pairs(pki)]
+    return signed(pki, cbor_map(pairs))
+
+
+def duplicate_nonce(pki: TestPki) -> bytes:
+    pairs = payload_pairs(pki) + [("nonce", b"\x99" * 32)]
+    return signed(pki, cbor_map(pairs))
+
+
+DUPLICATE_ALG = cbor_map([(1, -7), (1, -35)])
+CRIT_UNKNOWN = cbor2.dumps({1: -35, 2: [99], 99: 1})
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("pcr0 twice", "duplicate map key 0"),
+        ("nonce twice", "duplicate map key 'nonce'"),
+        ("alg twice", "duplicate map key 1"),
+        ("unknown crit", "crit names header labels this verifier does not process"),
+    ],
+)
+def test_issue14_8_duplicate_keys_and_unknown_crit_refused(
+    pki: TestPki, root_pem: Path, tmp_path: Path, case: str, message: str
+) -> None:
+    document = {
+        "pcr0 twice": lambda: duplicate_pcr0(pki),
+        "nonce twice": lambda: duplicate_nonce(pki),
+        "alg twice": lambda: signed(pki, cbor2.dumps(make_payload(pki)), DUPLICATE_ALG),
+        "unknown crit": lambda: signed(pki, cbor2.dumps(make_payload(pki)), CRIT_UNKNOWN),
+    }[case]()
+    with pytest.raises(MalformedAttestation, match=message):
+        parse_document(document)
+    path = tmp_path / "doc.bin"
+    path.write_bytes(document)
+    code, out, err = verify_cli(path, root_pem)
+    assert code == 2, err
+    report = json.loads(out)
+    assert report["verified"] is False
+    assert any(message in (c["message"] or "") for c in report["checks"])
+
+
+def test_issue14_8_the_same_documents_without_duplicates_verify(pki: TestPki, root_pem: Path,
+                                                                 tmp_path: Path) -> None:
+    """The refusals above come from the duplicates alone: the same shapes without them verify."""
+    pairs = payload_pairs(pki)
+    path = tmp_path / "doc.bin"
+    path.write_bytes(signed(pki, cbor_map(pairs)))
+    code, _, err = verify_cli(path, root_pem)
+    assert code == 0, err
+
+
+# --- #9: one decoder for CLI and library; re-encodings refused by both, the same way ------------
+
+
+def reencodings(pki: TestPki) -> dict[str, tuple[bytes, str]]:
+    good = make_document(pki)
+    protected, _, payload, signature = cbor2.loads(good)
+    members = b"".join(cbor2.dumps(m) for m in (protected, {}, payload, signature))
+    long_payload_head = b"\x5a" + len(payload).to_bytes(4, "big") + payload  # 4-byte length, fits in 2
+    chunked = b"\x5f" + cbor2.dumps(payload[:10]) + cbor2.dumps(payload[10:]) + b"\xff"
+    nonce = bytes(range(32))  # make_payload's nonce: head 0x58 0x20; 0x59 0x00 0x20 is too long
+    plain = cbor2.dumps(make_payload(pki, nonce=nonce))
+    assert plain.count(cbor2.dumps(nonce)) == 1
+    non_minimal_bstr = plain.replace(cbor2.dumps(nonce), b"\x59\x00\x20" + nonce)
+    return {
+        "indefinite array": (b"\x9f" + members + b"\xff", "indefinite length"),
+        "non-minimal array head": (b"\x98\x04" + members, "non-shortest head"),
+        "non-minimal payload length": (
+            b"\x84" + cbor2.dumps(protected) + b"\xa0" + long_payload_head + cbor2.dumps(signature),
+            "non-shortest head",
+        ),
+        "chunked payload": (
+            b"\x84" + cbor2.dumps(protected) + b"\xa0" + chunked + cbor2.dumps(signature),
+            "indefinite length",
+        ),
+        "non-minimal nonce length (re-signed)": (signed(pki, non_minimal_bstr), "non-shortest head"),
+        "double tag 18": (b"\xd2\xd2" + cbor2.dumps([protected, {}, payload, signature]), "CBOR tag 18"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["indefinite array", "non-minimal array head", "non-minimal payload length", "chunked payload",
+     "non-minimal nonce length (re-signed)", "double tag 18"],
+)
+def test_issue14_9_cli_and_library_agree_on_reencoded_documents(
+    pki: TestPki, root_pem: Path, tmp_path: Path, case: str
+) -> None:
+    data, message = reencodings(pki)[case]
+    with pytest.raises(MalformedAttestation, match=message) as info:
+        parse_document(data)
+    library = info.value.diagnostics()
+    for name, content in (("raw", data), ("base64", base64.b64encode(data) + b"\n")):
+        assert decode_document_text(content) == data
+        path = tmp_path / f"{name}.bin"
+        path.write_bytes(content)
+        code, out, _ = verify_cli(path, root_pem)
+        assert code == 2, (name, out)
+        checks = json.loads(out)["checks"]
+        assert checks[0]["name"] == "cose" or checks[-1]["name"] == "payload"
+        assert library in [c["message"] for c in checks], (name, checks)
+
+
+def test_issue14_9_real_documents_meet_the_strict_rules() -> None:
+    for path in (EVERVAULT, ETERNIS):
+        signed_doc = parse_document(path.read_bytes())
+        assert signed_doc.alg == -35 and len(signed_doc.document.pcrs) >= 16
+
