@@ -186,3 +186,65 @@ def test_issue14_9_real_documents_meet_the_strict_rules() -> None:
         signed_doc = parse_document(path.read_bytes())
         assert signed_doc.alg == -35 and len(signed_doc.document.pcrs) >= 16
 
+
+# --- #2: text from a document, EIF or file is shown, never obeyed by the terminal ---------------
+
+SPOOF = "i-x\x1b[2K\r\x1b[1A\x1b[32mOK\x1b[0m\x9b2J\u202egnp.exe\n"
+SHOWN = "i-x\\x1b[2K\\r\\x1b[1A\\x1b[32mOK\\x1b[0m\\x9b2J\\u202egnp.exe\\n"
+
+
+def assert_inert(err: str) -> None:
+    """No control character reaches the terminal, except the layout's own newlines."""
+    bad = [hex(ord(c)) for c in err if (ord(c) < 0x20 and c not in "\n") or 0x7F <= ord(c) <= 0x9F
+           or c == "\u202e"]
+    assert bad == [], bad
+
+
+def test_issue14_2_module_id_is_shown_escaped_not_obeyed(pki: TestPki, root_pem: Path,
+                                                         tmp_path: Path) -> None:
+    path = tmp_path / "doc.bin"
+    path.write_bytes(make_document(pki, module_id=SPOOF))
+    code, out, err = verify_cli(path, root_pem)
+    assert code == 0, err
+    assert json.loads(out)["attestation"]["module_id"] == SPOOF  # --json keeps the exact value
+    assert_inert(err)
+    assert SHOWN in err
+    # A failing check quoting the document is escaped too, and the exit code is unchanged.
+    code, out, err = verify_cli(path, root_pem, "--nonce", "ff")
+    assert code == 1 and json.loads(out)["verified"] is False
+    assert_inert(err)
+
+
+def test_issue14_2_no_policy_warning_escapes_module_id(pki: TestPki,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    from verify.attestation import UnsafeNoOp
+
+    document = parse_document(make_document(pki, module_id=SPOOF)).document
+    with caplog.at_level("WARNING"):
+        UnsafeNoOp().verify(document)
+    [message] = [r.getMessage() for r in caplog.records]
+    assert SHOWN in message and "\x1b" not in message
+
+
+def test_issue14_2_eif_metadata_is_shown_escaped(tmp_path: Path) -> None:
+    from verify.eif import write_eif
+    from verify.eif._metadata import default_identity
+
+    path = tmp_path / "spoof.eif"
+    write_eif(path, kernel=b"K" * 64, cmdline=b"console=ttyS0", ramdisks=[b"r0" * 8],
+              metadata=default_identity(image_name=SPOOF, image_version="\x1b]0;title\x07"))
+    code, out, err = run_cli("pcr", str(path))
+    assert code == 0, err
+    assert_inert(err)
+    assert SHOWN in err and "\\x1b]0;title\\x07" in err
+    code, out, _ = run_cli("pcr", str(path), "--json")
+    assert code == 0 and json.loads(out)["ImageName"] == SPOOF
+
+
+def test_issue14_2_error_lines_escape_file_names(tmp_path: Path) -> None:
+    name = str(tmp_path / "x\x1b[2K\x1b[32mOK.bin")
+    code, _, err = run_cli("attestation", name, "--nonce", "00")
+    assert code == 2
+    assert_inert(err)
+    assert "\\x1b[2K" in err
+

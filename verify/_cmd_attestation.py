@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
 from rich.table import Table
 
 from verify._checks import results_json
@@ -36,6 +35,7 @@ from verify.attestation import (
 )
 from verify.attestation.roots import fingerprint
 from verify.errors import MalformedInput
+from verify.terminal import markup_safe
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -169,7 +169,7 @@ def report_json(source: str, report: VerificationReport, root_sha256: str) -> di
 
 def _print_report(source: str, report: VerificationReport) -> None:
     console = stderr_console()
-    table = Table(title=escape(f"attestation {source}"))
+    table = Table(title=markup_safe(f"attestation {source}"))
     table.add_column("check")
     table.add_column("result")
     table.add_column("detail", overflow="fold")
@@ -177,16 +177,16 @@ def _print_report(source: str, report: VerificationReport) -> None:
         if r.error is None:
             table.add_row(r.name, "[green]pass[/]", "")
         else:
-            table.add_row(r.name, "[bold red]FAIL[/]", escape(r.error.diagnostics()))
+            table.add_row(r.name, "[bold red]FAIL[/]", markup_safe(r.error.diagnostics()))
     console.print(table)
     if report.attestation is not None:
         doc = report.attestation.document
-        # Document text is attacker-chosen until verified: never let it be read as rich markup.
-        console.print(escape(f"module {doc.module_id}, made {doc.timestamp.isoformat()}"))
+        # Document text is attacker-chosen (and module_id is never measured): shown, not obeyed.
+        console.print(markup_safe(f"module {doc.module_id}, made {doc.timestamp.isoformat()}"))
         for index, value in doc.pcrs.items():
             if any(value):
                 console.print(f"  PCR{index:<2} {value.hex()}")
-    console.print("[green]OK[/]" if report else "[bold red]FAILED[/]", escape(source))
+    console.print("[green]OK[/]" if report else "[bold red]FAILED[/]", markup_safe(source))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from verify.attestation.errors import (
     UserDataMismatch,
 )
 from verify.errors import VerificationError
+from verify.terminal import visible
 
 __all__ = [
     "AllOf",
@@ -225,7 +226,9 @@ class UnsafeNoOp:
     name = "unsafe-no-policy"
 
     def verify(self, document: AttestationDocument) -> None:
-        logger.warning("no policy: PCRs, nonce and user data of %s were not checked", document.module_id)
+        logger.warning(
+            "no policy: PCRs, nonce and user data of %s were not checked", visible(document.module_id)
+        )
 
 
 def leaf_checks(policy: Check) -> list[Check]:
