@@ -53,10 +53,9 @@ def visible(value: object, *, keep: str = "") -> str:
     text = str(value)
     out: list[str] = []
     for ch in text:
-        if ch == "\\":
-            # Doubled, so an escape we write cannot be confused with one the input spelled out.
-            out.append("\\\\" if not keep else ch)
-        elif ch not in keep and unicodedata.category(ch) in _HIDDEN:
+        # Backslashes stay single: messages already quote bytes with repr, and text that spells
+        # out an escape is inert anyway.
+        if ch not in keep and unicodedata.category(ch) in _HIDDEN:
             out.append(_escape_char(ch))
         else:
             out.append(ch)
