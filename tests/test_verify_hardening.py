@@ -248,3 +248,59 @@ def test_issue14_2_error_lines_escape_file_names(tmp_path: Path) -> None:
     assert_inert(err)
     assert "\\x1b[2K" in err
 
+
+# --- #10: expectations required, time is now, debug mode reported and refused ---------------
+
+
+def test_issue14_10_bare_document_needs_allow_no_policy(pki: TestPki, root_pem: Path,
+                                                        tmp_path: Path) -> None:
+    path = tmp_path / "doc.bin"
+    path.write_bytes(make_document(pki))
+    code, out, err = run_cli("attestation", str(path), "--root", str(root_pem), "--at", AT)
+    assert code == 2 and out == ""
+    assert "no expectation given" in err and "--allow-no-policy" in err and "OK" not in err
+    code, out, err = run_cli("attestation", str(path), "--root", str(root_pem), "--at", AT,
+                             "--allow-no-policy", "--json")
+    assert code == 0, err
+    assert "unsafe-no-policy" in [c["name"] for c in json.loads(out)["checks"]]
+
+
+def test_issue14_10_default_time_is_now(pki: TestPki, root_pem: Path, tmp_path: Path) -> None:
+    """The test PKI's signing certificate expired in 2025: checked now, its document fails."""
+    path = tmp_path / "doc.bin"
+    path.write_bytes(make_document(pki))
+    expect = ["--user-data", b"sentinel user data".hex(), "--json"]
+    code, out, _ = run_cli("attestation", str(path), "--root", str(root_pem), *expect)
+    assert code == 1
+    report = json.loads(out)
+    assert [c["name"] for c in report["checks"] if not c["ok"]] == ["chain"]
+    assert report["validated_at"] > "2026"  # the wall clock, not the document's 2025 timestamp
+    code, _, err = run_cli("attestation", str(path), "--root", str(root_pem), "--at", AT, *expect)
+    assert code == 0, err
+
+
+def test_issue14_10_debug_mode_reported_and_refused(pki: TestPki, root_pem: Path,
+                                                    tmp_path: Path) -> None:
+    pcrs = {i: (bytes(48) if i < 3 else bytes([i]) * 48) for i in range(16)}
+    path = tmp_path / "debug.bin"
+    path.write_bytes(make_document(pki, pcrs=pcrs))
+    args = ["attestation", str(path), "--root", str(root_pem), "--at", AT,
+            "--user-data", b"sentinel user data".hex()]
+    code, out, err = run_cli(*args, "--json")
+    assert code == 1
+    failed = [c for c in json.loads(out)["checks"] if not c["ok"]]
+    assert [(c["name"], c["error"]) for c in failed] == [("debug-mode", "DebugMode")]
+    assert "PCR0, PCR1, PCR2 all zero" in failed[0]["message"]
+    assert "PCR0  " + "00" * 48 in err and "debug mode" in err  # the zero PCRs are shown
+    code, _, err = run_cli(*args, "--allow-debug")
+    assert code == 0, err
+    assert "PCR1  " + "00" * 48 in err and "debug mode" in err  # still reported when allowed
+
+
+def test_issue14_10_real_debug_document_fails_without_allow_debug() -> None:
+    """The Eternis document is real and authentic, from a debug-mode enclave."""
+    args = ["attestation", str(ETERNIS), "--at", "2024-09-09T19:49:12.400Z", "--nonce", "00" * 19 + "01"]
+    code, out, _ = run_cli(*args, "--json")
+    assert code == 1
+    assert [c["name"] for c in json.loads(out)["checks"] if not c["ok"]] == ["debug-mode"]
+    assert run_cli(*args, "--allow-debug")[0] == 0
