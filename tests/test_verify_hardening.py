@@ -304,3 +304,49 @@ def test_issue14_10_real_debug_document_fails_without_allow_debug() -> None:
     assert code == 1
     assert [c["name"] for c in json.loads(out)["checks"] if not c["ok"]] == ["debug-mode"]
     assert run_cli(*args, "--allow-debug")[0] == 0
+
+
+# --- #11: release subjects matched by name, the version bound to the file ----------------------
+
+RELEASES = Path(__file__).resolve().parents[1] / "measurements"
+DEV_KEY = RELEASES / "release-dev-key.pub.pem"
+
+
+def verify_release_cli(*args: str) -> tuple[int, list[tuple[str, str]]]:
+    code, out, _ = run_cli("measurements", *args, "--key", str(DEV_KEY), "--json")
+    failed = [(c["name"], c["error"]) for c in json.loads(out)["checks"] if not c["ok"]]
+    return code, failed
+
+
+def test_issue14_11_eif_must_be_the_eif_subject() -> None:
+    """The measurements file is a signed subject too, but it is not the EIF."""
+    release = str(RELEASES / "0.1.0.json")
+    assert verify_release_cli(release) == (0, [])
+    code, failed = verify_release_cli(release, "--eif", release)
+    assert code == 1 and failed == [("eif", "DigestMismatch")]
+    code, failed = verify_release_cli(release, "--provenance", release)
+    assert code == 1 and failed == [("provenance", "DigestMismatch")]
+
+
+def test_issue14_11_renamed_release_fails(tmp_path: Path) -> None:
+    """0.1.0.json and its signature renamed to 9.9.9.json: the signed release is 0.1.0."""
+    for name in ("9.9.9.json", "0.1.0.json"):
+        (tmp_path / name).write_bytes((RELEASES / "0.1.0.json").read_bytes())
+        (tmp_path / f"{name}.sig").write_bytes((RELEASES / "0.1.0.json.sig").read_bytes())
+    code, failed = verify_release_cli(str(tmp_path / "9.9.9.json"))
+    assert code == 1 and failed == [("subject", "DigestMismatch")]
+    _, out, _ = run_cli("measurements", str(tmp_path / "9.9.9.json"), "--key", str(DEV_KEY), "--json")
+    assert "publishes '0.1.0.json'" in json.dumps(json.loads(out)["checks"])
+    assert verify_release_cli(str(tmp_path / "0.1.0.json")) == (0, [])
+
+
+def test_issue14_11_version_inside_the_file_is_checked(tmp_path: Path) -> None:
+    from verify.signed_release import VersionMismatch, _version_agrees
+    from verify.measurements import load_measurements
+
+    statement = {"predicate": {"version": "0.1.0", "mode": "development"}}
+    doc = json.loads((RELEASES / "0.1.0.json").read_text())
+    _version_agrees(statement, load_measurements(json.dumps(doc).encode()))
+    doc["Sentinel"]["version"] = "9.9.9"
+    with pytest.raises(VersionMismatch, match="Sentinel.version is '9.9.9'"):
+        _version_agrees(statement, load_measurements(json.dumps(doc).encode()))
