@@ -341,8 +341,8 @@ def test_issue14_11_renamed_release_fails(tmp_path: Path) -> None:
 
 
 def test_issue14_11_version_inside_the_file_is_checked(tmp_path: Path) -> None:
-    from verify.signed_release import VersionMismatch, _version_agrees
     from verify.measurements import load_measurements
+    from verify.signed_release import VersionMismatch, _version_agrees
 
     statement = {"predicate": {"version": "0.1.0", "mode": "development"}}
     doc = json.loads((RELEASES / "0.1.0.json").read_text())

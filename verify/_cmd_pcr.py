@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-
 from verify._cli import emit_json, stderr_console
 from verify.errors import MalformedEif, PcrMismatch, SignatureInvalid
 from verify.measurements import PcrDiff, diff_pcrs, load_measurements
