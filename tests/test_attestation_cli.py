@@ -23,6 +23,9 @@ ASSETS = Path(__file__).parent / "assets" / "attestation"
 EVERVAULT = ASSETS / "evervault_beta_valid_2022.bin"
 ETERNIS = ASSETS / "eternis_example_2024.bin"
 T = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
+# The chain is checked now unless --at says otherwise: archived documents pass their own time.
+EVERVAULT_AT = "2022-10-13T08:58:02.136Z"
+ETERNIS_AT = "2024-09-09T19:49:12.400Z"
 PCRS = {i: hashlib.sha384(f"image pcr{i}".encode()).digest() for i in (0, 1, 2)}
 
 
@@ -54,13 +57,13 @@ def evervault_measurements(tmp_path: Path, **changes: bytes) -> Path:
 
 def test_real_document_verified_with_measurements_json(tmp_path: Path) -> None:
     measurements = evervault_measurements(tmp_path)
-    result = cli(str(EVERVAULT), "--measurements", str(measurements), "--json")
+    result = cli(str(EVERVAULT), "--measurements", str(measurements), "--json", "--at", EVERVAULT_AT)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["verified"] is True
     names = [c["name"] for c in report["checks"]]
     assert names == ["cose", "alg", "payload", "certificates", "chain", "timestamp", "signature",
-                     "PCR0", "PCR1", "PCR2", "PCR8"]
+                     "PCR0", "PCR1", "PCR2", "PCR8", "debug-mode"]
     assert report["validated_at"] == "2022-10-13T08:58:02.136000+00:00"
     assert report["attestation"]["pcrs"]["8"].startswith("8790eb3c")
     assert "OK" in result.stderr and "Traceback" not in result.stderr
@@ -68,7 +71,7 @@ def test_real_document_verified_with_measurements_json(tmp_path: Path) -> None:
 
 def test_pcr_mismatch_exit_1_names_the_pcr(tmp_path: Path) -> None:
     measurements = evervault_measurements(tmp_path, pcr2=bytes(48))
-    result = cli(str(EVERVAULT), "--measurements", str(measurements), "--json")
+    result = cli(str(EVERVAULT), "--measurements", str(measurements), "--json", "--at", EVERVAULT_AT)
     assert result.returncode == 1
     failed = [c for c in json.loads(result.stdout)["checks"] if not c["ok"]]
     assert [(c["name"], c["error"]) for c in failed] == [("PCR2", "PcrMismatch")]
@@ -79,9 +82,9 @@ def test_pcr_mismatch_exit_1_names_the_pcr(tmp_path: Path) -> None:
 def test_explicit_pcr_selection(tmp_path: Path) -> None:
     measurements = evervault_measurements(tmp_path, pcr2=bytes(48))
     code, out, _ = run_cli("attestation", str(EVERVAULT), "--measurements", str(measurements),
-                            "--pcrs", "0,1,8", "--json")
+                            "--pcrs", "0,1,8", "--json", "--at", EVERVAULT_AT)
     assert code == 0
-    assert [c["name"] for c in json.loads(out)["checks"]][-3:] == ["PCR0", "PCR1", "PCR8"]
+    assert [c["name"] for c in json.loads(out)["checks"]][-4:] == ["PCR0", "PCR1", "PCR8", "debug-mode"]
     code, _, err = run_cli("attestation", str(EVERVAULT), "--measurements", str(measurements),
                             "--pcrs", "0,4")
     assert code == 2 and "no expected value for PCR 4" in err
@@ -89,23 +92,27 @@ def test_explicit_pcr_selection(tmp_path: Path) -> None:
 
 def test_base64_on_stdin_and_nonce() -> None:
     text = base64.b64encode(ETERNIS.read_bytes())
-    ok = cli("-", "--nonce", "00" * 19 + "01", "--user-data",
+    # The Eternis document comes from a debug-mode enclave (PCR0 zero).
+    ok = cli("-", "--at", ETERNIS_AT, "--allow-debug", "--nonce", "00" * 19 + "01", "--user-data",
              "1220c682bc6c814a6748f490c8c8e48e5c40c505e5c99b0b617b85cdc71d236f2a381220" + "00" * 32,
              stdin=text)
     assert ok.returncode == 0, ok.stderr
-    wrong = cli("-", "--nonce", "00" * 19 + "02", "--json", stdin=text)
+    wrong = cli("-", "--at", ETERNIS_AT, "--allow-debug", "--nonce", "00" * 19 + "02", "--json",
+                stdin=text)
     assert wrong.returncode == 1
     assert [c["name"] for c in json.loads(wrong.stdout)["checks"] if not c["ok"]] == ["nonce"]
 
 
 def test_after_leaf_expiry_and_max_age() -> None:
-    code, out, _ = run_cli("attestation", str(ETERNIS), "--at", "2024-09-09T22:49:13Z", "--json")
+    code, out, _ = run_cli("attestation", str(ETERNIS), "--at", "2024-09-09T22:49:13Z", "--json",
+                           "--allow-no-policy", "--allow-debug")
     assert code == 1
     assert [c["name"] for c in json.loads(out)["checks"] if not c["ok"]] == ["chain"]
-    code, _, _ = run_cli("attestation", str(ETERNIS), "--at", "2024-09-09T19:50:00Z", "--max-age", "60")
+    code, _, _ = run_cli("attestation", str(ETERNIS), "--at", "2024-09-09T19:50:00Z", "--max-age", "60",
+                         "--allow-debug")
     assert code == 0
     code, out, _ = run_cli("attestation", str(ETERNIS), "--at", "2024-09-09T19:51:00Z",
-                            "--max-age", "60", "--json")
+                            "--max-age", "60", "--json", "--allow-debug")
     assert code == 1
     assert [c["name"] for c in json.loads(out)["checks"] if not c["ok"]] == ["freshness"]
 
@@ -113,7 +120,7 @@ def test_after_leaf_expiry_and_max_age() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["missing.bin"], "cannot read missing.bin"),
+        (["missing.bin", "--allow-no-policy"], "cannot read missing.bin"),
         ([str(ETERNIS), "--nonce", "zz"], "--nonce: not hex"),
         ([str(ETERNIS), "--at", "yesterday"], "not an ISO 8601 time"),
         ([str(ETERNIS), "--at", "2024-09-09T19:50:00"], "has no time zone"),
@@ -134,7 +141,7 @@ def test_bad_arguments_exit_2(args: list[str], message: str) -> None:
 def test_garbage_input_exit_2(tmp_path: Path) -> None:
     path = tmp_path / "doc.bin"
     path.write_bytes(ETERNIS.read_bytes()[:100])
-    code, out, err = run_cli("attestation", str(path), "--json")
+    code, out, err = run_cli("attestation", str(path), "--json", "--allow-no-policy")
     assert code == 2
     report = json.loads(out)
     assert report["checks"] == [{"name": "cose", "ok": False, "error": "MalformedAttestation",
@@ -156,7 +163,7 @@ def test_emulator_document_end_to_end(emulator: EmulatedNsm, tmp_path: Path) -> 
     (tmp_path / "root.pem").write_bytes(emulator.root_pem)
     dump_measurements(measurements_document(PCRS), tmp_path / "m.json")
     common = [str(tmp_path / "doc.bin"), "--root", str(tmp_path / "root.pem"),
-              "--measurements", str(tmp_path / "m.json"), "--json"]
+              "--measurements", str(tmp_path / "m.json"), "--json", "--at", T.isoformat()]
     ok = cli(*common, "--nonce", "01" * 32, "--user-data", b"router".hex())
     assert ok.returncode == 0, ok.stderr
     report = json.loads(ok.stdout)
@@ -168,7 +175,7 @@ def test_emulator_document_end_to_end(emulator: EmulatedNsm, tmp_path: Path) -> 
     assert [c["name"] for c in json.loads(bad.stdout)["checks"] if not c["ok"]] == ["nonce"]
 
     # The AWS root (the default) never accepts an emulator document.
-    aws = cli(str(tmp_path / "doc.bin"), "--json")
+    aws = cli(str(tmp_path / "doc.bin"), "--json", "--allow-no-policy", "--at", T.isoformat())
     assert aws.returncode == 1
     assert [c["name"] for c in json.loads(aws.stdout)["checks"] if not c["ok"]] == ["chain"]
 
@@ -179,7 +186,7 @@ def test_emulator_document_pcr_mismatch(emulator: EmulatedNsm, tmp_path: Path) -
     (tmp_path / "root.pem").write_bytes(emulator.root_pem)
     dump_measurements(measurements_document({**PCRS, 1: bytes(48)}), tmp_path / "m.json")
     code, out, _ = run_cli("attestation", str(tmp_path / "doc.bin"), "--root", str(tmp_path / "root.pem"),
-                            "--measurements", str(tmp_path / "m.json"), "--json")
+                            "--measurements", str(tmp_path / "m.json"), "--json", "--at", T.isoformat())
     assert code == 1
     assert [c["name"] for c in json.loads(out)["checks"] if not c["ok"]] == ["PCR1"]
 
@@ -197,6 +204,9 @@ def test_emulator_documents_through_the_library(emulator: EmulatedNsm) -> None:
         )
 
 
+AT_TEST_PKI = "2025-03-01T12:00:05Z"  # inside attestation_support's 3-hour signing certificate
+
+
 def test_document_text_is_never_read_as_markup(tmp_path: Path) -> None:
     """module_id is chosen by whoever made the document; the report prints it literally."""
     from attestation_support import TestPki, make_document
@@ -204,6 +214,7 @@ def test_document_text_is_never_read_as_markup(tmp_path: Path) -> None:
     pki = TestPki.generate("markup")
     (tmp_path / "root.pem").write_bytes(pki.root_pem)
     (tmp_path / "doc.bin").write_bytes(make_document(pki, module_id="[/] [bold]i-x[/bold] [red]"))
-    code, _, err = run_cli("attestation", str(tmp_path / "doc.bin"), "--root", str(tmp_path / "root.pem"))
+    code, _, err = run_cli("attestation", str(tmp_path / "doc.bin"), "--root", str(tmp_path / "root.pem"),
+                           "--allow-no-policy", "--at", AT_TEST_PKI)
     assert code == 0, err
     assert "[/] [bold]i-x[/bold] [red]" in err

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.timeout(120)
 def signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, bytes, bytes]:
     """(document file, root PEM file, nonce, signer public key) from a real signer's ATTEST."""
     tmp = tmp_path_factory.mktemp("binding")
-    nsm = EmulatedNsm(pcrs={0: bytes([1]) * 48})
+    # PCR0..2 all set: zeros there would be a debug-mode enclave, which verify refuses.
+    nsm = EmulatedNsm(pcrs={i: bytes([i + 1]) * 48 for i in (0, 1, 2)})
     nonce = bytes(range(16))
     with running_signer(tmp, nsm=nsm) as server:
         with SignerClient.connect(str(server.address), spin_us=0) as client:

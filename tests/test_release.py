@@ -228,7 +228,7 @@ def test_publish_with_local_key_and_verify(tmp_path: Path, dev_key: LocalRelease
                                    "--eif", str(build / "sentinel.eif"))
     assert code == 0, err
     assert [c["name"] for c in report["checks"]] == [
-        "measurements", "format", "envelope", "signature", "statement", "subject", "pcrs",
+        "measurements", "format", "envelope", "signature", "statement", "subject", "version", "pcrs",
         "provenance", "eif"]
     assert report["statement"]["predicate"]["version"] == "9.9.9"
 

@@ -26,9 +26,9 @@ from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
 from rich.console import Console
-from rich.markup import escape
 
 from verify.errors import VerifyError
+from verify.terminal import TerminalConsole, markup_safe
 
 #: Subcommand modules, `verify._cmd_<name>`; order is the order of `--help`.
 COMMANDS: tuple[str, ...] = ("pcr", "attestation", "enclave", "measurements", "audit", "jitter")
@@ -37,8 +37,12 @@ logger = logging.getLogger(__name__)
 
 
 def stderr_console() -> Console:
-    """The console for people: rich output on stderr, never mixed into `--json` data."""
-    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
+    """The console for people: rich output on stderr, never mixed into `--json` data.
+
+    It shows control characters in what it renders as escapes (verify/terminal.py): text from a
+    document, EIF or file never drives the terminal.
+    """
+    return TerminalConsole(file=sys.stderr, highlight=False, soft_wrap=True)
 
 
 def emit_json(obj: Any) -> None:
@@ -100,7 +104,7 @@ def run_cli(
         if args.verbose:
             raise
         err = cast(_CliError, e)
-        stderr_console().print(f"[bold red]error:[/] {escape(err.diagnostics())}")
+        stderr_console().print(f"[bold red]error:[/] {markup_safe(err.diagnostics())}")
         return err.exit_code
     except KeyboardInterrupt:
         return 130

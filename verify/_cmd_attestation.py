@@ -1,7 +1,11 @@
 """`python -m verify attestation DOC`: is this document from Nitro hardware, running our image?
 
-Every check is reported by name (rich table on stderr, `--json` on stdout). The chain is validated as
-of the document's own timestamp unless `--at` says otherwise; freshness is `--max-age`.
+Every check is reported by name (rich table on stderr, `--json` on stdout). The chain is validated
+now, unless `--at` names another time (archived documents: their leaf certificate lives 3 hours);
+freshness is `--max-age`. At least one expectation (--measurements, --nonce, --user-data,
+--public-key, --signer-address, --max-age) is required: authenticity alone says nothing about what
+runs, so checking only that takes `--allow-no-policy`. A debug-mode enclave (PCR0/1/2 all zero) fails
+unless `--allow-debug`.
 """
 
 from __future__ import annotations
@@ -12,18 +16,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
 from rich.table import Table
 
 from verify._checks import results_json
 from verify._cli import emit_json, stderr_console
 from verify.attestation import (
-    DOCUMENT_TIME,
     AllOf,
     AttestationVerifier,
     Check,
     MaxAge,
     NonceEquals,
+    NotDebugMode,
     PublicKeyEquals,
     SignerAddressEquals,
     UnsafeNoOp,
@@ -34,8 +37,10 @@ from verify.attestation import (
     load_root_pem,
     pcrs_equal,
 )
+from verify.attestation.policy import debug_mode_pcrs
 from verify.attestation.roots import fingerprint
 from verify.errors import MalformedInput
+from verify.terminal import markup_safe
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -65,7 +70,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--at",
         metavar="ISO8601",
-        help="validation time (default: the document's own timestamp); also 'now' for --max-age",
+        help="validation time (default: now); also 'now' for --max-age. For archived documents",
+    )
+    parser.add_argument(
+        "--allow-no-policy",
+        action="store_true",
+        help="accept a document without any expectation (authenticity only; nothing about the image)",
+    )
+    parser.add_argument(
+        "--allow-debug",
+        action="store_true",
+        help="accept a debug-mode enclave (PCR0/1/2 all zero; its memory is open to the parent)",
     )
     parser.add_argument(
         "--root", metavar="PEM", help="trust this root instead of the AWS Nitro root (emulator CA)"
@@ -142,7 +157,16 @@ def build_policy(args: argparse.Namespace, now: datetime | None) -> Check:
         if args.max_age < 0:
             raise MalformedInput("--max-age must not be negative")
         checks.append(MaxAge(args.max_age, now=now))
-    return AllOf(checks) if checks else UnsafeNoOp()
+    if not checks:
+        if not args.allow_no_policy:
+            raise MalformedInput(
+                "no expectation given: pass --measurements, --nonce, --user-data, --public-key, "
+                "--signer-address or --max-age, or --allow-no-policy to check authenticity only"
+            )
+        checks.append(UnsafeNoOp())
+    if not args.allow_debug:
+        checks.append(NotDebugMode())
+    return AllOf(checks)
 
 
 def report_json(source: str, report: VerificationReport, root_sha256: str) -> dict[str, Any]:
@@ -169,7 +193,7 @@ def report_json(source: str, report: VerificationReport, root_sha256: str) -> di
 
 def _print_report(source: str, report: VerificationReport) -> None:
     console = stderr_console()
-    table = Table(title=escape(f"attestation {source}"))
+    table = Table(title=markup_safe(f"attestation {source}"))
     table.add_column("check")
     table.add_column("result")
     table.add_column("detail", overflow="fold")
@@ -177,16 +201,20 @@ def _print_report(source: str, report: VerificationReport) -> None:
         if r.error is None:
             table.add_row(r.name, "[green]pass[/]", "")
         else:
-            table.add_row(r.name, "[bold red]FAIL[/]", escape(r.error.diagnostics()))
+            table.add_row(r.name, "[bold red]FAIL[/]", markup_safe(r.error.diagnostics()))
     console.print(table)
     if report.attestation is not None:
         doc = report.attestation.document
-        # Document text is attacker-chosen until verified: never let it be read as rich markup.
-        console.print(escape(f"module {doc.module_id}, made {doc.timestamp.isoformat()}"))
+        # Document text is attacker-chosen (and module_id is never measured): shown, not obeyed.
+        console.print(markup_safe(f"module {doc.module_id}, made {doc.timestamp.isoformat()}"))
+        # Every PCR, zeros included: a zero image PCR is how debug mode shows.
         for index, value in doc.pcrs.items():
-            if any(value):
-                console.print(f"  PCR{index:<2} {value.hex()}")
-    console.print("[green]OK[/]" if report else "[bold red]FAILED[/]", escape(source))
+            console.print(f"  PCR{index:<2} {value.hex()}{'' if any(value) else '  (zero)'}")
+        zero = debug_mode_pcrs(doc)
+        if zero:
+            names = ", ".join(f"PCR{i}" for i in zero)
+            console.print(f"[bold yellow]debug mode:[/] {names} all zero; nothing about the image is attested")
+    console.print("[green]OK[/]" if report else "[bold red]FAILED[/]", markup_safe(source))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -194,7 +222,8 @@ def run(args: argparse.Namespace) -> int:
     root = load_root_pem(args.root) if args.root else aws_nitro_root()
     policy = build_policy(args, at)
     data = decode_document_text(read_input(args.document))
-    verifier = AttestationVerifier(root=root, now=at or DOCUMENT_TIME)
+    # Now by default: an old document replays forever if checked at its own time.
+    verifier = AttestationVerifier(root=root, now=at)
     report = verifier.report(data, policy)
     source = "<stdin>" if args.document == "-" else args.document
     if args.json:

@@ -16,7 +16,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.markup import escape
 from rich.table import Table
 
 from verify._checks import CheckResult, CheckRunner, exit_code, results_json
@@ -25,6 +24,7 @@ from verify._cmd_attestation import parse_pcr_indices
 from verify._json import loads_json
 from verify.errors import MalformedInput, MalformedMeasurements, PcrMismatch, VerificationError
 from verify.measurements import diff_pcrs, load_measurements
+from verify.terminal import markup_safe
 
 MAX_INPUT = 4 << 20  # bytes; describe-enclaves prints ~1 KiB per enclave
 
@@ -183,14 +183,14 @@ def run(args: argparse.Namespace) -> int:
     if not enclaves:
         console.print("[bold red]FAILED[/] no enclave is running")
     for enclave, results in outcomes:
-        table = Table(title=escape(f"enclave {enclave.enclave_id} ({enclave.name or 'unnamed'})"))
+        table = Table(title=markup_safe(f"enclave {enclave.enclave_id} ({enclave.name or 'unnamed'})"))
         for column in ("check", "result", "detail"):
             table.add_column(column, overflow="fold")
         for r in results:
-            detail = "" if r.error is None else escape(r.error.diagnostics())
+            detail = "" if r.error is None else markup_safe(r.error.diagnostics())
             table.add_row(r.name, "[green]pass[/]" if r.ok else "[bold red]FAIL[/]", detail)
         console.print(table)
     if enclaves:
-        console.print("[green]OK[/]" if status == 0 else "[bold red]FAILED[/]", escape(args.measurements))
+        console.print("[green]OK[/]" if status == 0 else "[bold red]FAILED[/]", markup_safe(args.measurements))
     return status
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from rich.markup import escape
 from rich.table import Table
 
 from verify._checks import results_json
@@ -20,6 +19,7 @@ from verify._cli import emit_json, stderr_console
 from verify.dsse import key_id
 from verify.errors import MalformedInput
 from verify.signed_release import verify_release
+from verify.terminal import markup_safe
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -77,19 +77,19 @@ def run(args: argparse.Namespace) -> int:
             }
         )
     console = stderr_console()
-    table = Table(title=escape(f"measurements {args.file}"))
+    table = Table(title=markup_safe(f"measurements {args.file}"))
     for column in ("check", "result", "detail"):
         table.add_column(column, overflow="fold")
     for r in check.results:
         if r.error is None:
             table.add_row(r.name, "[green]pass[/]", "")
         else:
-            table.add_row(r.name, "[bold red]FAIL[/]", escape(r.error.diagnostics()))
+            table.add_row(r.name, "[bold red]FAIL[/]", markup_safe(r.error.diagnostics()))
     console.print(table)
     if check.statement is not None:
         predicate = check.statement["predicate"]
         console.print(
-            escape(f"release {predicate.get('version')} ({predicate.get('mode')}), key {key_id(key)}")
+            markup_safe(f"release {predicate.get('version')} ({predicate.get('mode')}), key {key_id(key)}")
         )
-    console.print("[green]OK[/]" if check else "[bold red]FAILED[/]", escape(args.file))
+    console.print("[green]OK[/]" if check else "[bold red]FAILED[/]", markup_safe(args.file))
     return check.exit_code

@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rich.markup import escape
-
 from verify._cli import emit_json, stderr_console
 from verify.errors import MalformedEif, PcrMismatch, SignatureInvalid
 from verify.measurements import PcrDiff, diff_pcrs, load_measurements
 from verify.pcr import EifMeasurements, measure_eif
+from verify.terminal import markup_safe
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -54,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         _print_human(args.image, measured)
     console = stderr_console()
     for d in diffs:
-        console.print(f"[red]differs[/] {escape(d.describe())}")
+        console.print(f"[red]differs[/] {markup_safe(d.describe())}")
 
     try:
         measured.check_sound()
@@ -70,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         names = ", ".join(f"PCR{d.index}" for d in diffs)
         raise PcrMismatch(f"{names} differ from {published.source}")
     if published is not None:
-        console.print(escape(f"OK: every PCR in {published.source} matches {args.image}"))
+        console.print(markup_safe(f"OK: every PCR in {published.source} matches {args.image}"))
     return 0
 
 
@@ -102,4 +101,4 @@ def _print_human(image: str, m: EifMeasurements) -> None:
         rows.append(("signature", "unsigned"))
     rows += [(f"PCR{i}", v.hex()) for i, v in sorted(m.pcrs.items())]
     for key, value in rows:
-        console.print(f"[bold]{key:<10}[/] {escape(value)}")
+        console.print(f"[bold]{key:<10}[/] {markup_safe(value)}")

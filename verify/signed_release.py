@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ __all__ = [
     "STATEMENT_TYPE",
     "DigestMismatch",
     "ReleaseCheck",
+    "VersionMismatch",
+    "release_file_name",
     "release_statement",
     "sha256_file",
     "verify_release",
@@ -39,7 +42,22 @@ SLSA_PROVENANCE_TYPE = "https://slsa.dev/provenance/v1"
 
 
 class DigestMismatch(VerificationError):
-    """A file's SHA-256 is not among the digests the signed statement names."""
+    """A file is not the signed subject it must be: no subject of its name, or another SHA-256."""
+
+
+class VersionMismatch(VerificationError):
+    """The measurements file's own version or mode differs from the signed release's."""
+
+
+#: The EIF's subject is the one (and only) subject whose name ends so; its file name is the
+#: builder's choice, so the customer's copy may be named differently.
+_EIF_SUFFIX = ".eif"
+
+
+def release_file_name(version: str, mode: str) -> str:
+    """The measurements file name a release of `version` and `mode` publishes (as the builder does:
+    `<version>.json` for development, `<version>-<mode>.json` otherwise)."""
+    return f"{version}.json" if mode == "development" else f"{version}-{mode}.json"
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -107,18 +125,63 @@ def _statement(envelope: Envelope) -> dict[str, Any]:
         for s in subjects
     ):
         raise MalformedInput("statement subject must be an array of {name, digest}")
-    if not isinstance(doc.get("predicate"), dict):
+    predicate = doc.get("predicate")
+    if not isinstance(predicate, dict):
         raise MalformedInput("statement predicate must be an object")
+    for key in ("version", "mode"):
+        value = predicate.get(key)
+        if not isinstance(value, str) or not _NAME_PART.fullmatch(value):
+            raise MalformedInput(f"statement predicate {key} {value!r} is not a release {key}")
+    names = [s["name"] for s in subjects]
+    if len(set(names)) != len(names):
+        raise MalformedInput(f"statement names a subject twice: {names}")
     return doc
 
 
-def _subject_named(statement: dict[str, Any], what: str, digest: str) -> str:
-    signed: dict[str, object] = {s["name"]: s["digest"].get("sha256") for s in statement["subject"]}
-    for name, value in signed.items():
-        if value == digest:
-            return name
-    listed = ", ".join(f"{n}: {d}" for n, d in signed.items())
-    raise DigestMismatch(f"{what}: sha256 {digest} is not signed (signed subjects: {listed})")
+_NAME_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+
+
+def _release_name(statement: dict[str, Any]) -> str:
+    predicate = statement["predicate"]
+    return release_file_name(predicate["version"], predicate["mode"])
+
+
+def _signed_digest(statement: dict[str, Any], what: str, name: str, digest: str) -> None:
+    """The subject called `name` exists and carries `digest`: matched by name, never by digest
+    alone (any signed file's digest would otherwise vouch for any role)."""
+    signed = {s["name"]: s["digest"].get("sha256") for s in statement["subject"]}
+    if name not in signed:
+        raise DigestMismatch(f"{what}: the signed release has no subject named {name!r}")
+    if signed[name] != digest:
+        raise DigestMismatch(f"{what}: sha256 {digest} is not the signed {name} ({signed[name]})")
+
+
+def _measurements_subject(statement: dict[str, Any], path: Path, digest: str) -> None:
+    expected = _release_name(statement)
+    if path.name != expected:
+        raise DigestMismatch(
+            f"measurements: the file is named {path.name!r}, but the signed release "
+            f"{statement['predicate']['version']} ({statement['predicate']['mode']}) publishes "
+            f"{expected!r}"
+        )
+    _signed_digest(statement, "measurements", expected, digest)
+
+
+def _eif_subject(statement: dict[str, Any], digest: str) -> None:
+    names = [s["name"] for s in statement["subject"] if s["name"].endswith(_EIF_SUFFIX)]
+    if len(names) != 1:
+        raise DigestMismatch(f"EIF: the signed release names {len(names)} EIF subjects, expected 1")
+    _signed_digest(statement, "EIF", names[0], digest)
+
+
+def _version_agrees(statement: dict[str, Any], published: PublishedMeasurements) -> None:
+    signed = statement["predicate"]
+    own = published.sentinel or {}
+    for key in ("version", "mode"):
+        if own.get(key) != signed[key]:
+            raise VersionMismatch(
+                f"the file's Sentinel.{key} is {own.get(key)!r}, the signed release's {signed[key]!r}"
+            )
 
 
 def _pcrs_agree(statement: dict[str, Any], published: PublishedMeasurements) -> None:
@@ -129,7 +192,8 @@ def _pcrs_agree(statement: dict[str, Any], published: PublishedMeasurements) -> 
 
 
 def _provenance(data: bytes, statement: dict[str, Any]) -> None:
-    _subject_named(statement, "provenance", hashlib.sha256(data).hexdigest())
+    name = _release_name(statement).removesuffix(".json") + ".provenance.json"
+    _signed_digest(statement, "provenance", name, hashlib.sha256(data).hexdigest())
     doc = loads_json(data, "provenance")
     if not isinstance(doc, dict) or doc.get("predicateType") != SLSA_PROVENANCE_TYPE:
         raise MalformedInput(f"provenance is not an in-toto Statement with {SLSA_PROVENANCE_TYPE}")
@@ -178,14 +242,16 @@ def verify_release(
     if statement is not None:
         if isinstance(data, bytes):
             checks.run(
-                "subject", _subject_named, statement, "measurements", hashlib.sha256(data).hexdigest()
+                "subject", _measurements_subject, statement, measurements,
+                hashlib.sha256(data).hexdigest(),
             )
         if isinstance(published, PublishedMeasurements):
+            checks.run("version", _version_agrees, statement, published)
             checks.run("pcrs", _pcrs_agree, statement, published)
         if provenance is not None:
             checks.run("provenance", lambda: _provenance(_read(provenance, "provenance"), statement))
         if eif is not None:
-            checks.run("eif", lambda: _subject_named(statement, "EIF", _sha256_or_malformed(eif)))
+            checks.run("eif", lambda: _eif_subject(statement, _sha256_or_malformed(eif)))
     return ReleaseCheck(results=tuple(checks.results), statement=statement)
 
 

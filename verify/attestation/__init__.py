@@ -20,6 +20,7 @@ from verify.attestation.document import (
 )
 from verify.attestation.errors import (
     ChainInvalid,
+    DebugMode,
     DocumentStale,
     MalformedAttestation,
     NonceMismatch,
@@ -35,6 +36,7 @@ from verify.attestation.policy import (
     Check,
     MaxAge,
     NonceEquals,
+    NotDebugMode,
     PcrEquals,
     PublicKeyEquals,
     SignerAddressEquals,
@@ -59,6 +61,7 @@ __all__ = [
     "AttestationDocument",
     "AttestationVerifier",
     "ChainInvalid",
+    "DebugMode",
     "Check",
     "CheckResult",
     "CoseSign1",
@@ -68,6 +71,7 @@ __all__ = [
     "MaxAge",
     "NonceEquals",
     "NonceMismatch",
+    "NotDebugMode",
     "PcrEquals",
     "PcrMismatch",
     "PublicKeyEquals",

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,6 +27,7 @@ from typing import Any
 
 import cbor2
 
+from verify.attestation.cbor import CborError, decode_strict
 from verify.attestation.errors import MalformedAttestation
 
 __all__ = [
@@ -46,6 +46,8 @@ __all__ = [
 ALG_ES384 = -35
 #: COSE header label of the algorithm (RFC 9052 §3.1).
 _HEADER_ALG = 1
+#: COSE header label of the critical-headers list (RFC 9052 §3.1).
+_HEADER_CRIT = 2
 #: CBOR tag of COSE_Sign1 (RFC 9052 §2).
 _TAG_COSE_SIGN1 = 18
 _PCR_LENGTH = 48  # SHA-384, the only digest Nitro uses
@@ -115,11 +117,14 @@ class SignedAttestation:
 def decode_document_text(data: bytes) -> bytes:
     """Raw CBOR as is; otherwise the text is taken as (URL-safe or standard) base64 of the CBOR.
 
+    Any input whose first byte is not ASCII is raw CBOR (base64 text is ASCII; a COSE_Sign1 starts
+    with an array or tag head, 0x80..0xdf), so every re-encoding of a document reaches the one
+    strict decoder and is judged there, the same in the CLI and the library.
+
     Raises:
-        MalformedAttestation: neither CBOR-looking bytes nor valid base64.
+        MalformedAttestation: ASCII input that is not valid base64.
     """
-    # A COSE_Sign1 starts with 0x84 (array of 4) or 0xd2 (tag 18); base64 text never does.
-    if not data or data[:1] in (b"\x84", b"\xd2"):
+    if not data or data[0] >= 0x80:
         return data
     text = b"".join(data.split())
     text += b"=" * (-len(text) % 4)  # tolerate unpadded base64
@@ -129,20 +134,15 @@ def decode_document_text(data: bytes) -> bytes:
         raise MalformedAttestation("neither raw CBOR nor base64 text", field="document") from e
 
 
-def _decode_one(data: bytes, field: str) -> Any:
-    """Decode exactly one CBOR item; trailing bytes are an error (cbor2.loads would ignore them)."""
-    stream = io.BytesIO(data)
+def _decode_one(data: bytes, field: str, *, tags: tuple[int, ...] = ()) -> Any:
+    """Decode exactly one CBOR item with the strict decoder (verify/attestation/cbor.py)."""
     try:
-        item = cbor2.CBORDecoder(stream).decode()
-    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as e:
-        # CBORDecodeError covers truncation and bad encodings; the others come from semantic tags
-        # (dates, bignums, sets) that a corrupted byte can conjure up.
-        raise MalformedAttestation(f"not valid CBOR: {e}", field=field) from e
-    if stream.tell() != len(data):
-        raise MalformedAttestation(
-            f"{len(data) - stream.tell()} trailing bytes after the CBOR item", field=field
-        )
-    return item
+        return decode_strict(data, tags=tags)
+    except CborError as e:
+        message = str(e)
+        if "trailing bytes" in message:
+            raise MalformedAttestation(message, field=field) from e
+        raise MalformedAttestation(f"not valid CBOR: {message}", field=field) from e
 
 
 def _bstr(value: Any, field: str, *, min_len: int, max_len: int) -> bytes:
@@ -244,13 +244,10 @@ def parse_cose_sign1(data: bytes, *, limits: Limits | None = None) -> CoseSign1:
         raise MalformedAttestation(
             f"{len(data)} bytes, more than the {limits.max_document}-byte limit", field="document"
         )
-    item = _decode_one(data, "COSE_Sign1")
+    item = _decode_one(data, "COSE_Sign1", tags=(_TAG_COSE_SIGN1,))
     if isinstance(item, cbor2.CBORTag):
-        if item.tag != _TAG_COSE_SIGN1:
-            raise MalformedAttestation(f"CBOR tag {item.tag}, expected 18 or none", field="COSE_Sign1")
         item = item.value
-    # Inside a tag cbor2 hands back immutable containers (tuple, frozendict).
-    if not isinstance(item, list | tuple) or len(item) != 4:
+    if not isinstance(item, list) or len(item) != 4:
         raise MalformedAttestation("expected an array of 4 members", field="COSE_Sign1")
     protected, unprotected, payload, signature = item
     if not isinstance(protected, bytes):
@@ -283,7 +280,25 @@ def _protected_alg(protected: bytes) -> int | None:
     alg = header.get(_HEADER_ALG)
     if alg is not None and type(alg) is not int:
         raise MalformedAttestation(f"alg is {alg!r}, not an integer", field="protected header")
+    if _HEADER_CRIT in header:
+        _check_crit(header[_HEADER_CRIT], header)
     return alg
+
+
+def _check_crit(crit: Any, header: Mapping[Any, Any]) -> None:
+    # RFC 9052 §3.1: a recipient must refuse a message whose crit names a label it does not
+    # process. This verifier processes alg only, and alg may not be listed, so any crit is refused
+    # with the reason spelled out.
+    if not isinstance(crit, list) or not crit:
+        raise MalformedAttestation("crit must be a non-empty array of labels", field="protected header")
+    for label in crit:
+        if type(label) not in (int, str):
+            raise MalformedAttestation(f"crit label {label!r} is not int or text", field="protected header")
+        if label not in header:
+            raise MalformedAttestation(f"crit label {label!r} is absent from the header", field="protected header")
+    raise MalformedAttestation(
+        f"crit names header labels this verifier does not process: {crit!r}", field="protected header"
+    )
 
 
 def parse_document(data: bytes, *, limits: Limits | None = None) -> SignedAttestation:

@@ -10,6 +10,7 @@ from verify.errors import MalformedInput, PcrMismatch, SignatureInvalid, Verific
 
 __all__ = [
     "ChainInvalid",
+    "DebugMode",
     "DocumentStale",
     "MalformedAttestation",
     "NonceMismatch",
@@ -57,6 +58,11 @@ class UserDataMismatch(VerificationError):
 
 class PublicKeyMismatch(VerificationError):
     """The document's public_key differs from what was expected."""
+
+
+class DebugMode(VerificationError):
+    """The enclave runs in debug mode (PCR0, PCR1 or PCR2 all zero): its memory is readable by the
+    parent, so its measurements and keys prove nothing."""
 
 
 class DocumentStale(VerificationError):

@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 
 from verify.attestation.document import AttestationDocument
 from verify.attestation.errors import (
+    DebugMode,
     DocumentStale,
     NonceMismatch,
     PcrMismatch,
@@ -22,11 +23,13 @@ from verify.attestation.errors import (
     UserDataMismatch,
 )
 from verify.errors import VerificationError
+from verify.terminal import visible
 
 __all__ = [
     "AllOf",
     "Check",
     "MaxAge",
+    "NotDebugMode",
     "NonceEquals",
     "PcrEquals",
     "PublicKeyEquals",
@@ -195,6 +198,35 @@ class MaxAge:
             )
 
 
+#: PCRs that Nitro sets to zero for an enclave started with --debug-mode.
+DEBUG_ZERO_PCRS = (0, 1, 2)
+
+
+def debug_mode_pcrs(document: AttestationDocument) -> list[int]:
+    """The image PCRs (0, 1, 2) that are present and all zero: non-empty means debug mode."""
+    return [i for i in DEBUG_ZERO_PCRS if i in document.pcrs and not any(document.pcrs[i])]
+
+
+class NotDebugMode:
+    """The enclave is not in debug mode: none of PCR0, PCR1, PCR2 is all zero.
+
+    A debug-mode enclave's memory and console are open to the parent instance, and Nitro zeroes its
+    image PCRs, so nothing it attests to can be trusted; even a document that matches no published
+    PCRs should say so by name.
+    """
+
+    name = "debug-mode"
+
+    def verify(self, document: AttestationDocument) -> None:
+        zero = debug_mode_pcrs(document)
+        if zero:
+            names = ", ".join(f"PCR{i}" for i in zero)
+            raise DebugMode(
+                f"the enclave runs in debug mode ({names} all zero): its memory is open to the "
+                "parent instance, so this document proves nothing about the image"
+            )
+
+
 class AllOf:
     """Every child check must pass; refuses an empty set, which would pass vacuously."""
 
@@ -225,7 +257,9 @@ class UnsafeNoOp:
     name = "unsafe-no-policy"
 
     def verify(self, document: AttestationDocument) -> None:
-        logger.warning("no policy: PCRs, nonce and user data of %s were not checked", document.module_id)
+        logger.warning(
+            "no policy: PCRs, nonce and user data of %s were not checked", visible(document.module_id)
+        )
 
 
 def leaf_checks(policy: Check) -> list[Check]:
