@@ -94,6 +94,20 @@ def chaos(session: nox.Session) -> None:
 
 
 @nox.session
+def fuzz(session: nox.Session) -> None:
+    """Coverage-guided fuzzing at length: `nox -s fuzz -- [--seconds N] [--target NAME] [--keep-corpus]`.
+
+    atheris runs each parser (frame decoder, attestation document, COSE, EIF, policy, CMS) for N
+    seconds (default 60); crashes, hangs and out-of-memory inputs are copied into
+    tests/assets/fuzz/<target>/, which `nox -s tests` replays (tests/fuzz/). Exit 1 on a new finding.
+    """
+    install_project(session)
+    session.run(
+        "python", "-m", "fuzz", *session.posargs, env={"PYTHONPATH": str(ROOT / "tests")}
+    )
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff over the whole tree."""
     session.install("ruff>=0.6")
