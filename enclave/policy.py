@@ -107,8 +107,9 @@ class Policy:
                 raise PolicyFileError(f"{source}: not UTF-8") from None
         try:
             doc = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise PolicyFileError(f"{source}: not TOML ({e})") from e
+        except (tomllib.TOMLDecodeError, ValueError) as e:
+            # ValueError: tomllib refuses integer literals past Python's int/str digit limit
+            raise PolicyFileError(f"{source}: not TOML ({_show(str(e))})") from e
         return _parse(doc, source)
 
     def check_key(self, key: SigningKey) -> None:
@@ -228,17 +229,28 @@ def _err(source: str, message: str) -> PolicyFileError:
     return PolicyFileError(f"{source}: {message}")
 
 
+def _show(v: Any) -> str:
+    """A value for an error message: bounded, and never a conversion that can itself fail (an
+    integer past Python's int/str digit limit cannot be printed in decimal)."""
+    if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 256:
+        return f"an integer of {v.bit_length()} bits"
+    text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _uint(source: str, name: str, v: Any, *, limit: int = UINT256_MAX) -> int:
     if isinstance(v, bool):
         raise _err(source, f"{name} must be an integer (got a boolean)")
     if isinstance(v, str):
         if not v.isdecimal() or not v.isascii():
-            raise _err(source, f"{name} must be a decimal integer (got {v!r})")
+            raise _err(source, f"{name} must be a decimal integer (got {_show(v)})")
+        if len(v) > len(str(limit)):  # before int(): no conversion of thousands of digits
+            raise _err(source, f"{name} must be in 0..{limit} (got {len(v)} digits)")
         v = int(v)
     if not isinstance(v, int):
         raise _err(source, f"{name} must be an integer (got {type(v).__name__})")
     if not 0 <= v <= limit:
-        raise _err(source, f"{name} must be in 0..{limit} (got {v})")
+        raise _err(source, f"{name} must be in 0..{limit} (got {_show(v)})")
     return v
 
 
@@ -256,7 +268,7 @@ def _hex_bytes(source: str, name: str, v: Any, size: int) -> bytes:
     # eight spaces into an empty selector and a padded address into a 19-byte one.
     m = _HEX.fullmatch(v) if isinstance(v, str) else None
     if m is None or len(m.group(1)) != 2 * size:
-        raise _err(source, f"{name} must be 0x followed by {2 * size} hex digits (got {v!r})")
+        raise _err(source, f"{name} must be 0x followed by {2 * size} hex digits (got {_show(v)})")
     out = bytes.fromhex(m.group(1))
     if len(out) != size:  # the pattern makes this impossible; a short entry would never match
         raise _err(source, f"{name} must be {size} bytes (got {len(out)})")
@@ -271,10 +283,10 @@ def _parse(doc: dict[str, Any], source: str) -> Policy:
     if missing:
         raise _err(source, f"missing keys {missing}")
     if doc["schema"] != 1 or isinstance(doc["schema"], bool):
-        raise _err(source, f"schema {doc['schema']!r} (supported: 1)")
+        raise _err(source, f"schema {_show(doc['schema'])} (supported: 1)")
     mode = doc["mode"]
     if mode not in ("production", "development"):
-        raise _err(source, f"mode must be 'production' or 'development' (got {mode!r})")
+        raise _err(source, f"mode must be 'production' or 'development' (got {_show(mode)})")
     chain_ids = doc["chain_ids"]
     if not isinstance(chain_ids, list) or not chain_ids:
         raise _err(source, "chain_ids must be a non-empty list of integers")
@@ -293,7 +305,7 @@ def _parse(doc: dict[str, Any], source: str) -> Policy:
         or per_second <= 0
     ):
         raise _err(
-            source, f"rate_limit.per_second must be a finite positive number (got {per_second!r})"
+            source, f"rate_limit.per_second must be a finite positive number (got {_show(per_second)})"
         )
     burst = _uint(source, "rate_limit.burst", rate["burst"], limit=1 << 32)
     if burst < 1:
@@ -348,5 +360,5 @@ def _presign_pool(source: str, v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise _err(source, f"presign_pool must be an integer (got {type(v).__name__})")
     if not 0 <= v <= MAX_POOL:
-        raise _err(source, f"presign_pool must be in 0..{MAX_POOL} (0 = off; got {v})")
+        raise _err(source, f"presign_pool must be in 0..{MAX_POOL} (0 = off; got {_show(v)})")
     return v
