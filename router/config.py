@@ -31,7 +31,7 @@ poll_interval = 1.0                           # heads by HTTP polling while no W
 signer_cooldown = 0.5                         # after a signer failure, fail fast this long
 
 [attestation]                                 # optional: attest the signer before routing
-measurements = "measurements/0.2.0.json"      # the published PCRs the enclave must show
+measurements = "measurements/0.3.0.json"      # the published PCRs the enclave must show
 pcrs = [0, 1, 2]                              # optional: which of them (default: all)
 root = "emulator-root.pem"                    # optional: default is the AWS Nitro root
 max_age_seconds = 300
