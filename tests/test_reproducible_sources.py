@@ -21,7 +21,13 @@ import pytest
 from test_reproducible_fetch import _make_repo, _make_wheel
 
 from reproducible.cache import Cache
-from reproducible.errors import FetchError, InputUnavailable, LockError, OfflineMiss, VersionVanished
+from reproducible.errors import (
+    FetchError,
+    InputUnavailable,
+    LockError,
+    OfflineMiss,
+    VersionVanished,
+)
 from reproducible.fetch import fetch_all
 from reproducible.inputs import export_inputs
 from reproducible.lock import LOCK_PATH, DebPin, WheelPin, load_lock
