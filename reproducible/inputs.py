@@ -18,7 +18,7 @@ from reproducible.cache import Cache, sha256_file
 from reproducible.errors import BuildError
 from reproducible.fetch import fetch_all
 from reproducible.lock import Lock
-from reproducible.sources import MANIFEST, export_name, kind
+from reproducible.sources import MANIFEST, Pin, export_name, kind
 
 SCHEMA = 1
 
@@ -43,9 +43,10 @@ def export_inputs(lock: Lock, lock_path: Path, cache: Cache, dest: Path, *,
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise BuildError(f"cannot create {dest}: {e.strerror}") from e
-    entries = []
+    entries: list[dict[str, object]] = []
     total = 0
-    for pin in [*lock.debs, *lock.wheels]:
+    pins: list[Pin] = [*lock.debs, *lock.wheels]
+    for pin in pins:
         src = cache.get(pin.label, pin.sha256)
         assert src is not None  # fetch_all put it there
         name = export_name(pin)
@@ -64,7 +65,7 @@ def export_inputs(lock: Lock, lock_path: Path, cache: Cache, dest: Path, *,
                         "filename": name, "sha256": pin.sha256, "size": size})
     doc = {"schema": SCHEMA, "lock_sha256": sha256_file(lock_path),
            "source_date_epoch": lock.source_date_epoch,
-           "inputs": sorted(entries, key=lambda e: (e["kind"], e["name"], e["filename"]))}
+           "inputs": sorted(entries, key=lambda e: (str(e["kind"]), str(e["name"]), str(e["filename"])))}
     manifest = dest / MANIFEST
     manifest.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return Exported(manifest, len(entries), total)

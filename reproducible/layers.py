@@ -86,11 +86,11 @@ class _Member:
     spooled: Path | None
 
 
-def _decompressed(raw: io.BufferedReader, where: str) -> IO[bytes]:
+def _decompressed(raw: io.BufferedReader[_Hashing], where: str) -> IO[bytes]:
     if raw.peek(4)[:4] != ZSTD_MAGIC:
         return raw
     try:
-        import zstandard
+        import zstandard  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         raise MalformedArtifact(
             f"{where}: zstd-compressed layer; install the `zstandard` package, or save the image "
