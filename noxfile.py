@@ -155,6 +155,15 @@ def reproduce(session: nox.Session) -> None:
 
 
 @nox.session
+def vendor(session: nox.Session) -> None:
+    """Every pinned input and a manifest into build/inputs (or `-- DIR`), to publish with a
+    release; `build --inputs DIR` rebuilds from it after the registries moved on."""
+    install_project(session, "build")
+    dest = session.posargs or [str(BUILD / "inputs")]
+    session.run("python", "-m", "reproducible", "inputs", "export", *dest)
+
+
+@nox.session
 def lock(session: nox.Session) -> None:
     """Refresh reproducible/lock.toml's pins from Debian and PyPI and print what changed."""
     install_project(session, "build")

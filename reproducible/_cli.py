@@ -38,6 +38,20 @@ def _cmd_lock(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_inputs_export(args: argparse.Namespace, console: Console) -> int:
+    from reproducible.cache import Cache
+    from reproducible.inputs import export_inputs
+    from reproducible.lock import LOCK_PATH, load_lock
+
+    lock_path = Path(args.lock or LOCK_PATH)
+    done = export_inputs(load_lock(lock_path), lock_path, Cache(), Path(args.dir),
+                         offline=args.offline, inputs=Path(args.inputs) if args.inputs else None,
+                         progress=lambda msg: console.log(msg))
+    console.print(f"{done.count} inputs ({done.size:,} bytes), manifest {done.manifest}",
+                  highlight=False)
+    return 0
+
+
 def _cmd_build(args: argparse.Namespace, console: Console) -> int:
     from reproducible.build import BuildOptions, run_build
 
@@ -54,6 +68,8 @@ def _cmd_build(args: argparse.Namespace, console: Console) -> int:
         payload=args.payload,
         payload_config=Path(args.payload_config) if args.payload_config else None,
         policy=Path(args.policy) if args.policy else None,
+        keep_cpio=args.keep_cpio,
+        inputs=Path(args.inputs) if args.inputs else None,
     )
     result = run_build(opts, console)
     if args.json:
@@ -88,6 +104,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="also write measurements/<version>.json (a release step)")
     b.add_argument("--measurements-dir", help="where published measurements live "
                    "(default: measurements/)")
+    b.add_argument("--keep-cpio", action="store_true", help="with --from-oci/--from-image, also "
+                   "keep customer.cpio in --out (a second full copy of the image)")
+    b.add_argument("--inputs", metavar="DIR", help="a directory of pinned inputs (`inputs export`) "
+                   "tried after the cache, before any network source")
     b.add_argument("--json", action="store_true", help="build summary as JSON on stdout")
     b.set_defaults(func=_cmd_build)
     lk = sub.add_parser("lock", help="refresh the lock's pins and print what changed")
@@ -95,6 +115,14 @@ def _parser() -> argparse.ArgumentParser:
     lk.add_argument("--dry-run", action="store_true", help="print changes, do not write")
     lk.add_argument("--json", action="store_true", help="changes as JSON on stdout")
     lk.set_defaults(func=_cmd_lock)
+    inp = sub.add_parser("inputs", help="pinned inputs").add_subparsers(dest="action",
+                                                                          required=True)
+    ex = inp.add_parser("export", help="write every pinned input and manifest.json into DIR")
+    ex.add_argument("dir", metavar="DIR")
+    ex.add_argument("--lock", help="lock file (default: reproducible/lock.toml)")
+    ex.add_argument("--offline", action="store_true", help="from the cache (and --inputs) only")
+    ex.add_argument("--inputs", metavar="DIR", help="another exported inputs directory to read")
+    ex.set_defaults(func=_cmd_inputs_export)
     _cmd_release.register(sub)
     return p
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 import tomllib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,6 +55,9 @@ class BuildOptions:
     cache_root: Path | None = None
     payload: str = "development"
     payload_config: Path | None = None
+    keep_cpio: bool = False  # imported images: also keep customer.cpio in `out` (a second copy)
+    import_in_memory: bool = False  # the original all-in-memory importer, to compare with
+    inputs: Path | None = None  # a directory of pinned inputs (`--inputs`)
 
 
 @dataclass
@@ -156,6 +160,11 @@ def run_build(opts: BuildOptions, console: Console) -> BuildResult:
     Raises:
         BuildError: any failure, with a specific subclass (see reproducible.errors).
     """
+    with ExitStack() as stack:  # scratch directories of an import live until the EIF is written
+        return _run_build(opts, console, stack)
+
+
+def _run_build(opts: BuildOptions, console: Console, stack: ExitStack) -> BuildResult:
     from verify.eif import default_identity, write_eif
     from verify.measurements import dump_measurements, measurements_document
     from verify.pcr import measure_eif
@@ -194,7 +203,7 @@ def run_build(opts: BuildOptions, console: Console) -> BuildResult:
     extra_inputs: list[dict[str, Any]] = []
 
     with st.stage("fetch", "fetching pinned inputs (cache first)"):
-        fetched = fetch_all(lock, cache, offline=opts.offline,
+        fetched = fetch_all(lock, cache, offline=opts.offline, inputs=opts.inputs,
                             progress=lambda msg: console.log(msg))
 
     with st.stage("kernel", "unpacking kernel and modules"):
@@ -216,10 +225,14 @@ def run_build(opts: BuildOptions, console: Console) -> BuildResult:
         if opts.from_oci or opts.from_image:
             from reproducible import oci
 
+            # File contents are spooled next to the cache, not in `out`: the output directory
+            # holds the EIF and no second copy of the image.
+            scratch = stack.enter_context(cache.scratch("import-"))
+            spool = None if opts.import_in_memory else scratch / "spool"
             if opts.from_oci:
-                image = oci.load_oci(opts.from_oci)
+                image = oci.load_oci(opts.from_oci, spool=spool)
             else:
-                image = oci.load_from_docker(opts.from_image or "", scratch=out)
+                image = oci.load_from_docker(opts.from_image or "", scratch=scratch, spool=spool)
             rootfs, cmd, env = image.tree, image.cmd, image.env
             extra_inputs.append({"kind": "image", "name": image.name, "sha256": image.digest})
         else:
@@ -244,11 +257,16 @@ def run_build(opts: BuildOptions, console: Console) -> BuildResult:
                                  "sha256": payload_digest(enclave_dir)})
         customer = rootfs_mod.customer_ramdisk(rootfs, cmd, env)
 
+    customer_cpio = out / "customer.cpio"
+    if imported and not opts.keep_cpio:
+        customer_cpio = stack.enter_context(cache.scratch("cpio-")) / "customer.cpio"
     with st.stage("cpio", "writing ramdisks"):
         ramdisks = [
             _write_ramdisk(bootstrap, out / "bootstrap.cpio", epoch, console, "bootstrap"),
-            _write_ramdisk(customer, out / "customer.cpio", epoch, console, "customer"),
+            _write_ramdisk(customer, customer_cpio, epoch, console, "customer"),
         ]
+    if imported and not opts.import_in_memory:
+        shutil.rmtree(scratch / "spool", ignore_errors=True)  # the cpio now holds the contents
 
     eif_path = out / EIF_NAME
     with st.stage("eif", "writing the EIF"):
@@ -260,7 +278,7 @@ def run_build(opts: BuildOptions, console: Console) -> BuildResult:
                              "lock_sha256": sha256_file(lock_path)},
         )
         image_struct = write_eif(eif_path, kernel=kernel_path, cmdline=cmdline,
-                                 ramdisks=[out / "bootstrap.cpio", out / "customer.cpio"],
+                                 ramdisks=[out / "bootstrap.cpio", customer_cpio],
                                  metadata=identity)
 
     with st.stage("measure", "measuring PCRs"):

@@ -53,7 +53,7 @@ class Cache:
             )
         return path
 
-    def put(self, name: str, sha256: str, src: Path) -> Path:
+    def put(self, name: str, sha256: str, src: Path, *, where: str = "the downloaded file") -> Path:
         """Move a downloaded file into the cache after checking its hash.
 
         Raises:
@@ -61,7 +61,7 @@ class Cache:
         """
         got = sha256_file(src)
         if got != sha256:
-            raise ArtifactMismatch(name, sha256, got, "the downloaded file")
+            raise ArtifactMismatch(name, sha256, got, where)
         dest = self.blob_path(sha256)
         dest.parent.mkdir(parents=True, exist_ok=True)
         # A unique temp name per writer: concurrent builds may store the same blob at once.

@@ -28,6 +28,10 @@ class OfflineMiss(FetchError):
     """`--offline` was asked for but an input is not in the cache."""
 
 
+class InputUnavailable(FetchError):
+    """No configured source (cache, inputs directory, registry, archive) serves a pinned input."""
+
+
 class ArtifactMismatch(BuildError):
     """An artifact's sha256 is not the one pinned in the lock (tampered cache or registry)."""
 

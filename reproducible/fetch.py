@@ -1,4 +1,5 @@
-"""Bring every pinned input into the content-addressed cache (or refuse, naming it)."""
+"""Bring every pinned input into the content-addressed cache from the first source that has
+it (or refuse, naming it); the sources are described in `reproducible.sources`."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from pathlib import Path
 from reproducible import apt as apt_mod
 from reproducible import pypi
 from reproducible.cache import Cache
-from reproducible.errors import FetchError, OfflineMiss
+from reproducible.errors import ArtifactMismatch, FetchError, InputUnavailable, OfflineMiss
 from reproducible.lock import DebPin, Lock, WheelPin
+from reproducible.sources import InputsDir, Pin, UrlTemplate, url_templates
 
 log = logging.getLogger(__name__)
 
@@ -35,49 +37,124 @@ def fetch_all(
     *,
     offline: bool = False,
     progress: Callable[[str], None] | None = None,
+    inputs: Path | None = None,
+    archives: list[UrlTemplate] | None = None,
 ) -> Fetched:
-    """Every deb and wheel of the lock, from the cache or downloaded into it.
+    """Every deb and wheel of the lock, tried from each source in turn until one serves bytes
+    with the pinned sha256: the cache, the `inputs` directory, the registries (apt, pip), then
+    the `archives` (default: `sources.url_templates()`). `offline` stops after `inputs`.
 
     Raises:
-        ArtifactMismatch: a cached or downloaded artifact does not hash to its pin.
-        OfflineMiss: `offline` and an input is not cached.
-        VersionVanished / FetchError: the registry cannot provide a pin.
+        ArtifactMismatch: a cached artifact does not hash to its pin; or the registry's bytes do
+            not and no other source is configured.
+        OfflineMiss: `offline` and an input is in neither the cache nor `inputs`.
+        VersionVanished / FetchError: the registry cannot provide a pin and no other source is
+            configured.
+        InputUnavailable: no configured source has an input (every source's answer is named).
     """
-    debs: dict[str, Path] = {}
-    wheels: dict[str, Path] = {}
-    missing_debs: list[DebPin] = []
-    missing_wheels: list[WheelPin] = []
-    for d in lock.debs:
-        p = cache.get(d.label, d.sha256)
+    got: dict[str, Path] = {}  # by sha256
+    pins: list[Pin] = [*lock.debs, *lock.wheels]
+    missing = []
+    for pin in pins:
+        p = cache.get(pin.label, pin.sha256)
         if p is None:
-            missing_debs.append(d)
+            missing.append(pin)
         else:
-            debs[d.name] = p
-    for w in lock.wheels:
-        p = cache.get(w.label, w.sha256)
-        if p is None:
-            missing_wheels.append(w)
-        else:
-            wheels[w.filename] = p
-    if offline and (missing_debs or missing_wheels):
-        names = [d.label for d in missing_debs] + [w.label for w in missing_wheels]
-        raise OfflineMiss("--offline, but not in the cache " f"({cache.root}): " + ", ".join(names))
-    if missing_debs:
+            got[pin.sha256] = p
+    tried: dict[str, list[str]] = {pin.sha256: [f"cache {cache.root}: absent"] for pin in missing}
+    if missing and inputs is not None:
+        files = InputsDir(inputs).files()
+        for pin in list(missing):
+            src = files.get(pin.sha256)
+            if src is None or not src.is_file():
+                tried[pin.sha256].append(f"--inputs {inputs}: absent")
+                continue
+            try:
+                got[pin.sha256] = cache.put(pin.label, pin.sha256, src, where=f"--inputs {inputs}")
+                missing.remove(pin)
+            except ArtifactMismatch as e:
+                tried[pin.sha256].append(str(e))
+    if offline and missing:
+        where = f"the cache ({cache.root})" + (f" or --inputs {inputs}" if inputs else "")
+        raise OfflineMiss(f"--offline, but not in {where}: " + ", ".join(p.label for p in missing))
+    if archives is None:
+        archives = url_templates()
+    others = inputs is not None or bool(archives)
+    if missing:
+        missing = _from_registries(lock, cache, missing, got, tried, progress,
+                                   reraise=not others)
+    for archive in archives:
+        if not missing:
+            break
         if progress:
-            progress(f"apt-get download ({len(missing_debs)} packages)")
+            progress(f"{archive.label} ({len(missing)} inputs)")
+        with cache.scratch("archive-") as tmp:
+            for pin in list(missing):
+                dest = tmp / pin.sha256
+                try:
+                    archive.download(pin, dest)
+                    got[pin.sha256] = cache.put(pin.label, pin.sha256, dest,
+                                                where=archive.url(pin))
+                    missing.remove(pin)
+                except (FetchError, ArtifactMismatch) as e:
+                    tried[pin.sha256].append(f"{archive.label}: {e}")
+    if missing:
+        raise InputUnavailable(
+            "no source has " + "; ".join(
+                f"{p.label} (sha256 {p.sha256}): " + "; ".join(tried[p.sha256]) for p in missing)
+        )
+    return Fetched({d.name: got[d.sha256] for d in lock.debs},
+                   {w.filename: got[w.sha256] for w in lock.wheels})
+
+
+def _from_registries(lock: Lock, cache: Cache, missing: list[Pin], got: dict[str, Path],
+                     tried: dict[str, list[str]], progress: Callable[[str], None] | None, *,
+                     reraise: bool) -> list[Pin]:
+    """Try apt and pip for `missing`; what they cannot serve is returned (or, with `reraise`,
+    their error is raised as before there were other sources)."""
+    debs = [p for p in missing if isinstance(p, DebPin)]
+    wheels = [p for p in missing if isinstance(p, WheelPin)]
+    left: list[Pin] = []
+    if debs:
+        if progress:
+            progress(f"apt-get download ({len(debs)} packages)")
         apt = make_apt(lock, cache)
         with cache.locked("apt"), cache.scratch("apt-") as tmp:
-            got = apt.download([(d.name, d.version) for d in missing_debs], tmp)
-            for d in missing_debs:
-                debs[d.name] = cache.put(d.label, d.sha256, got[(d.name, d.version)])
-    if missing_wheels:
+            # One call for all; when it fails (a version left the archive), one call each so
+            # the rest still come from the registry.
+            batches = [debs]
+            for batch in batches:
+                try:
+                    res = apt.download([(d.name, d.version) for d in batch], tmp)
+                    for d in batch:
+                        got[d.sha256] = cache.put(d.label, d.sha256, res[(d.name, d.version)])
+                except (FetchError, ArtifactMismatch) as e:
+                    if reraise:
+                        raise
+                    if len(batch) > 1:
+                        batches.extend([d] for d in batch)
+                        continue
+                    tried[batch[0].sha256].append(f"the Debian mirror: {e}")
+                    left.append(batch[0])
+    if wheels:
         if progress:
-            progress(f"pip download ({len(missing_wheels)} wheels)")
+            progress(f"pip download ({len(wheels)} wheels)")
         with cache.scratch("pip-") as tmp:
-            got_w = pypi.download(lock.python, missing_wheels, tmp)
-            for w in missing_wheels:
-                wheels[w.filename] = cache.put(w.label, w.sha256, got_w[w.filename])
-    return Fetched(debs, wheels)
+            wbatches = [wheels]
+            for wbatch in wbatches:
+                try:
+                    res_w = pypi.download(lock.python, wbatch, tmp)
+                    for w in wbatch:
+                        got[w.sha256] = cache.put(w.label, w.sha256, res_w[w.filename])
+                except (FetchError, ArtifactMismatch) as e:
+                    if reraise:
+                        raise
+                    if len(wbatch) > 1:
+                        wbatches.extend([w] for w in wbatch)
+                        continue
+                    tried[wbatch[0].sha256].append(f"the package index: {e}")
+                    left.append(wbatch[0])
+    return left
 
 
 def refresh(lock: Lock, cache: Cache) -> Lock:

@@ -2,7 +2,8 @@
 
 Sources: an OCI image layout (directory or tar archive), a `docker save` tarball, or an image of a
 Docker-compatible API (`docker.from_env()`, so DOCKER_HOST works; podman's `podman system service`
-too). Layers are applied in order into an in-memory tree, with OCI whiteouts (`.wh.NAME`) and opaque
+too). Layers are applied in order into a tree (streamed, file contents spooled to disk, with
+`spool=`; all in memory without), with OCI whiteouts (`.wh.NAME`) and opaque
 directories (`.wh..wh..opq`); hard links become copies, symlinks stay symlinks. Blobs of an OCI
 layout are checked against their digests. Nothing is extracted onto the host: a member named with
 `..`, an absolute path, or a path through a symlink that leaves the image is refused (`UnsafePath`).
@@ -23,12 +24,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from reproducible.errors import ImageSourceError, MalformedArtifact, UnsafePath
+from reproducible.layers import OPAQUE, WHITEOUT, Spool, apply_layer_stream
 from reproducible.tree import Tree, clean_path
 
 log = logging.getLogger(__name__)
 
-WHITEOUT = ".wh."
-OPAQUE = ".wh..wh..opq"
 MAX_JSON = 16 << 20  # bytes; manifests and configs are small
 _INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
                 "application/vnd.docker.distribution.manifest.list.v2+json")
@@ -118,8 +118,21 @@ def _read_verified(store: _Store, digest: str) -> bytes:
     return data
 
 
-def _oci_manifest(store: _Store) -> tuple[dict[str, Any], list[bytes], str]:
-    """(config, layer blobs, name) from an OCI image layout."""
+@dataclass(frozen=True)
+class _LayerRef:
+    name: str  # file in the store
+    digest: str | None  # sha256:<hex> to check (OCI layouts), None for `docker save`
+
+
+def _read_layer(store: _Store, ref: _LayerRef) -> bytes:
+    if ref.digest is not None:
+        return _read_verified(store, ref.digest)
+    with store.open(ref.name) as f:
+        return f.read()
+
+
+def _oci_manifest(store: _Store) -> tuple[dict[str, Any], list[_LayerRef], str]:
+    """(config, layers, name) from an OCI image layout."""
     index = store.read_json("index.json")
     manifests = index.get("manifests") if isinstance(index, dict) else None
     if not isinstance(manifests, list) or not manifests:
@@ -144,13 +157,13 @@ def _oci_manifest(store: _Store) -> tuple[dict[str, Any], list[bytes], str]:
     except (KeyError, TypeError, json.JSONDecodeError) as e:
         raise MalformedArtifact(f"{store.path}: malformed image manifest: {e}") from e
     config = json.loads(_read_verified(store, config_digest))
-    layers = [_read_verified(store, d) for d in layer_digests]
+    layers = [_LayerRef(_blob_name(d), d) for d in layer_digests]
     name = (desc.get("annotations") or {}).get("org.opencontainers.image.ref.name") or config_digest
     return config, layers, name
 
 
-def _docker_manifest(store: _Store) -> tuple[dict[str, Any], list[bytes], str]:
-    """(config, layer blobs, name) from a `docker save` tarball's manifest.json."""
+def _docker_manifest(store: _Store) -> tuple[dict[str, Any], list[_LayerRef], str]:
+    """(config, layers, name) from a `docker save` tarball's manifest.json."""
     manifest = store.read_json("manifest.json")
     if not isinstance(manifest, list) or not manifest:
         raise MalformedArtifact(f"{store.path}: manifest.json lists no image")
@@ -167,10 +180,10 @@ def _docker_manifest(store: _Store) -> tuple[dict[str, Any], list[bytes], str]:
         config = json.loads(raw_config)
     except json.JSONDecodeError as e:
         raise MalformedArtifact(f"{store.path}: {config_name} is not JSON") from e
-    layers = []
     for n in layer_names:
-        with store.open(n) as f:
-            layers.append(f.read())
+        if not store.exists(n):
+            raise MalformedArtifact(f"{store.path}: missing {n}")
+    layers = [_LayerRef(n, None) for n in layer_names]
     tags = entry.get("RepoTags") or []
     name = tags[0] if tags else "sha256:" + hashlib.sha256(raw_config).hexdigest()
     return config, layers, name
@@ -234,8 +247,14 @@ def _command(config: dict[str, Any], where: str) -> tuple[tuple[str, ...], tuple
     return tuple(entry) + tuple(cmd), tuple(env)
 
 
-def load_oci(path: Path) -> ImportedImage:
+def load_oci(path: Path, *, spool: Path | None = None) -> ImportedImage:
     """Import an OCI layout (dir or tar) or a `docker save` tarball.
+
+    Args:
+        spool: a directory for the files' contents: each layer is then streamed once and no file's
+            bytes stay in memory (`reproducible.layers`); it must outlive the returned tree. None
+            keeps the original in-memory import (every blob and file in memory), which gives the
+            same tree and is kept to compare the two.
 
     Raises:
         MalformedArtifact: unreadable archive, missing or mismatching blob, bad config.
@@ -244,6 +263,7 @@ def load_oci(path: Path) -> ImportedImage:
     if not path.exists():
         raise MalformedArtifact(f"{path}: no such file or directory")
     store = _Store(path)
+    tree = Tree()
     try:
         if store.exists("manifest.json"):
             config, layers, name = _docker_manifest(store)
@@ -254,22 +274,31 @@ def load_oci(path: Path) -> ImportedImage:
                 f"{path}: neither a `docker save` tarball (manifest.json) nor an OCI layout "
                 "(index.json)"
             )
+        if not isinstance(config, dict):
+            raise MalformedArtifact(f"{path}: image config is not a JSON object")
+        if spool is None:
+            blobs = [_read_layer(store, ref) for ref in layers]
+            for i, blob in enumerate(blobs):
+                _apply_layer(tree, blob, f"{path} layer {i + 1}/{len(layers)}")
+        else:
+            files = Spool(spool)
+            for i, ref in enumerate(layers):
+                with store.open(ref.name) as f:
+                    apply_layer_stream(tree, f, files, where=f"{path} layer {i + 1}/{len(layers)}",
+                                       digest=ref.digest)
     finally:
         store.close()
-    if not isinstance(config, dict):
-        raise MalformedArtifact(f"{path}: image config is not a JSON object")
-    tree = Tree()
-    for i, blob in enumerate(layers):
-        _apply_layer(tree, blob, f"{path} layer {i + 1}/{len(layers)}")
     cmd, env = _command(config, str(path))
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
     return ImportedImage(name, digest, tree, cmd, env, len(layers))
 
 
 def load_from_docker(
-    name: str, *, scratch: Path, client_factory: Callable[[], Any] | None = None
+    name: str, *, scratch: Path, client_factory: Callable[[], Any] | None = None,
+    spool: Path | None = None,
 ) -> ImportedImage:
-    """Save `name` through a Docker-compatible API into `scratch` and import it.
+    """Save `name` through a Docker-compatible API into `scratch` and import it (`spool`: as
+    `load_oci`).
 
     Raises:
         ImageSourceError: the API is unreachable or has no such image.
@@ -297,7 +326,7 @@ def load_from_docker(
         with open(tmp, "wb") as f:
             for chunk in image.save(named=True):
                 f.write(chunk)
-        imported = load_oci(tmp)
+        imported = load_oci(tmp, spool=spool)
     except docker.errors.DockerException as e:
         raise ImageSourceError(f"saving image {name!r} failed: {e}") from e
     finally:

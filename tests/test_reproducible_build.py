@@ -143,13 +143,34 @@ def test_check_names_each_differing_pcr(dev: BuildResult, tmp_path: Path) -> Non
 def test_from_oci_payload(dev: BuildResult, tmp_path: Path) -> None:
     layers = [[("bin", "dir", None), ("bin/app", "file", b"#!/bin/sh\necho hi\n")]]
     src = docker_save_tar(tmp_path / "img.tar", layers, cmd=["/bin/app", "x"], env=["K=v"])
-    built = _build(tmp_path / "b", from_oci=src)
+    built = _build(tmp_path / "b", from_oci=src, keep_cpio=True)
     assert built.pcrs[1] == dev.pcrs[1] and built.pcrs[2] != dev.pcrs[2]
     members = {m.name: m for m in read_cpio((tmp_path / "b" / "customer.cpio").read_bytes())}
     assert members["cmd"].data == b"/bin/app\nx\n" and members["env"].data == b"K=v\n"
     assert "rootfs/bin/app" in members
     for d in ("dev", "proc", "run", "sys", "tmp", "var"):  # what AWS's init mounts on
         assert members[f"rootfs/{d}"].mode & 0o170000 == 0o040000
+
+
+def test_streamed_and_in_memory_imports_give_the_same_pcrs(dev: BuildResult, tmp_path: Path) -> None:
+    from oci_support import oci_layout
+
+    top = [("etc", "dir", None), ("etc/.wh.motd", "file", b""), ("opt/.wh..wh..opq", "file", b""),
+           ("opt/new", "file", os.urandom(300_000)), ("bin/app2", "hardlink", "bin/app"),
+           ("lib", "symlink", "usr/lib"), ("usr/lib/big", "file", os.urandom(2_000_000))]
+    base = [("bin", "dir", None), ("bin/app", "file", b"#!/bin/sh\necho hi\n"),
+            ("etc", "dir", None), ("etc/motd", "file", b"hello"), ("opt", "dir", None),
+            ("opt/old", "file", b"x" * 100_000), ("usr/lib", "dir", None)]
+    (tmp_path / "l").mkdir()
+    layout = oci_layout(tmp_path / "l", [base, top], cmd=["/bin/app"])
+    streamed = _build(tmp_path / "s", from_oci=layout)
+    in_memory = _build(tmp_path / "m", from_oci=layout, import_in_memory=True)
+    assert streamed.pcrs == in_memory.pcrs and streamed.eif_sha256 == in_memory.eif_sha256
+    assert streamed.pcrs[2] != dev.pcrs[2]
+    # The output directory keeps no second copy of the image unless asked.
+    assert not (tmp_path / "s" / "customer.cpio").exists()
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
+        "bootstrap.cpio", "measurements.json", "sentinel.eif"]
 
 
 def test_from_oci_traversal_writes_nothing_outside_the_build_dir(tmp_path: Path) -> None:

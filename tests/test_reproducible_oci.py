@@ -40,12 +40,21 @@ TOP = [
 ]
 
 
+@pytest.fixture(params=["stream", "memory"])
+def load(request, tmp_path_factory):
+    """Both importers: streamed with a spool directory (the builder's) and all in memory."""
+    if request.param == "memory":
+        return load_oci
+    spool = tmp_path_factory.mktemp("spool")  # outside tmp_path: tests check it stays untouched
+    return lambda src: load_oci(src, spool=spool / f"{len(list(spool.iterdir()))}")
+
+
 def _paths(tree) -> dict[str, str]:
     return {p: e.kind for p, e in tree.items()}
 
 
 @pytest.mark.parametrize("kind", ["docker-save", "oci-dir", "oci-tar"])
-def test_layers_apply_in_order_with_whiteouts_and_links(tmp_path: Path, kind: str) -> None:
+def test_layers_apply_in_order_with_whiteouts_and_links(tmp_path: Path, kind: str, load) -> None:
     if kind == "docker-save":
         src = docker_save_tar(tmp_path / "img.tar", [BASE, TOP], cmd=["/bin/app", "--x"],
                               env=["A=1"])
@@ -53,7 +62,7 @@ def test_layers_apply_in_order_with_whiteouts_and_links(tmp_path: Path, kind: st
         (tmp_path / "layout").mkdir()
         src = oci_layout(tmp_path / ("img.tar" if kind == "oci-tar" else "layout"), [BASE, TOP],
                          cmd=["/bin/app", "--x"], env=["A=1"], as_tar=kind == "oci-tar")
-    img = load_oci(src)
+    img = load(src)
     paths = _paths(img.tree)
     assert "etc/old.conf" not in paths  # whiteout
     assert "opt/a" not in paths and "opt/b" not in paths and paths["opt/c"] == "file"  # opaque
@@ -64,9 +73,9 @@ def test_layers_apply_in_order_with_whiteouts_and_links(tmp_path: Path, kind: st
     assert img.layers == 2
 
 
-def test_entrypoint_precedes_cmd(tmp_path: Path) -> None:
+def test_entrypoint_precedes_cmd(tmp_path: Path, load) -> None:
     src = docker_save_tar(tmp_path / "i.tar", [BASE], entrypoint=["/bin/app"], cmd=["serve"])
-    assert load_oci(src).cmd == ("/bin/app", "serve")
+    assert load(src).cmd == ("/bin/app", "serve")
 
 
 TRAVERSAL = {
@@ -82,27 +91,27 @@ TRAVERSAL = {
 
 
 @pytest.mark.parametrize("members", list(TRAVERSAL.values()), ids=list(TRAVERSAL))
-def test_traversal_is_refused_and_nothing_is_written(tmp_path: Path, members) -> None:
+def test_traversal_is_refused_and_nothing_is_written(tmp_path: Path, members, load) -> None:
     work = tmp_path / "work"
     work.mkdir()
     src = docker_save_tar(work / "img.tar", [BASE, members])
     before = sorted(p.name for p in tmp_path.rglob("*"))
     with pytest.raises(UnsafePath) as e:
-        load_oci(src)
+        load(src)
     assert "layer 2/2" in str(e.value)
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
     assert not Path("/etc/evil").exists() and not (tmp_path / "escape").exists()
 
 
-def test_escape_in_a_later_layer_through_an_earlier_symlink(tmp_path: Path) -> None:
+def test_escape_in_a_later_layer_through_an_earlier_symlink(tmp_path: Path, load) -> None:
     src = docker_save_tar(tmp_path / "i.tar", [[("x", "symlink", "../..")], [("x/y", "file", b"")]])
     with pytest.raises(UnsafePath, match="symlink"):
-        load_oci(src)
+        load(src)
 
 
-def test_absolute_symlink_resolves_inside_the_image(tmp_path: Path) -> None:
+def test_absolute_symlink_resolves_inside_the_image(tmp_path: Path, load) -> None:
     layers = [[("etc", "dir", None), ("cfg", "symlink", "/etc")], [("cfg/app.conf", "file", b"k")]]
-    img = load_oci(docker_save_tar(tmp_path / "i.tar", layers))
+    img = load(docker_save_tar(tmp_path / "i.tar", layers))
     assert img.tree.get("etc/app.conf").read() == b"k"
 
 
@@ -114,14 +123,14 @@ BROKEN = {
 
 
 @pytest.mark.parametrize("damage", list(BROKEN.values()), ids=list(BROKEN))
-def test_broken_tarball_is_a_clear_error(tmp_path: Path, damage) -> None:
+def test_broken_tarball_is_a_clear_error(tmp_path: Path, damage, load) -> None:
     src = docker_save_tar(tmp_path / "img.tar", [BASE, TOP])
     damage(src)
     with pytest.raises(MalformedArtifact, match=str(src.name)):
-        load_oci(src)
+        load(src)
 
 
-def test_corrupt_layer_inside_valid_tarball(tmp_path: Path) -> None:
+def test_corrupt_layer_inside_valid_tarball(tmp_path: Path, load) -> None:
     import io
     import tarfile
 
@@ -135,26 +144,26 @@ def test_corrupt_layer_inside_valid_tarball(tmp_path: Path) -> None:
                 m.size = len(data)
             new.addfile(m, io.BytesIO(data))
     with pytest.raises(MalformedArtifact, match="layer 1/1"):
-        load_oci(rebuilt)
+        load(rebuilt)
 
 
-def test_oci_blob_digest_mismatch(tmp_path: Path) -> None:
+def test_oci_blob_digest_mismatch(tmp_path: Path, load) -> None:
     (tmp_path / "l").mkdir()
     layout = oci_layout(tmp_path / "l", [BASE])
     blobs = sorted((layout / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
     victim = blobs[-1]  # the layer
     victim.write_bytes(victim.read_bytes()[:-1] + b"\x01")
     with pytest.raises(MalformedArtifact, match="hashes to"):
-        load_oci(layout)
+        load(layout)
 
 
-def test_neither_layout(tmp_path: Path) -> None:
+def test_neither_layout(tmp_path: Path, load) -> None:
     (tmp_path / "d").mkdir()
     with pytest.raises(MalformedArtifact, match="neither"):
-        load_oci(tmp_path / "d")
+        load(tmp_path / "d")
 
 
-def test_multiple_images_in_docker_save_refused(tmp_path: Path) -> None:
+def test_multiple_images_in_docker_save_refused(tmp_path: Path, load) -> None:
     import io
     import json
     import tarfile
@@ -169,7 +178,7 @@ def test_multiple_images_in_docker_save_refused(tmp_path: Path) -> None:
                 m.size = len(data)
             new.addfile(m, io.BytesIO(data))
     with pytest.raises(MalformedArtifact, match="2 images"):
-        load_oci(out)
+        load(out)
 
 
 def test_layer_tar_fixture_is_deterministic() -> None:
@@ -276,7 +285,7 @@ def test_cli_build_from_image_via_docker_host(tmp_path: Path, podman_api: str) -
         i for i in doc["Sentinel"]["inputs"] if i["kind"] == "image").items()
 
 
-def test_gzip_layers_in_an_oci_layout(tmp_path: Path) -> None:
+def test_gzip_layers_in_an_oci_layout(tmp_path: Path, load) -> None:
     import gzip
     import hashlib
 
@@ -296,10 +305,10 @@ def test_gzip_layers_in_an_oci_layout(tmp_path: Path) -> None:
     (layout / "blobs/sha256" / new_mdig).write_bytes(mbytes)
     index["manifests"][0].update(digest="sha256:" + new_mdig, size=len(mbytes))
     (layout / "index.json").write_text(json.dumps(index))
-    assert load_oci(layout).tree.get("bin/app").read() == b"#!/bin/sh\necho app\n"
+    assert load(layout).tree.get("bin/app").read() == b"#!/bin/sh\necho app\n"
 
 
-def test_multi_platform_index_picks_linux_amd64(tmp_path: Path) -> None:
+def test_multi_platform_index_picks_linux_amd64(tmp_path: Path, load) -> None:
     import hashlib
 
     (tmp_path / "l").mkdir()
@@ -314,10 +323,10 @@ def test_multi_platform_index_picks_linux_amd64(tmp_path: Path) -> None:
     (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
         "mediaType": "application/vnd.oci.image.index.v1+json", "digest": "sha256:" + ndig,
         "size": len(nested)}]}))
-    assert "bin/app" in load_oci(layout).tree
+    assert "bin/app" in load(layout).tree
 
 
-def test_zstd_layer_is_named(tmp_path: Path) -> None:
+def test_zstd_layer_is_named(tmp_path: Path, load) -> None:
     import io as _io
     import tarfile
 
@@ -331,10 +340,10 @@ def test_zstd_layer_is_named(tmp_path: Path) -> None:
                 m.size = len(data)
             new.addfile(m, _io.BytesIO(data))
     with pytest.raises(MalformedArtifact, match="zstd"):
-        load_oci(out)
+        load(out)
 
 
-def test_layout_symlink_leading_out_is_refused(tmp_path: Path) -> None:
+def test_layout_symlink_leading_out_is_refused(tmp_path: Path, load) -> None:
     (tmp_path / "l").mkdir()
     layout = oci_layout(tmp_path / "l", [BASE])
     secret = tmp_path / "secret.json"
@@ -342,4 +351,4 @@ def test_layout_symlink_leading_out_is_refused(tmp_path: Path) -> None:
     (layout / "index.json").unlink()
     (layout / "index.json").symlink_to(secret)
     with pytest.raises(UnsafePath, match="outside the layout"):
-        load_oci(layout)
+        load(layout)

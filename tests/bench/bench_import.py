@@ -1,0 +1,136 @@
+"""Streaming image import: peak RSS and output-directory disk of `build --from-oci` on a big image.
+
+A 1 GiB OCI layout (one uncompressed layer of 256 incompressible 4 MiB files; size from
+SENTINEL_BENCH_IMAGE_MIB) is built by `python -m reproducible build --offline --from-oci` in a child
+process whose own peak RSS comes from `os.wait4`. The baseline, in the same run, is what any
+importer must do with those bytes: `tar -x` of the layer and `sha384sum` of every file. Skipped when
+the cache lacks the pinned inputs: benchmarks never download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from _harness import Record, compare
+
+from reproducible.cache import Cache
+from reproducible.errors import OfflineMiss
+from reproducible.fetch import fetch_all
+from reproducible.lock import load_lock
+
+ROOT = Path(__file__).resolve().parents[2]
+FILE_MIB = 4
+
+
+class _Random(io.RawIOBase):
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
+        n = min(len(b), self.left)
+        b[:n] = os.urandom(n)
+        self.left -= n
+        return n
+
+
+def _blob(layout: Path, data: bytes) -> dict[str, object]:
+    d = hashlib.sha256(data).hexdigest()
+    (layout / "blobs/sha256" / d).write_bytes(data)
+    return {"digest": "sha256:" + d, "size": len(data)}
+
+
+def make_layout(layout: Path, mib: int) -> int:
+    """An OCI layout of one uncompressed layer of `mib` MiB in 4 MiB files; returns its size."""
+    (layout / "blobs/sha256").mkdir(parents=True)
+    tmp = layout / "layer.tmp"
+    with tarfile.open(tmp, "w") as tar:
+        for i in range(max(1, mib // FILE_MIB)):
+            ti = tarfile.TarInfo(f"data/d{i % 16:02d}/f{i:05d}")
+            ti.size, ti.mode = FILE_MIB << 20, 0o644
+            tar.addfile(ti, io.BufferedReader(_Random(ti.size)))
+        ti = tarfile.TarInfo("bin/app")
+        ti.size, ti.mode = 3, 0o755
+        tar.addfile(ti, io.BytesIO(b"app"))
+    h = hashlib.sha256()
+    with open(tmp, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    size = tmp.stat().st_size
+    tmp.rename(layout / "blobs/sha256" / h.hexdigest())
+    layer = {"mediaType": "application/vnd.oci.image.layer.v1.tar",
+             "digest": "sha256:" + h.hexdigest(), "size": size}
+    config = _blob(layout, json.dumps({"architecture": "amd64", "os": "linux",
+                                       "config": {"Cmd": ["/bin/app"]}}).encode())
+    manifest = _blob(layout, json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": dict(config, mediaType="application/vnd.oci.image.config.v1+json"),
+        "layers": [layer]}).encode())
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        dict(manifest, mediaType="application/vnd.oci.image.manifest.v1+json")]}))
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    return size
+
+
+def _disk(path: Path) -> int:
+    return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
+
+
+def _child(argv: list[str]) -> tuple[float, int]:
+    """(wall seconds, peak RSS bytes) of one child process."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    err = p.stderr.read().decode() if p.stderr else ""
+    if p.returncode != 0:
+        raise RuntimeError(f"{argv[:4]} exited {p.returncode}: {err[-800:]}")
+    return wall, usage.ru_maxrss * 1024
+
+
+def measure(tmp: Path, mib: int) -> Record:
+    layout = tmp / "layout"
+    size = make_layout(layout, mib)
+    out = tmp / "out"
+    wall, rss = _child([sys.executable, "-m", "reproducible", "build", "--offline",
+                        "--from-oci", str(layout), "--out", str(out)])
+    out_disk = _disk(out)
+    layer = max((layout / "blobs/sha256").iterdir(), key=lambda p: p.stat().st_size)
+    x = tmp / "x"
+    x.mkdir()
+    t0 = time.perf_counter()
+    subprocess.run(["tar", "-xf", str(layer), "-C", str(x)], check=True)
+    files = sorted(str(p) for p in x.rglob("*") if p.is_file())
+    subprocess.run(["sha384sum", *files], check=True, stdout=subprocess.DEVNULL)
+    base = time.perf_counter() - t0
+    return compare(f"build_from_oci_{mib}MiB_wall", [wall * 1000], "tar_x_plus_sha384sum",
+                   [base * 1000], unit="ms",
+                   extra={"peak_rss_mib": rss / 2**20, "image_mib": size / 2**20,
+                          "out_dir_mib": out_disk / 2**20, "out_dir_over_image": out_disk / size})
+
+
+def run() -> list[Record]:
+    try:
+        fetch_all(load_lock(), Cache(), offline=True)
+    except OfflineMiss:
+        return []
+    mib = int(os.environ.get("SENTINEL_BENCH_IMAGE_MIB", "1024"))
+    with tempfile.TemporaryDirectory(prefix="bench-import-") as d:
+        return [measure(Path(d), mib)]
+
+
+if __name__ == "__main__":
+    for r in run():
+        print(json.dumps(r.to_json()))

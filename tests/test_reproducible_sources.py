@@ -1,0 +1,195 @@
+"""Inputs resolved by sha256 from several sources: cache, an exported inputs directory, the
+registries, and snapshot-style archives served over loopback HTTP.
+
+The local Debian repository offers a newer `sentinel-test` than the lock pins (the pinned version
+left the archive, as Debian's main archive does weeks after an update); the pinned bytes are still
+found by their sha256 in the next source, or the error names the input and its sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_reproducible_fetch import _make_repo, _make_wheel
+
+from reproducible.cache import Cache
+from reproducible.errors import (
+    FetchError,
+    InputUnavailable,
+    LockError,
+    OfflineMiss,
+    VersionVanished,
+)
+from reproducible.fetch import fetch_all
+from reproducible.inputs import export_inputs
+from reproducible.lock import LOCK_PATH, DebPin, WheelPin, load_lock
+from reproducible.sources import URLS_ENV, UrlTemplate, url_templates
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None, reason="needs apt and dpkg"
+)
+
+
+def _old_deb(dest: Path) -> tuple[bytes, str]:
+    """sentinel-test 0.9: the version the lock pins, no longer in the repository."""
+    pkg = dest / "pkg-0.9"
+    (pkg / "DEBIAN").mkdir(parents=True)
+    (pkg / "DEBIAN/control").write_text(
+        "Package: sentinel-test\nVersion: 0.9\nArchitecture: all\nMaintainer: t <t@example.invalid>\n"
+        "Description: old\n"
+    )
+    deb = dest / "old.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "-b", str(pkg), str(deb)],
+                   check=True, capture_output=True)
+    data = deb.read_bytes()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """(directory served, base URL) of an HTTP server on loopback."""
+    root = tmp_path / "archive"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw) -> None:
+            super().__init__(*a, directory=str(root), **kw)
+
+        def log_message(self, *a) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield root, f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.fixture
+def moved_on(tmp_path: Path, monkeypatch):
+    """A lock pinning sentinel-test 0.9 while the repository only offers 1.0."""
+    _make_repo(tmp_path)  # 1.0
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    wheel_name, wheel_sha = _make_wheel(wheels)
+    sources = tmp_path / "local.sources"
+    sources.write_text(f"Types: deb\nURIs: file:{tmp_path / 'repo'}\nSuites: ./\nTrusted: yes\n")
+    monkeypatch.setenv("SENTINEL_APT_SOURCES", str(sources))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    monkeypatch.setenv(URLS_ENV, "")  # no archive from the user's own configuration
+    old, old_sha = _old_deb(tmp_path)
+    lock = load_lock().with_pins([DebPin("sentinel-test", "0.9", old_sha, "runtime")],
+                                 [WheelPin("sentineltestpkg", "1.0", wheel_name, wheel_sha)])
+    return lock, Cache(tmp_path / "cache"), old, old_sha
+
+
+def test_vanished_version_comes_from_the_archive_by_sha256(moved_on, archive) -> None:
+    lock, cache, old, old_sha = moved_on
+    root, base = archive
+    (root / "by-hash").mkdir()
+    (root / "by-hash" / old_sha).write_bytes(old)
+    got = fetch_all(lock, cache, archives=[UrlTemplate(base + "/by-hash/{sha256}")])
+    assert got.debs["sentinel-test"].read_bytes() == old
+    assert got.wheels[lock.wheels[0].filename].is_file()  # the registry still had the wheel
+    # Now cached: offline works without any source.
+    assert fetch_all(lock, cache, offline=True, archives=[]) == got
+
+
+def test_archives_are_tried_in_order(moved_on, archive) -> None:
+    lock, cache, old, old_sha = moved_on
+    root, base = archive
+    (root / "second").mkdir()
+    (root / "second" / "sentinel-test_0.9_any.deb").write_bytes(old)
+    got = fetch_all(lock, cache, archives=[UrlTemplate(base + "/first/{sha256}"),
+                                           UrlTemplate(base + "/second/{filename}")])
+    assert got.debs["sentinel-test"].read_bytes() == old
+
+
+def test_no_source_names_the_input_its_sha256_and_every_answer(moved_on, archive) -> None:
+    lock, cache, _, old_sha = moved_on
+    _, base = archive
+    with pytest.raises(InputUnavailable) as e:
+        fetch_all(lock, cache, archives=[UrlTemplate(base + "/{sha256}")])
+    msg = str(e.value)
+    assert f"deb sentinel-test=0.9 (sha256 {old_sha})" in msg
+    assert "the Debian mirror" in msg and "HTTP 404" in msg and "cache" in msg
+    assert "sentineltestpkg" not in msg  # only what is missing is named
+
+
+def test_archive_bytes_of_another_version_are_refused(moved_on, archive) -> None:
+    lock, cache, _, old_sha = moved_on
+    root, base = archive
+    newer = (root.parent / "repo" / "sentinel-test_1.0_all.deb").read_bytes()
+    (root / old_sha).write_bytes(newer)  # the archive "replaced" the pinned version
+    with pytest.raises(InputUnavailable, match="sha256 mismatch") as e:
+        fetch_all(lock, cache, archives=[UrlTemplate(base + "/{sha256}")])
+    assert old_sha in str(e.value)
+    assert not cache.blob_path(old_sha).exists()
+
+
+def test_without_other_sources_the_registry_error_is_kept(moved_on) -> None:
+    lock, cache, _, _ = moved_on
+    with pytest.raises(VersionVanished, match=r"sentinel-test=0\.9"):
+        fetch_all(lock, cache, archives=[])
+
+
+def test_exported_inputs_serve_an_offline_build_with_an_empty_cache(moved_on, archive,
+                                                                    tmp_path: Path) -> None:
+    lock, cache, old, old_sha = moved_on
+    root, base = archive
+    (root / old_sha).write_bytes(old)
+    lock_path = tmp_path / "lock.toml"
+    lock_path.write_bytes(LOCK_PATH.read_bytes())
+    fetch_all(lock, cache, archives=[UrlTemplate(base + "/{sha256}")])
+    done = export_inputs(lock, lock_path, cache, tmp_path / "inputs", offline=True)
+    doc = json.loads(done.manifest.read_text())
+    assert {(e["kind"], e["name"], e["sha256"]) for e in doc["inputs"]} == {
+        ("deb", "sentinel-test", old_sha), ("wheel", "sentineltestpkg", lock.wheels[0].sha256)}
+    for e in doc["inputs"]:
+        assert hashlib.sha256((tmp_path / "inputs" / e["filename"]).read_bytes()).hexdigest() == e["sha256"]
+    fresh = Cache(tmp_path / "fresh")
+    got = fetch_all(lock, fresh, offline=True, inputs=tmp_path / "inputs")
+    assert got.debs["sentinel-test"].read_bytes() == old
+    empty = tmp_path / "empty-inputs"
+    empty.mkdir()
+    (empty / "manifest.json").write_text('{"inputs": []}')
+    with pytest.raises(OfflineMiss, match="or --inputs"):
+        fetch_all(lock, Cache(tmp_path / "other"), offline=True, inputs=empty)
+
+
+def test_inputs_dir_without_manifest_is_named(moved_on, tmp_path: Path) -> None:
+    lock, cache, _, _ = moved_on
+    (tmp_path / "nomanifest").mkdir()
+    with pytest.raises(FetchError, match="no readable manifest.json"):
+        fetch_all(lock, cache, offline=True, inputs=tmp_path / "nomanifest")
+
+
+@pytest.mark.parametrize("template, match", [
+    ("http://127.0.0.1/{nope}", "unknown placeholder"),
+    ("http://127.0.0.1/fixed", "names no input"),
+    ("ftp://127.0.0.1/{sha256}", "not http"),
+])
+def test_bad_url_templates_are_refused(monkeypatch, template: str, match: str) -> None:
+    monkeypatch.setenv(URLS_ENV, template)
+    with pytest.raises(LockError, match=match):
+        url_templates()
+
+
+def test_url_templates_from_the_user_config(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(URLS_ENV, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    (tmp_path / "sentinel").mkdir()
+    (tmp_path / "sentinel" / "inputs.toml").write_text('urls = ["http://127.0.0.1:1/{sha256}"]\n')
+    assert [t.template for t in url_templates()] == ["http://127.0.0.1:1/{sha256}"]
