@@ -246,3 +246,186 @@ def test_template_creates_in_cloudformation_and_key_policy_reads_back(
     groups = ec2.describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [vpc]}])
     ours = [g for g in groups["SecurityGroups"] if g["GroupName"] != "default"]
     assert len(ours) == 1 and ours[0]["IpPermissions"] == []
+
+
+# -- the instance set-up, applied to a captured host and audited -----------------------------------
+
+
+def widened_default(tmp_path: Path, vcpus: int) -> Path:
+    """tests/assets/hosts/default (2 vCPUs, SMT off) grown to `vcpus` by copying cpu1's files."""
+    tree = tmp_path / "host"
+    shutil.copytree(HOSTS / "default", tree)
+    cpu_dir = tree / "sys/devices/system/cpu"
+    for cpu in range(2, vcpus):
+        shutil.copytree(cpu_dir / "cpu1", cpu_dir / f"cpu{cpu}")
+    (cpu_dir / "online").write_text(f"0-{vcpus - 1}\n")
+    (tree / "sys/devices/system/node/node0/cpulist").write_text(f"0-{vcpus - 1}\n")
+    return tree
+
+
+def apply_deployment(tree: Path, files: dict[str, bytes]) -> None:
+    """Do to the tree what the generated files do to a host, reading the generated files only."""
+    from verify.audit.cmdline import parse_cmdline
+
+    cmdline = files["host/etc/sentinel/kernel-cmdline"].decode().strip()
+    proc_cmdline = tree / "proc/cmdline"
+    proc_cmdline.write_text(proc_cmdline.read_text().split(" -- ")[0].strip() + " " + cmdline + "\n")
+    parsed = parse_cmdline(cmdline)
+    assert parsed is not None
+    cpu_dir = tree / "sys/devices/system/cpu"
+    # What the booted kernel shows for isolcpus= and nohz_full=.
+    for name, param in (("isolated", "isolcpus"), ("nohz_full", "nohz_full")):
+        cpus = parsed.cpus(param)
+        assert cpus is not None
+        (cpu_dir / name).write_text(",".join(map(str, sorted(cpus))) + "\n")
+    for line in files["host/etc/sysctl.d/60-sentinel-latency.conf"].decode().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = (part.strip() for part in line.partition("="))
+            path = tree / "proc/sys" / key.replace(".", "/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(value + "\n")
+    for line in files["host/usr/local/sbin/sentinel-tune"].decode().splitlines():
+        if line.startswith("for f in "):
+            pattern = line.split()[3].removesuffix(";")
+            value = line.split("echo ")[1].split(" >")[0]
+            # The capture holds only the files the audit read, so expand the glob over the IRQ
+            # directories (as the shell does over a real /proc/irq).
+            parent, _, leaf = pattern.lstrip("/").rpartition("/")
+            dirs = [d for d in tree.glob(parent) if d.is_dir()]
+            assert dirs, pattern
+            for d in dirs:
+                (d / leaf).write_text(value + "\n")
+                if leaf == "smp_affinity_list":  # where the kernel then delivers the IRQ
+                    (d / "effective_affinity_list").write_text(value + "\n")
+        elif line.startswith("echo "):
+            value, _, path = line.removeprefix("echo ").partition(" > ")
+            target = tree / path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            old = target.read_text() if target.exists() else ""
+            if "[" in old:  # a sysfs choice file shows the selection in brackets
+                words = old.replace("[", "").replace("]", "").split()
+                value = " ".join(f"[{w}]" if w == value else w for w in words)
+            target.write_text(value + "\n")
+        elif line.startswith("systemctl disable --now "):
+            service = line.split()[3].removesuffix(".service")
+            for comm in (tree / "proc").glob("*/comm"):
+                if comm.read_text().strip() == service:
+                    shutil.rmtree(comm.parent)
+
+
+def test_deployed_settings_make_the_audit_pass(tmp_path: Path) -> None:
+    options = {"vcpus": 4, "threads_per_core": 1, "router_cores": 1, "enclave_cpus": 1}
+    deployment = generate_deployment(DeployOptions(measurements=[M020], **options))
+    layout = deployment.layout
+    assert (layout.host, layout.router, layout.enclave) == ({0, 3}, {1}, {2})
+    claimed = {c for s in LATENCY_TUNING for c in s.checks}
+    before = run_audit(
+        HostTree.from_path(widened_default(tmp_path / "before", 4)), AuditOptions(cpus=layout.router)
+    ).by_id()
+    assert sum(before[c].status is Status.FAIL for c in claimed) >= len(claimed) // 2
+    tree = widened_default(tmp_path / "after", 4)
+    apply_deployment(tree, deployment.files)
+    after = run_audit(HostTree.from_path(tree), AuditOptions(cpus=layout.router)).by_id()
+    failing = {c: (after[c].status, after[c].observed) for c in claimed if after[c].status is not Status.PASS}
+    assert failing == {}
+    assert after["cpu.housekeeping"].status is Status.PASS  # the host kept CPUs 0 and 3
+
+
+def test_kernel_cmdline_follows_the_layout() -> None:
+    layout = plan_layout(vcpus=16, threads_per_core=2, router_cores=2, enclave_cpus=4)
+    # Core k is vCPUs k and k+8: host core 0 (0,8) plus 5-7,13-15; router cores 1-2; enclave 3-4.
+    assert layout.router == {1, 2, 9, 10} and layout.enclave == {3, 4, 11, 12}
+    assert layout.host == {0, 5, 6, 7, 8, 13, 14, 15}
+    words = kernel_cmdline(layout).split()
+    assert "isolcpus=managed_irq,domain,1-4,9-12" in words
+    assert "nohz_full=1-4,9-12" in words and "rcu_nocbs=1-4,9-12" in words
+    assert "irqaffinity=0,5-8,13-15" in words
+    assert {"intel_idle.max_cstate=0", "transparent_hugepage=never"} <= set(words)
+    cmdline_keys = [s.key for s in LATENCY_TUNING if s.kind is SettingKind.CMDLINE]
+    assert [w.partition("=")[0] for w in words] == cmdline_keys
+
+
+def test_audit_remedies_come_from_the_tuning_table() -> None:
+    from verify.audit.checks import ALL_CHECKS
+
+    by_id = {c.id: c for c in ALL_CHECKS}
+    for setting in LATENCY_TUNING:
+        for check_id in setting.checks:
+            assert setting.remedy in by_id[check_id].remedy, (check_id, setting.remedy)
+
+
+def test_allocator_units_and_proxy_follow_the_layout_and_release() -> None:
+    files = deploy(M020, vcpus=8, threads_per_core=2, router_cores=1, enclave_cpus=4)
+    allocator = files["host/etc/nitro_enclaves/allocator.yaml"].decode()
+    assert "cpu_pool: 2-3,6-7\n" in allocator and "memory_mib: 512\n" in allocator
+    enclave = files["host/etc/systemd/system/sentinel-enclave.service"].decode()
+    assert "nitro-cli run-enclave --eif-path /opt/sentinel/releases/0.2.0/sentinel.eif" in enclave
+    assert "--cpu-count 4 --memory 512" in enclave
+    router = files["host/etc/systemd/system/sentinel-router.service"].decode()
+    assert "CPUAffinity=1,5\n" in router and "Restart=always\n" in router
+    health = files["host/etc/systemd/system/sentinel-health.service"].decode()
+    assert "-m verify audit --json --cpus 1,5" in health and "-m verify enclave" in health
+    proxy = files["host/usr/local/sbin/sentinel-vsock-proxy"].decode()
+    assert 'endpoint="kms.$region.amazonaws.com"' in proxy
+    assert proxy.count("allowlist") == 1 and "address: %s, port: 443" in proxy
+
+
+def test_memory_defaults_to_four_times_the_eif_and_can_be_raised() -> None:
+    doc = json.loads(M020.read_text())
+    last = doc["Sentinel"]["sections"][-1]
+    eif_mib = (last["offset"] + 12 + last["size"]) / (1 << 20)
+    deployment = generate_deployment(DeployOptions(measurements=[M020], enclave_memory_mib=4096))
+    assert deployment.enclave_memory_mib == 4096
+    default = generate_deployment(DeployOptions(measurements=[M020])).enclave_memory_mib
+    assert default >= 4 * eif_mib and default % 256 == 0
+
+
+# -- determinism, CLI, bad input -------------------------------------------------------------------
+
+
+def test_generation_is_deterministic(tmp_path: Path) -> None:
+    args = ["deploy", "--measurements", str(M010), "--measurements", str(M020)]
+    assert reproducible_main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert reproducible_main([*args, "--out", str(tmp_path / "b")]) == 0
+    a = {p.relative_to(tmp_path / "a"): p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()}
+    b = {p.relative_to(tmp_path / "b"): p.read_bytes() for p in (tmp_path / "b").rglob("*") if p.is_file()}
+    assert a == b and len(a) == 14
+    manifest = json.loads(a[Path("manifest.json")])
+    assert manifest["runs"] == "0.2.0" and [r["version"] for r in manifest["releases"]] == ["0.1.0", "0.2.0"]
+    import hashlib
+
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256(a[Path(name)]).hexdigest() == digest
+    # A different option gives different bytes (the output really depends on the inputs).
+    assert deploy(M020, router_cores=2)["host/etc/sentinel/kernel-cmdline"] != deploy(M020)[
+        "host/etc/sentinel/kernel-cmdline"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("make", "options", "error", "words"),
+    [
+        (lambda t: measurements_with(t, "debug.json", **{f"PCR{i}": "00" * 48 for i in (0, 1, 2)}),
+         {}, DebugMeasurements, "debug-mode"),
+        (lambda t: measurements_with(t, "nopcr1.json", PCR1=None), {}, MissingPcrs, "PCR1 missing"),
+        (lambda t: M020, {"vcpus": 4, "threads_per_core": 2, "enclave_cpus": 2}, NoHostCore,
+         "the host needs at least one core"),
+        (lambda t: M020, {"enclave_cpus": 3}, CpuLayoutError, "whole cores"),
+        (lambda t: M020, {"enclave_memory_mib": 256}, EnclaveMemoryTooSmall, "--enclave-memory-mib 256"),
+    ],
+    ids=["debug-build", "missing-pcr", "no-host-core", "half-core", "eif-larger-than-memory"],
+)
+def test_bad_input_is_a_clear_error(
+    tmp_path: Path, make: Any, options: dict[str, int], error: type[Exception], words: str
+) -> None:
+    with pytest.raises(error, match=words):
+        generate_deployment(DeployOptions(measurements=[make(tmp_path)], **options))
+
+
+def test_cli_bad_input_exits_2_with_the_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    debug = measurements_with(tmp_path, "debug.json", **{f"PCR{i}": "00" * 48 for i in (0, 1, 2)})
+    code = reproducible_main(["deploy", "--measurements", str(debug), "--out", str(tmp_path / "o")])
+    assert code == 2 and "debug-mode" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
