@@ -71,7 +71,7 @@ def format_cpumask(cpus: frozenset[int]) -> str:
     """A CPU set as the kernel's comma-grouped hex mask ("1", "ff,00000001")."""
     value = sum(1 << c for c in cpus)
     digits = f"{value:x}"
-    groups = []
+    groups: list[str] = []
     while digits:
         groups.insert(0, digits[-8:])
         digits = digits[:-8]
