@@ -195,3 +195,18 @@ def release(session: nox.Session) -> None:
         "python", "-m", "reproducible", "release", "--build", str(BUILD),
         *(session.posargs or ["--generate-dev-key"]),
     )
+    session.notify("deploy", posargs=[])  # release's own arguments (key options) are not deploy's
+
+
+@nox.session
+def deploy(session: nox.Session) -> None:
+    """Write build/deploy/: the KMS key policy, CloudFormation template and instance set-up of
+    measurements/<version>.json (`-- --measurements OLD.json --measurements NEW.json ...` for a
+    rolling upgrade; options: `python -m reproducible deploy --help`)."""
+    install_project(session, "build")
+    version = session.run(
+        "python", "-c", "from reproducible.build import project_version; print(project_version())",
+        silent=True,
+    )
+    args = session.posargs or ["--measurements", f"measurements/{str(version).strip()}.json"]
+    session.run("python", "-m", "reproducible", "deploy", "--out", str(BUILD / "deploy"), *args)

@@ -1,4 +1,4 @@
-"""`python -m reproducible`: build the enclave image, refresh the lock."""
+"""`python -m reproducible`: build the enclave image, refresh the lock, release, deploy."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from reproducible import _cmd_release
+from reproducible.deploy import cli as _deploy_cli
 from reproducible.errors import BuildError
 
 log = logging.getLogger("reproducible")
@@ -124,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--inputs", metavar="DIR", help="another exported inputs directory to read")
     ex.set_defaults(func=_cmd_inputs_export)
     _cmd_release.register(sub)
+    _deploy_cli.register(sub)
     return p
 
 

@@ -8,6 +8,7 @@ from verify.audit.check import Check, Finding, Severity, Status
 from verify.audit.checks._value import MaskCheck
 from verify.audit.context import HostContext
 from verify.audit.cpulist import format_cpulist, parse_cpulist
+from verify.audit.tuning import remedy_for
 
 
 def _irq_names(host: HostContext) -> dict[str, str]:
@@ -85,7 +86,7 @@ CHECKS: tuple[Check, ...] = (
         expected="not running",
         severity=Severity.HIGH,
         latency="moves device IRQs onto isolated CPUs: 1-10 µs per interrupt, at device rate",
-        remedy="systemctl disable --now irqbalance (or IRQBALANCE_BANNED_CPULIST=<cpus>)",
+        remedy=remedy_for("irq.irqbalance", "(or IRQBALANCE_BANNED_CPULIST=<cpus>)"),
     ),
     IrqAffinity(
         id="irq.affinity",
@@ -93,8 +94,7 @@ CHECKS: tuple[Check, ...] = (
         expected="no device IRQ delivered to a target CPU",
         severity=Severity.HIGH,
         latency="each interrupt and its softirq: 1-50 µs",
-        remedy="echo <housekeeping list> > /proc/irq/<N>/smp_affinity_list for each IRQ; "
-        "isolcpus=managed_irq,... for managed IRQs",
+        remedy=remedy_for("irq.affinity", "(isolcpus=managed_irq,... covers managed IRQs)"),
     ),
     MaskCheck(
         id="irq.default_affinity",
@@ -102,8 +102,7 @@ CHECKS: tuple[Check, ...] = (
         expected="excludes the target CPUs",
         severity=Severity.MEDIUM,
         latency="newly registered IRQs land on the latency CPUs: 1-50 µs each",
-        remedy="kernel command line: irqaffinity=<housekeeping cpus> "
-        "(or echo <mask> > /proc/irq/default_smp_affinity)",
+        remedy=remedy_for("irq.default_affinity"),
         path="/proc/irq/default_smp_affinity",
         on_overlap="new IRQs may land on",
     ),

@@ -8,6 +8,7 @@ from verify.audit.check import Check, Finding, Severity, Status
 from verify.audit.checks._value import MaskCheck
 from verify.audit.context import CPU_DIR, HostContext
 from verify.audit.cpulist import format_cpulist, parse_cpulist
+from verify.audit.tuning import remedy_for
 
 
 def _cover(host: HostContext, cpus: frozenset[int] | None, what: str) -> Finding:
@@ -120,7 +121,7 @@ CHECKS: tuple[Check, ...] = (
         expected="covers the target CPUs",
         severity=Severity.HIGH,
         latency="other tasks scheduled on the latency CPU: a time slice, 1-4 ms",
-        remedy="kernel command line: isolcpus=managed_irq,domain,<cpus> (then reboot)",
+        remedy=remedy_for("cpu.isolcpus", "(then reboot)"),
         param="isolcpus",
     ),
     CmdlineCpus(
@@ -129,7 +130,7 @@ CHECKS: tuple[Check, ...] = (
         expected="covers the target CPUs",
         severity=Severity.HIGH,
         latency="the scheduler tick interrupts the CPU every 1-4 ms: 1-10 µs each",
-        remedy="kernel command line: nohz_full=<cpus> (kernel built with CONFIG_NO_HZ_FULL)",
+        remedy=remedy_for("cpu.nohz_full", "(kernel built with CONFIG_NO_HZ_FULL)"),
         param="nohz_full",
         sysfs=f"{CPU_DIR}/nohz_full",
     ),
@@ -139,7 +140,7 @@ CHECKS: tuple[Check, ...] = (
         expected="covers the target CPUs",
         severity=Severity.MEDIUM,
         latency="RCU callback batches run in softirq on the CPU: µs to 100s of µs",
-        remedy="kernel command line: rcu_nocbs=<cpus> (implied by nohz_full=)",
+        remedy=remedy_for("cpu.rcu_nocbs"),
         param="rcu_nocbs",
         implied_by="nohz_full",
     ),
@@ -149,7 +150,7 @@ CHECKS: tuple[Check, ...] = (
         expected="every target CPU in /sys/devices/system/cpu/isolated",
         severity=Severity.HIGH,
         latency="the latency thread shares its CPU with everything else: ms-scale preemption",
-        remedy="isolate the CPUs (isolcpus=) and pin the process there: taskset -c <cpus> ...",
+        remedy=remedy_for("cpu.targets_isolated"),
     ),
     HousekeepingLeft(
         id="cpu.housekeeping",
@@ -174,7 +175,7 @@ CHECKS: tuple[Check, ...] = (
         expected="excludes the target CPUs",
         severity=Severity.MEDIUM,
         latency="kworker threads preempting the latency thread: µs to ms",
-        remedy="echo <housekeeping mask> > /sys/devices/virtual/workqueue/cpumask",
+        remedy=remedy_for("cpu.workqueue"),
         path="/sys/devices/virtual/workqueue/cpumask",
         on_overlap="unbound workqueues may run on",
     ),

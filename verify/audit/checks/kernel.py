@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from verify.audit.check import Check, Finding, Severity, Status
 from verify.audit.checks._value import IntCheck
 from verify.audit.context import HostContext
+from verify.audit.tuning import remedy_for
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ CHECKS: tuple[Check, ...] = (
         expected="0",
         severity=Severity.MEDIUM,
         latency="a perf-counter NMI every few seconds on every CPU: a few µs each",
-        remedy="sysctl -w kernel.nmi_watchdog=0 (or nmi_watchdog=0 / nowatchdog on the command line)",
+        remedy=remedy_for("kernel.nmi_watchdog"),
         path="/proc/sys/kernel/nmi_watchdog",
         cmdline_overrides=("nowatchdog",),
     ),
@@ -60,7 +61,7 @@ CHECKS: tuple[Check, ...] = (
         expected="0",
         severity=Severity.MEDIUM,
         latency="the watchdog hrtimer and its per-CPU stopper thread: µs every few seconds",
-        remedy="sysctl -w kernel.soft_watchdog=0 (or nosoftlockup / nowatchdog on the command line)",
+        remedy=remedy_for("kernel.soft_watchdog"),
         path="/proc/sys/kernel/soft_watchdog",
         cmdline_overrides=("nowatchdog", "nosoftlockup"),
     ),
@@ -70,7 +71,7 @@ CHECKS: tuple[Check, ...] = (
         expected="0",
         severity=Severity.LOW,
         latency="timers migrate toward busy CPUs: extra timer interrupts on the latency CPU",
-        remedy="sysctl -w kernel.timer_migration=0",
+        remedy=remedy_for("kernel.timer_migration"),
         path="/proc/sys/kernel/timer_migration",
     ),
     IntCheck(
@@ -79,7 +80,7 @@ CHECKS: tuple[Check, ...] = (
         expected="-1 (a SCHED_FIFO spinner is never throttled)",
         severity=Severity.MEDIUM,
         latency="a spinning SCHED_FIFO thread is stopped for 50 ms every second",
-        remedy="sysctl -w kernel.sched_rt_runtime_us=-1",
+        remedy=remedy_for("kernel.rt_throttling"),
         path="/proc/sys/kernel/sched_rt_runtime_us",
         ok=lambda v: v == -1,
     ),
@@ -89,7 +90,7 @@ CHECKS: tuple[Check, ...] = (
         expected=">= 10 seconds",
         severity=Severity.LOW,
         latency="the vmstat worker wakes on every CPU each interval: a few µs",
-        remedy="sysctl -w vm.stat_interval=10",
+        remedy=remedy_for("kernel.stat_interval"),
         path="/proc/sys/vm/stat_interval",
         ok=lambda v: v >= 10,
     ),
@@ -107,7 +108,7 @@ CHECKS: tuple[Check, ...] = (
         expected="tsc=reliable or tsc=nowatchdog",
         severity=Severity.LOW,
         latency="the clocksource watchdog reads a slow clock on a timer every 0.5 s",
-        remedy="kernel command line: tsc=reliable (only with an invariant, synchronized TSC)",
+        remedy=remedy_for("kernel.tsc_reliable"),
         param="tsc",
         accepted=frozenset({"reliable", "nowatchdog"}),
     ),
@@ -117,7 +118,7 @@ CHECKS: tuple[Check, ...] = (
         expected="skew_tick=1",
         severity=Severity.LOW,
         latency="all CPUs tick at once and contend on jiffies/RCU locks: µs spikes",
-        remedy="kernel command line: skew_tick=1",
+        remedy=remedy_for("kernel.skew_tick"),
         param="skew_tick",
         accepted=frozenset({"1"}),
     ),

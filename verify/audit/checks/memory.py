@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from verify.audit.check import Check, Finding, Severity, Status
 from verify.audit.checks._value import ChoiceCheck, IntCheck
 from verify.audit.context import HostContext, bracketed
+from verify.audit.tuning import remedy_for
 
 THP = "/sys/kernel/mm/transparent_hugepage"
 
@@ -81,8 +82,7 @@ CHECKS: tuple[Check, ...] = (
         expected="never",
         severity=Severity.HIGH,
         latency="page faults that compact memory or wait for khugepaged: 10 µs to several ms",
-        remedy="echo never > /sys/kernel/mm/transparent_hugepage/enabled; "
-        "kernel command line: transparent_hugepage=never",
+        remedy=remedy_for("mem.thp.enabled"),
         path=f"{THP}/enabled",
         accepted=frozenset({"never"}),
     ),
@@ -92,7 +92,7 @@ CHECKS: tuple[Check, ...] = (
         expected="never",
         severity=Severity.HIGH,
         latency="direct compaction in the faulting thread: 100 µs to tens of ms",
-        remedy="echo never > /sys/kernel/mm/transparent_hugepage/defrag",
+        remedy=remedy_for("mem.thp.defrag"),
         path=f"{THP}/defrag",
         accepted=frozenset({"never"}),
     ),
@@ -102,7 +102,7 @@ CHECKS: tuple[Check, ...] = (
         expected="0",
         severity=Severity.MEDIUM,
         latency="khugepaged collapses pages under the mmap lock: µs to ms stalls on page faults",
-        remedy="echo 0 > /sys/kernel/mm/transparent_hugepage/khugepaged/defrag",
+        remedy=remedy_for("mem.thp.khugepaged"),
         path=f"{THP}/khugepaged/defrag",
     ),
     IntCheck(
@@ -111,7 +111,7 @@ CHECKS: tuple[Check, ...] = (
         expected="0",
         severity=Severity.HIGH,
         latency="hinting page faults and page migration: 10 µs to ms, periodically",
-        remedy="sysctl -w kernel.numa_balancing=0 (or numa_balancing=disable on the kernel command line)",
+        remedy=remedy_for("mem.numa_balancing"),
         path="/proc/sys/kernel/numa_balancing",
         ok=lambda v: v == 0,
     ),
@@ -129,7 +129,7 @@ CHECKS: tuple[Check, ...] = (
         expected="<= 10",
         severity=Severity.LOW,
         latency="anonymous pages reclaimed earlier: major faults later",
-        remedy="sysctl -w vm.swappiness=10",
+        remedy=remedy_for("mem.swappiness"),
         path="/proc/sys/vm/swappiness",
         ok=lambda v: 0 <= v <= 10,
     ),
@@ -139,7 +139,7 @@ CHECKS: tuple[Check, ...] = (
         expected="0",
         severity=Severity.MEDIUM,
         latency="ksmd scans and copy-on-write faults on merged pages: µs per fault",
-        remedy="echo 0 > /sys/kernel/mm/ksm/run (and disable ksmtuned)",
+        remedy=remedy_for("mem.ksm"),
         path="/sys/kernel/mm/ksm/run",
         ok=lambda v: v == 0,
     ),
@@ -158,7 +158,7 @@ CHECKS: tuple[Check, ...] = (
         expected="0",
         severity=Severity.MEDIUM,
         latency="synchronous reclaim on the local node instead of a remote allocation: µs to ms",
-        remedy="sysctl -w vm.zone_reclaim_mode=0",
+        remedy=remedy_for("mem.zone_reclaim"),
         path="/proc/sys/vm/zone_reclaim_mode",
         ok=lambda v: v == 0,
     ),

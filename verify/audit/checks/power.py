@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from verify.audit.check import Check, Finding, Severity, Status
 from verify.audit.context import CPU_DIR, HostContext, parse_int
 from verify.audit.cpulist import format_cpulist
+from verify.audit.tuning import remedy_for
 
 #: Exit latency (µs) at or below which an idle state counts as shallow (POLL, C1/C1E).
 SHALLOW_EXIT_US = 2
@@ -184,8 +185,7 @@ CHECKS: tuple[Check, ...] = (
         expected=f"exit latency <= {SHALLOW_EXIT_US} µs (POLL/C1)",
         severity=Severity.HIGH,
         latency="waking from a deep C-state: 50-200 µs",
-        remedy="kernel command line: intel_idle.max_cstate=0 processor.max_cstate=1 (or idle=poll); "
-        "at run time: echo 1 > /sys/devices/system/cpu/cpu<N>/cpuidle/state<K>/disable",
+        remedy=remedy_for("power.cstates", "; at run time: echo 1 > /sys/devices/system/cpu/cpu<N>/cpuidle/state<K>/disable"),
     ),
     MaxCstate(
         id="power.intel_idle",
@@ -193,7 +193,7 @@ CHECKS: tuple[Check, ...] = (
         expected="0 or 1",
         severity=Severity.MEDIUM,
         latency="deep package C-states allowed: 50-200 µs wake-ups",
-        remedy="kernel command line: intel_idle.max_cstate=0",
+        remedy=remedy_for("power.intel_idle"),
         module="intel_idle",
     ),
     MaxCstate(
@@ -202,7 +202,7 @@ CHECKS: tuple[Check, ...] = (
         expected="<= 1",
         severity=Severity.MEDIUM,
         latency="ACPI C2/C3 allowed: 50-200 µs wake-ups",
-        remedy="kernel command line: processor.max_cstate=1",
+        remedy=remedy_for("power.processor_max_cstate"),
         module="processor",
     ),
     IdlePoll(
@@ -211,6 +211,6 @@ CHECKS: tuple[Check, ...] = (
         expected="idle=poll (dedicated, well-cooled hosts only)",
         severity=Severity.LOW,
         latency="even C1 costs ~1 µs to exit; polling costs power, not latency",
-        remedy="kernel command line: idle=poll",
+        remedy=remedy_for("power.idle_poll"),
     ),
 )
