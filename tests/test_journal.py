@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -220,6 +222,25 @@ def test_sqlite_is_wal_with_the_chosen_sync(tmp_path: Path, sync: str | None, le
         assert db.execute("PRAGMA synchronous").fetchone()[0] == level
     finally:
         j.close()
+
+
+def test_sqlite_files_are_owner_only(tmp_path: Path) -> None:
+    """Pending intents are trading intentions no node has seen yet: the journal, its WAL and its
+    lock file are readable by their owner only, whatever the umask."""
+    old = os.umask(0o022)
+    try:
+        j = _sqlite(tmp_path)
+        try:
+            j.write([row(1)], [sig(1)])
+            files = [p for p in tmp_path.iterdir() if p.is_file()]
+            assert {p.suffix for p in files} >= {".sqlite", ".lock"}
+            assert any(p.name.endswith("-wal") for p in files)
+            for p in files:
+                assert stat.S_IMODE(p.stat().st_mode) == 0o600, p.name
+        finally:
+            j.close()
+    finally:
+        os.umask(old)
 
 
 @pytest.mark.parametrize("sync", ["full", "normal"])

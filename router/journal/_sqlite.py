@@ -131,6 +131,14 @@ class SqliteJournal(Journal):
 
     def _connect(self, sync: str) -> sqlite3.Connection:
         try:
+            # Owner only, like the router's API socket: pending intents are trading intentions
+            # before any node has seen them. SQLite gives its -wal and -shm files the same mode.
+            os.close(os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            os.chmod(self._path, 0o600)
+        except OSError as e:
+            raise JournalUnavailable(
+                f"journal {self._path}: cannot create ({e.strerror or type(e).__name__})") from e
+        try:
             # isolation_level=None: we issue BEGIN IMMEDIATE/COMMIT ourselves.
             db = sqlite3.connect(
                 self._path, isolation_level=None, check_same_thread=False, timeout=0
