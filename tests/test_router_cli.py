@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -71,6 +72,9 @@ def service(tmp_path: Path, anvil) -> Iterator[tuple[Path, object]]:
 
 def test_run_and_submit_end_to_end(service, anvil) -> None:
     sock, proc = service
+    # the API signs with the fund's key, the journal holds unbroadcast intents: owner only
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+    assert stat.S_IMODE((sock.parent / "router-journal.sqlite").stat().st_mode) == 0o600
     to = "0x" + dest(1).hex()
     r = _cli("submit", "--router", f"unix:{sock}", "--to", to, "--value", "12345", "--wait",
              "--json", "--id", "cli-1")
