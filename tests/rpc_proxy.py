@@ -85,11 +85,7 @@ class RpcProxy:
         if req.get("method") in self.hang:
             await self._closing.wait()
             return web.Response(status=503)
-        assert self._session is not None
-        async with self._session.post(
-            self.upstream, data=body, headers={"Content-Type": "application/json"}
-        ) as resp:
-            answer = await resp.read()
+        answer = await self._forward(body)
         if self.tamper is not None:
             out = self.tamper(req.get("method", ""), req, json.loads(answer))
             if isinstance(out, bytes):
@@ -98,16 +94,19 @@ class RpcProxy:
                 answer = json.dumps(out).encode()
         return web.Response(body=answer, content_type="application/json")
 
+    async def _forward(self, body: bytes) -> bytes:
+        assert self._session is not None
+        async with self._session.post(
+            self.upstream, data=body, headers={"Content-Type": "application/json"}
+        ) as resp:
+            return await resp.read()
+
     async def _handle_batch(self, body: bytes, req: list[Any]) -> web.Response:
         self.calls.append("batch:" + ",".join(str(r.get("method", "?")) for r in req))
         if any(r.get("method") in self.hang for r in req):
             await self._closing.wait()
             return web.Response(status=503)
-        assert self._session is not None
-        async with self._session.post(
-            self.upstream, data=body, headers={"Content-Type": "application/json"}
-        ) as resp:
-            answer = await resp.read()
+        answer = await self._forward(body)
         if self.batch_tamper is not None:
             out = self.batch_tamper(req, json.loads(answer))
             if isinstance(out, bytes):
