@@ -193,9 +193,8 @@ def release(session: nox.Session) -> None:
     session.run("python", "-m", "reproducible", "build", "--out", str(BUILD))
     session.run(
         "python", "-m", "reproducible", "release", "--build", str(BUILD),
-        *(session.posargs or ["--generate-dev-key"]),
+        *(session.posargs or ["--generate-dev-key"]), "--deploy", str(BUILD / "deploy"),
     )
-    session.notify("deploy", posargs=[])  # release's own arguments (key options) are not deploy's
 
 
 @nox.session

@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument("--sign-eif", action="store_true",
                    help="sign the EIF with the release key (PCR8) and publish the signed image")
     r.add_argument("--public-key-out", help="write the release public key PEM here")
+    r.add_argument("--deploy", metavar="DIR",
+                   help="also write this release's deployment (python -m reproducible deploy, "
+                        "defaults) into DIR and name its files in the provenance")
     r.add_argument("--json", action="store_true", help="what was published, as JSON on stdout")
     r.set_defaults(func=_cmd_release)
 
@@ -70,12 +73,30 @@ def _cmd_release(args: argparse.Namespace, console: Console) -> int:
 
         eif, measurements = sign_built_eif(build, build / "signed", EifSigningKey.self_signed(signer))
         console.print(f"signed {eif} (PCR8 published with the release)")
+    byproducts = None
+    if args.deploy:
+        import hashlib
+
+        from reproducible.deploy.generate import (
+            DeployOptions,
+            generate_deployment,
+            write_deployment,
+        )
+
+        # Generated from the measurements about to be published, before the provenance is
+        # written, so that the provenance names what a fund will deploy.
+        deployment = generate_deployment(DeployOptions(measurements=[measurements], eif=eif))
+        write_deployment(deployment, Path(args.deploy))
+        byproducts = {f"deploy/{rel}": hashlib.sha256(data).hexdigest()
+                      for rel, data in deployment.files.items()}
+        console.print(f"deployment of this release written to {args.deploy}")
     artifacts = publish_release(
         eif=eif,
         measurements=measurements,
         out_dir=Path(args.out),
         signer=signer,
         builder_version=project_version(),
+        byproducts=byproducts,
     )
     public_pem = signer.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     public_out = Path(args.public_key_out) if args.public_key_out else build / "release-key.pub.pem"

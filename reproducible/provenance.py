@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,10 @@ def provenance_statement(
     eif_name: str,
     builder_version: str,
     source_commit: str | None,
+    byproducts: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The provenance of the EIF the measurements describe.
+    """The provenance of the EIF the measurements describe; `byproducts` (file name -> hex
+    SHA-256, e.g. the deployment generated from the release) go into `runDetails.byproducts`.
 
     Raises:
         BuildError: the measurements file lacks the `Sentinel` build description.
@@ -91,6 +94,9 @@ def provenance_statement(
                     "version": {"sentinel-reproducible": builder_version},
                 },
                 "metadata": {"invocationId": f"sentinel-{sentinel['version']}-{sentinel['mode']}"},
+                **({"byproducts": [{"name": name, "digest": {"sha256": digest}}
+                                   for name, digest in sorted(byproducts.items())]}
+                   if byproducts else {}),
             },
         },
     }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,8 +128,10 @@ def publish_release(
     signer: EnvelopeSigner,
     builder_version: str,
     source_commit: str | None = None,
+    byproducts: Mapping[str, str] | None = None,
 ) -> ReleaseArtifacts:
-    """Publish the build's measurements, provenance and signature into `out_dir`.
+    """Publish the build's measurements, provenance and signature into `out_dir`; `byproducts`
+    (name -> hex SHA-256 of files generated from the release) are named in the provenance.
 
     Raises:
         ReleaseError: the measurements do not describe the EIF, the release already exists with
@@ -157,7 +160,8 @@ def publish_release(
     _write_once(dest, data)
     commit = source_commit if source_commit is not None else git_commit(out_dir)
     statement = provenance_statement(
-        published, eif_name=eif.name, builder_version=builder_version, source_commit=commit
+        published, eif_name=eif.name, builder_version=builder_version, source_commit=commit,
+        byproducts=byproducts,
     )
     provenance = dest.with_name(dest.stem + ".provenance.json")
     provenance.write_bytes(dumps_provenance(statement))

@@ -272,6 +272,12 @@ def apply_deployment(tree: Path, files: dict[str, bytes]) -> None:
     proc_cmdline.write_text(proc_cmdline.read_text().split(" -- ")[0].strip() + " " + cmdline + "\n")
     parsed = parse_cmdline(cmdline)
     assert parsed is not None
+    # clocksource= selects one of the available clock sources at boot.
+    source = parsed.get("clocksource")
+    if source is not None:
+        clock = tree / "sys/devices/system/clocksource/clocksource0"
+        assert source in (clock / "available_clocksource").read_text().split()
+        (clock / "current_clocksource").write_text(source + "\n")
     cpu_dir = tree / "sys/devices/system/cpu"
     # What the booted kernel shows for isolcpus= and nohz_full=.
     for name, param in (("isolated", "isolcpus"), ("nohz_full", "nohz_full")):
@@ -429,3 +435,46 @@ def test_cli_bad_input_exits_2_with_the_reason(
     code = reproducible_main(["deploy", "--measurements", str(debug), "--out", str(tmp_path / "o")])
     assert code == 2 and "debug-mode" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_release_names_its_deployment_in_the_provenance(tmp_path: Path) -> None:
+    """`reproducible release --deploy DIR` writes the release's deployment and names every file,
+    by SHA-256, in the signed provenance (runDetails.byproducts); the release still verifies."""
+    import hashlib
+
+    from test_release import build_output
+
+    build = build_output(tmp_path / "build", version="9.9.9")
+    out, deploy_dir = tmp_path / "measurements", tmp_path / "deploy"
+    result = subprocess.run(
+        [sys.executable, "-m", "reproducible", "release", "--build", str(build), "--out", str(out),
+         "--key-file", str(tmp_path / "k.pem"), "--generate-dev-key", "--deploy", str(deploy_dir),
+         "--public-key-out", str(tmp_path / "k.pub.pem")],
+        capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    provenance = json.loads((out / "9.9.9.provenance.json").read_text())
+    named = {b["name"]: b["digest"]["sha256"]
+             for b in provenance["predicate"]["runDetails"]["byproducts"]}
+    written = {f"deploy/{p.relative_to(deploy_dir)}": hashlib.sha256(p.read_bytes()).hexdigest()
+               for p in deploy_dir.rglob("*") if p.is_file()}
+    assert named == written and len(named) >= 10
+    check = subprocess.run(
+        [sys.executable, "-m", "verify", "measurements", str(out / "9.9.9.json"),
+         "--key", str(tmp_path / "k.pub.pem"), "--provenance", str(out / "9.9.9.provenance.json")],
+        capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert check.returncode == 0, check.stderr
+
+
+def test_release_without_deploy_names_no_byproducts(tmp_path: Path) -> None:
+    from test_release import build_output
+
+    from reproducible.release import publish_release
+    from reproducible.release_keys import LocalReleaseKey
+
+    build = build_output(tmp_path / "build", version="9.9.8")
+    artifacts = publish_release(
+        eif=build / "sentinel.eif", measurements=build / "measurements.json",
+        out_dir=tmp_path / "m", signer=LocalReleaseKey.generate(tmp_path / "k.pem"),
+        builder_version="0.3.0")
+    provenance = json.loads(artifacts.provenance.read_text())
+    assert "byproducts" not in provenance["predicate"]["runDetails"]

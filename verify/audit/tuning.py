@@ -93,6 +93,8 @@ LATENCY_TUNING: tuple[Setting, ...] = (
     Setting(_C, "idle", "poll", ("power.idle_poll", "power.cstates")),
     Setting(_C, "transparent_hugepage", "never", ("mem.thp.enabled",)),
     Setting(_C, "nowatchdog", "", ("kernel.nmi_watchdog", "kernel.soft_watchdog")),
+    # Nitro instances boot with kvm-clock; their TSC is invariant, and AWS recommends tsc there.
+    Setting(_C, "clocksource", "tsc", ("kernel.clocksource",)),
     Setting(_C, "tsc", "reliable", ("kernel.tsc_reliable",)),
     Setting(_C, "skew_tick", "1", ("kernel.skew_tick",)),
     Setting(_S, "kernel.nmi_watchdog", "0", ("kernel.nmi_watchdog",)),

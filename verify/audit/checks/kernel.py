@@ -100,7 +100,7 @@ CHECKS: tuple[Check, ...] = (
         expected="tsc",
         severity=Severity.HIGH,
         latency="hpet/acpi_pm reads trap to hardware: 0.5-5 µs per clock_gettime",
-        remedy="kernel command line: clocksource=tsc tsc=reliable (only with an invariant TSC)",
+        remedy=remedy_for("kernel.clocksource", "(only with an invariant TSC)"),
     ),
     CmdlineParam(
         id="kernel.tsc_reliable",
