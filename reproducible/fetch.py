@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from reproducible import apt as apt_mod
 from reproducible import pypi
@@ -16,6 +17,7 @@ from reproducible.lock import DebPin, Lock, WheelPin
 from reproducible.sources import InputsDir, Pin, UrlTemplate, url_templates
 
 log = logging.getLogger(__name__)
+P = TypeVar("P", DebPin, WheelPin)
 
 
 @dataclass(frozen=True)
@@ -120,40 +122,43 @@ def _from_registries(lock: Lock, cache: Cache, missing: list[Pin], got: dict[str
             progress(f"apt-get download ({len(debs)} packages)")
         apt = make_apt(lock, cache)
         with cache.locked("apt"), cache.scratch("apt-") as tmp:
-            # One call for all; when it fails (a version left the archive), one call each so
-            # the rest still come from the registry.
-            batches = [debs]
-            for batch in batches:
-                try:
-                    res = apt.download([(d.name, d.version) for d in batch], tmp)
-                    for d in batch:
-                        got[d.sha256] = cache.put(d.label, d.sha256, res[(d.name, d.version)])
-                except (FetchError, ArtifactMismatch) as e:
-                    if reraise:
-                        raise
-                    if len(batch) > 1:
-                        batches.extend([d] for d in batch)
-                        continue
-                    tried[batch[0].sha256].append(f"the Debian mirror: {e}")
-                    left.append(batch[0])
+            def apt_batch(batch: list[DebPin]) -> None:
+                res = apt.download([(d.name, d.version) for d in batch], tmp)
+                for d in batch:
+                    got[d.sha256] = cache.put(d.label, d.sha256, res[(d.name, d.version)])
+
+            left += _in_batches(debs, apt_batch, "the Debian mirror", tried, reraise=reraise)
     if wheels:
         if progress:
             progress(f"pip download ({len(wheels)} wheels)")
         with cache.scratch("pip-") as tmp:
-            wbatches = [wheels]
-            for wbatch in wbatches:
-                try:
-                    res_w = pypi.download(lock.python, wbatch, tmp)
-                    for w in wbatch:
-                        got[w.sha256] = cache.put(w.label, w.sha256, res_w[w.filename])
-                except (FetchError, ArtifactMismatch) as e:
-                    if reraise:
-                        raise
-                    if len(wbatch) > 1:
-                        wbatches.extend([w] for w in wbatch)
-                        continue
-                    tried[wbatch[0].sha256].append(f"the package index: {e}")
-                    left.append(wbatch[0])
+            def pip_batch(batch: list[WheelPin]) -> None:
+                res = pypi.download(lock.python, batch, tmp)
+                for w in batch:
+                    got[w.sha256] = cache.put(w.label, w.sha256, res[w.filename])
+
+            left += _in_batches(wheels, pip_batch, "the package index", tried, reraise=reraise)
+    return left
+
+
+def _in_batches(pins: list[P], download: Callable[[list[P]], None], source: str,
+                tried: dict[str, list[str]], *, reraise: bool) -> list[P]:
+    """One registry call for all pins; when it fails (a version left the registry), one call
+    each, so the rest still come from it. Returns the pins it could not serve (their errors noted
+    in `tried`), or with `reraise` raises the first error as before there were other sources."""
+    left: list[P] = []
+    batches = [pins]
+    for batch in batches:
+        try:
+            download(batch)
+        except (FetchError, ArtifactMismatch) as e:
+            if reraise:
+                raise
+            if len(batch) > 1:
+                batches.extend([p] for p in batch)
+                continue
+            tried[batch[0].sha256].append(f"{source}: {e}")
+            left.append(batch[0])
     return left
 
 
