@@ -28,6 +28,7 @@ from .errors import (
     RouterError,
     TransportError,
 )
+from .events import EventBus
 from .fees import FeePolicy
 from .handle import Handle
 from .heads import ChainView, Header, HeadSources, HeadTracker, parse_header
@@ -111,6 +112,8 @@ class RouterBase:
         self.heads = HeadSources(config.all_ws, self.rpcs, self._on_header,
                                  on_connect=self._on_connect, poll_interval=config.poll_interval)
         self.counters: Counter[str] = Counter()
+        #: Every step of every intent, for `Router.events()`, WATCH, the gateway and metrics.
+        self.bus = EventBus()
         #: newHeads receive -> decision (reorg re-signed, or extension recorded), in microseconds.
         self.decision_us: deque[float] = deque(maxlen=4096)
         self.endpoint_errors: dict[str, str] = {}

@@ -27,6 +27,7 @@ from .errors import (
     RouterError,
     TransportError,
 )
+from .events import Subscription
 from .handle import Handle
 from .intent import Intent
 from .nonces import InFlight, TxState
@@ -167,6 +168,10 @@ class Router(Follower):
 
     def handle(self, intent_id: str) -> Handle | None:
         return self._handles.get(intent_id)
+
+    def events(self, intent_id: str | None = None) -> Subscription:
+        """Intent events from now on (one intent's, or all); `async for ev in router.events():`."""
+        return self.bus.subscribe(intent_id)
 
     async def cancel(self, intent_id: str) -> Handle:
         """Replace a pending intent's transaction with a zero-value transfer to ourselves at the
