@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
             sender=signer_address, holder=f"{socket.gethostname()}:{os.getpid()}",
             lease_seconds=cfg.journal_lease_seconds, sync=cfg.journal_sync,
             acquire_timeout=None if args.standby else 0.0)
-        return asyncio.run(_serve(router_cfg, client, cfg.listen[len("unix:"):], journal))
+        return asyncio.run(_serve(router_cfg, client, cfg.listen[len("unix:"):], journal,
+                                  gateway=cfg.gateway))
     finally:
         client.close()
 
@@ -117,18 +118,23 @@ def _setup_logging(fmt: str, level: str) -> None:
 
 
 async def _serve(router_cfg: RouterConfig, client: SignerClient, path: str,
-                 journal: Journal) -> int:
+                 journal: Journal, *, gateway: tuple[str, int] | None = None) -> int:
     from router.api import ApiServer
     from router.core import Router
+    from router.gateway.server import GatewayServer
 
     router = Router(router_cfg, client, journal=journal)
     api = ApiServer(router, path)
+    rpc = None if gateway is None else GatewayServer(router, *gateway)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
         await router.start()
+        if rpc is not None:
+            await rpc.start()
+            stderr_console().print(f"JSON-RPC gateway on {rpc.url} (HTTP and WebSocket)")
         await api.start()
         # Start-up garbage (imports, recovery) is never scanned again: collections stay short.
         gc.freeze()
@@ -138,6 +144,8 @@ async def _serve(router_cfg: RouterConfig, client: SignerClient, path: str,
         )
         await stop.wait()
     finally:
+        if rpc is not None:
+            await rpc.close()
         await api.close()
         await router.close()
     return 0

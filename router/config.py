@@ -16,6 +16,9 @@ journal = "router-journal.sqlite"             # optional (this is the default, b
 journal_sync = "normal"                       # optional, SQLite: "normal" (default) or "full"
 journal_lease_seconds = 5.0                   # optional, PostgreSQL: how long a dead router's
                                               # lease blocks the standby
+gateway = "127.0.0.1:8645"                    # optional: Ethereum JSON-RPC gateway (HTTP + WS,
+                                              # router/gateway/README.md); loopback only unless
+gateway_allow_remote = false                  # this is true
 
 [fees]                                        # wei; integers or decimal strings
 priority_fee = "1000000000"
@@ -50,10 +53,12 @@ from typing import Any
 from .attest import AttestationPolicy
 from .errors import ConfigError
 from .fees import FeePolicy
+from .gateway.listen import parse_listen
 from .signer_client import DEFAULT_IO_TIMEOUT
 
 _TOP = {"chain_id", "signer", "listen", "sender", "rpc", "ws", "cpu", "fees", "router",
-        "attestation", "signer_timeout", "journal", "journal_sync", "journal_lease_seconds"}
+        "attestation", "signer_timeout", "journal", "journal_sync", "journal_lease_seconds",
+        "gateway", "gateway_allow_remote"}
 _ATTEST = {"measurements", "root", "pcrs", "max_age_seconds"}
 _FEES = {"priority_fee", "base_fee_multiplier_percent", "max_fee_cap", "bump_percent",
          "bump_on_reorg"}
@@ -80,6 +85,8 @@ class RunConfig:
     journal: str = DEFAULT_JOURNAL
     journal_sync: str = "normal"
     journal_lease_seconds: float = 5.0
+    #: (host, port) of the JSON-RPC gateway, or None (not served).
+    gateway: tuple[str, int] | None = None
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -128,6 +135,17 @@ def load_config(path: str | Path) -> RunConfig:
     if (not isinstance(lease, int | float) or isinstance(lease, bool)
             or not 0.5 <= lease <= 3600):
         raise ConfigError(f"{where}: journal_lease_seconds must be a number in 0.5..3600")
+    allow_remote = doc.get("gateway_allow_remote", False)
+    if not isinstance(allow_remote, bool):
+        raise ConfigError(f"{where}: gateway_allow_remote must be true or false")
+    gateway = None
+    if "gateway" in doc:
+        if not isinstance(doc["gateway"], str):
+            raise ConfigError(f"{where}: gateway must be a \"HOST:PORT\" string")
+        try:
+            gateway = parse_listen(doc["gateway"], allow_remote=allow_remote)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from e
     listen = _str(doc, "listen", where)
     if not listen.startswith("unix:") or len(listen) <= 5:
         raise ConfigError(f"{where}: listen must be unix:PATH (the API is local only)")
@@ -188,6 +206,7 @@ def load_config(path: str | Path) -> RunConfig:
         journal=journal,
         journal_sync=journal_sync,
         journal_lease_seconds=float(lease),
+        gateway=gateway,
     )
 
 
