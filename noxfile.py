@@ -50,9 +50,13 @@ def ensure_apt(session: nox.Session, packages: list[str]) -> None:
 
 
 def ensure_anvil(session: nox.Session) -> Path:
-    """Install the pinned `@foundry-rs/anvil` npm package (tests/node/package-lock.json)."""
+    """Install the pinned npm packages (tests/node/package-lock.json: anvil, cast, ethers)."""
     binary = NODE_DIR / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
-    if not binary.exists():
+    # The gateway's client tests need the other pinned tools too (cast, ethers): a node_modules
+    # from before they were pinned is completed by the same `npm ci`.
+    others = [NODE_DIR / "node_modules" / "@foundry-rs" / "cast-linux-amd64" / "bin" / "cast",
+              NODE_DIR / "node_modules" / "ethers" / "package.json"]
+    if not all(p.exists() for p in (binary, *others)):
         if shutil.which("npm") is None:
             ensure_apt(session, ["npm"])
         with session.chdir(NODE_DIR):
