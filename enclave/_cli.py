@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from enclave.errors import EnclaveError
 
 #: Subcommand modules, `enclave._cmd_<name>`.
-COMMANDS: tuple[str, ...] = ("serve", "kms-blob", "provision")
+COMMANDS: tuple[str, ...] = ("serve", "kms-blob", "provision", "emulator-root")
 
 
 def build_parser(commands: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:

@@ -1,7 +1,9 @@
 """`python -m router sign-tx --signer ADDR --tx TX.json`: print the raw signed transaction as 0x-hex.
 
 TX.json uses the Ethereum JSON-RPC field names (chainId, nonce, to, value, gas, maxFeePerGas,
-maxPriorityFeePerGas, data, or gasPrice for legacy EIP-155); see `router.txjson`.
+maxPriorityFeePerGas, data, or gasPrice for legacy EIP-155); see `router.txjson`. A `from` must be
+the signer's own address (it is checked against the signer's GET_KEY answer before signing); a
+mixed-case address must be EIP-55 checksummed; a contract creation needs `"to": null` or `--create`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--tx", required=True, metavar="TX.json", help="transaction file ('-' reads stdin)"
     )
+    parser.add_argument(
+        "--create", action="store_true",
+        help='the transaction deploys a contract (no "to"; same as "to": null)',
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print {raw, hash} as JSON on stdout")
     add_signer_timeouts(parser)
     parser.set_defaults(func=run)
@@ -44,11 +50,15 @@ def run(args: argparse.Namespace) -> int:
     from router.signer_client import SignerClient
     from router.txjson import parse_tx
 
-    tx = parse_tx(_read_tx(args.tx))
+    obj = _read_tx(args.tx)
+    parse_tx(obj, create=args.create)  # every check that needs no signer, before connecting
     with SignerClient.connect(
         args.signer, connect_timeout=args.connect_timeout, io_timeout=args.timeout
     ) as client:
-        signed = client.sign_tx(tx)
+        sender = None
+        if isinstance(obj, dict) and "from" in obj:
+            sender = client.address().address_bytes
+        signed = client.sign_tx(parse_tx(obj, signer_address=sender, create=args.create))
     if args.json:
         emit_json({"raw": "0x" + signed.raw.hex(), "hash": "0x" + signed.hash.hex()})
     else:

@@ -5,6 +5,11 @@ maxPriorityFeePerGas (EIP-1559, type 2) or gasPrice (legacy EIP-155, type 0); op
 agree), accessList (must be empty: the signer encodes none) and from (must be the signer's address).
 Quantities are JSON integers, 0x-hex strings or decimal strings. Unknown fields are refused so that a
 typo (say `maxFeePerGass`) is an error, not a silently different transaction.
+
+Addresses (`to`, `from`) in mixed case must carry a valid EIP-55 checksum (all-lower and all-upper
+hex carry none and are accepted): a mistyped mixed-case address is caught before it is signed. A
+contract creation must be asked for: `"to": null` or `create=True` (`sign-tx --create`); a missing
+`to` is refused, since a forgotten recipient would otherwise deploy the data as a contract.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from enclave.keys import checksum_address
 from enclave.tx import TX_EIP1559, TX_LEGACY, UINT256_MAX, UnsignedTx
 from router.errors import MalformedInput
 
@@ -63,15 +69,33 @@ def _hex_data(name: str, v: Any, size: int | None = None) -> bytes:
     return b
 
 
-def parse_tx(obj: object, *, signer_address: bytes | None = None) -> UnsignedTx:
+def _address(name: str, v: Any) -> bytes:
+    """A 20-byte address; a mixed-case one must be EIP-55 checksummed."""
+    raw = _hex_data(name, v, 20)
+    digits = v[2:]
+    if digits != digits.lower() and digits != digits.upper():
+        want = checksum_address(raw)
+        if digits != want[2:]:
+            raise MalformedInput(
+                f"transaction {name}: {v} has an invalid EIP-55 checksum (expected {want}); "
+                "check the address, or give it all in lower case to skip the checksum"
+            )
+    return raw
+
+
+def parse_tx(
+    obj: object, *, signer_address: bytes | None = None, create: bool = False
+) -> UnsignedTx:
     """Parse a JSON-RPC transaction object.
 
     Args:
         obj: the decoded JSON (a mapping).
         signer_address: if given and the object has `from`, they must match.
+        create: a contract creation is intended, so `to` may be absent (it must not be an address).
 
     Raises:
-        MalformedInput: not an object, unknown or missing fields, bad values, inconsistent type.
+        MalformedInput: not an object, unknown or missing fields, bad values, inconsistent type,
+            a bad EIP-55 checksum, a missing `to` without `create`, or `create` with a `to`.
     """
     if not isinstance(obj, Mapping):
         raise MalformedInput(f"transaction: expected a JSON object, got {type(obj).__name__}")
@@ -110,10 +134,19 @@ def parse_tx(obj: object, *, signer_address: bytes | None = None) -> UnsignedTx:
     if "data" in obj and "input" in obj and obj["data"] != obj["input"]:
         raise MalformedInput("transaction: data and input differ")
     raw_data = obj.get("data", obj.get("input", "0x"))
+    if "to" not in obj and not create:
+        raise MalformedInput(
+            'transaction has no "to": for a contract creation give "to": null (or --create); '
+            "a missing recipient is refused rather than deploying the data as a contract"
+        )
     to = obj.get("to")
-    to_bytes = None if to is None else _hex_data("to", to, 20)
+    to_bytes = None if to is None else _address("to", to)
+    if create and to_bytes is not None:
+        raise MalformedInput(
+            f"a contract creation (--create) has no recipient, but the transaction's to is {to}"
+        )
     if "from" in obj:
-        sender = _hex_data("from", obj["from"], 20)
+        sender = _address("from", obj["from"])
         if signer_address is not None and sender != signer_address:
             raise MalformedInput(
                 f"transaction from 0x{sender.hex()} is not the signer's address 0x{signer_address.hex()}"

@@ -59,6 +59,8 @@ def test_v3_unsigned_bytes_equal_hand_assembled(tmp_path: Path, n_ramdisks: int)
     expected = build_raw(
         [(KERNEL_T, KERNEL), (CMDLINE_T, CMDLINE)] + [(RAMDISK_T, r) for r in ramdisks],
         version=3,
+        default_mem=1 << 30,  # write_eif's defaults are nitro-cli's
+        default_cpus=2,
     )
     assert dest.read_bytes() == expected
 

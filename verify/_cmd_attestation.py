@@ -1,4 +1,10 @@
-"""`python -m verify attestation DOC`: is this document from Nitro hardware, running our image?
+"""`python -m verify attestation DOC | --signer ADDR`: is this document from Nitro hardware, running
+our image?
+
+With `--signer ADDR` (vsock:CID:PORT, unix:PATH, tcp:127.0.0.1:PORT) the document is fetched from
+the running signer over a fresh random nonce, which it must then carry: fetch and verify in one
+step. `--measurements` may be repeated (a rolling deploy): any one file must match every PCR it
+publishes; the report and --json (`measurements.matched`) say which.
 
 Every check is reported by name (rich table on stderr, `--json` on stdout). The chain is validated
 now, unless `--at` names another time (archived documents: their leaf certificate lives 3 hours);
@@ -11,6 +17,7 @@ unless `--allow-debug`.
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +29,7 @@ from verify._checks import results_json
 from verify._cli import emit_json, stderr_console
 from verify.attestation import (
     AllOf,
+    AttestationDocument,
     AttestationVerifier,
     Check,
     MaxAge,
@@ -37,9 +45,16 @@ from verify.attestation import (
     load_root_pem,
     pcrs_equal,
 )
-from verify.attestation.policy import debug_mode_pcrs
+from verify.attestation import PcrMismatch as AttestationPcrMismatch
+from verify.attestation.policy import debug_mode_pcrs, leaf_checks
 from verify.attestation.roots import fingerprint
 from verify.errors import MalformedInput
+from verify.measurements import (
+    MeasurementsMatch,
+    PublishedMeasurements,
+    load_measurements_set,
+    match_measurements,
+)
 from verify.terminal import markup_safe
 
 
@@ -49,8 +64,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="verify a Nitro attestation document (chain, signature, PCRs, nonce, freshness)",
         description=__doc__,
     )
-    parser.add_argument("document", metavar="DOC", help="raw CBOR or base64 file, or - for stdin")
-    parser.add_argument("--measurements", metavar="FILE", help="published measurements to compare")
+    parser.add_argument(
+        "document", metavar="DOC", nargs="?", help="raw CBOR or base64 file, or - for stdin"
+    )
+    parser.add_argument(
+        "--signer", metavar="ADDR", help="fetch the document from this running signer instead"
+    )
+    parser.add_argument(
+        "--timeout", metavar="S", type=float, default=10.0,
+        help="with --signer: give up after S seconds (default 10)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--measurements", metavar="FILE", action="append",
+        help="published measurements to compare; repeat to accept any of several",
+    )  # fmt: skip
     parser.add_argument(
         "--pcrs",
         metavar="LIST",
@@ -127,17 +154,38 @@ def read_input(path: str) -> bytes:
         raise MalformedInput(f"cannot read {path}: {e.strerror}") from e
 
 
+class AnyMeasurements:
+    """The document's PCRs match one of several published files (the first in order that does)."""
+
+    name = "measurements"
+
+    def __init__(self, candidates: list[PublishedMeasurements], indices: list[int] | None) -> None:
+        self._candidates = candidates
+        self._indices = indices
+        self.result: MeasurementsMatch | None = None
+
+    def verify(self, document: AttestationDocument) -> None:
+        self.result = match_measurements(self._candidates, dict(document.pcrs), self._indices)
+        if self.result.matched is None:
+            raise AttestationPcrMismatch(
+                f"no measurements file matches: {self.result.describe_failure()}"
+            )
+
+
 def build_policy(args: argparse.Namespace, now: datetime | None) -> Check:
     checks: list[Check] = []
     if args.measurements:
-        from verify.measurements import load_measurements
-
-        published = load_measurements(Path(args.measurements))
+        published = load_measurements_set(args.measurements)
         indices = parse_pcr_indices(args.pcrs) if args.pcrs else None
-        try:
-            checks.extend(pcrs_equal(published.pcrs, indices))
-        except ValueError as e:
-            raise MalformedInput(f"{args.measurements}: {e}") from e
+        for candidate in published:
+            try:
+                pcrs_equal(candidate.pcrs, indices)
+            except ValueError as e:
+                raise MalformedInput(f"{candidate.source}: {e}") from e
+        if len(published) == 1:
+            checks.extend(pcrs_equal(published[0].pcrs, indices))
+        else:
+            checks.append(AnyMeasurements(published, indices))
     elif args.pcrs:
         raise MalformedInput("--pcrs needs --measurements (the values to compare against)")
     if args.nonce is not None:
@@ -167,6 +215,23 @@ def build_policy(args: argparse.Namespace, now: datetime | None) -> Check:
     if not args.allow_debug:
         checks.append(NotDebugMode())
     return AllOf(checks)
+
+
+def measurements_json(
+    files: list[str] | None, policy: Check, report: VerificationReport
+) -> dict[str, Any] | None:
+    """Which --measurements file matched (None when none was given)."""
+    if not files:
+        return None
+    multi = next((c for c in leaf_checks(policy) if isinstance(c, AnyMeasurements)), None)
+    if multi is not None:
+        if multi.result is None:  # the document was refused before the PCRs were compared
+            return {"matched": None, "files": files}
+        return {"matched": multi.result.to_json()["Matched"], "files": files}
+    pcrs_ok = bool(report.attestation) and all(
+        r.error is None for r in report.results if r.name.startswith("PCR")
+    )
+    return {"matched": files[0] if pcrs_ok else None, "files": files}
 
 
 def report_json(source: str, report: VerificationReport, root_sha256: str) -> dict[str, Any]:
@@ -218,15 +283,37 @@ def _print_report(source: str, report: VerificationReport) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if (args.document is None) == (args.signer is None):
+        raise MalformedInput("give a document (DOC, or - for stdin) or --signer ADDR, not both")
+    if args.signer is not None and args.nonce is not None:
+        raise MalformedInput(
+            "--nonce with --signer: the nonce is chosen fresh for this request; omit --nonce"
+        )
+    nonce = None
+    if args.signer is not None:
+        # Unpredictable and used once: a relay cannot answer with a document fetched earlier.
+        nonce = secrets.token_bytes(32)
+        args.nonce = nonce.hex()
     at = parse_time(args.at) if args.at else None
     root = load_root_pem(args.root) if args.root else aws_nitro_root()
     policy = build_policy(args, at)
-    data = decode_document_text(read_input(args.document))
+    if args.signer is not None:
+        from verify.attestation.fetch import fetch_document
+
+        data = fetch_document(args.signer, nonce=nonce, timeout=args.timeout)
+        source = f"signer {args.signer}"
+    else:
+        data = decode_document_text(read_input(args.document))
+        source = "<stdin>" if args.document == "-" else args.document
     # Now by default: an old document replays forever if checked at its own time.
     verifier = AttestationVerifier(root=root, now=at)
     report = verifier.report(data, policy)
-    source = "<stdin>" if args.document == "-" else args.document
+    matched = measurements_json(args.measurements, policy, report)
     if args.json:
-        emit_json(report_json(source, report, fingerprint(root)))
+        out = report_json(source, report, fingerprint(root))
+        out["measurements"] = matched
+        emit_json(out)
     _print_report(source, report)
+    if matched is not None and matched["matched"] is not None:
+        stderr_console().print(markup_safe(f"measurements: {matched['matched']} matches"))
     return report.exit_code

@@ -4,6 +4,8 @@ Reads `nitro-cli describe-enclaves` JSON from stdin, or runs `nitro-cli describe
 stdin is a terminal and nitro-cli is installed, and compares each enclave's PCRs with the published
 measurements (every PCR in the file, or `--pcrs`). A debug-mode enclave fails: its PCRs read as
 zero and its attestation proves nothing. Exit 0 all match, 1 a check failed, 2 malformed input.
+`--measurements` may be repeated (a rolling deploy: old and new release): each enclave must match
+one of the files; the report and --json (`measurements_matched` per enclave) say which.
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ from verify._cli import emit_json, stderr_console
 from verify._cmd_attestation import parse_pcr_indices
 from verify._json import loads_json
 from verify.errors import MalformedInput, MalformedMeasurements, PcrMismatch, VerificationError
-from verify.measurements import diff_pcrs, load_measurements
+from verify.measurements import (
+    diff_pcrs,
+    load_measurements,
+    load_measurements_set,
+    match_measurements,
+)
 from verify.terminal import markup_safe
 
 MAX_INPUT = 4 << 20  # bytes; describe-enclaves prints ~1 KiB per enclave
@@ -52,7 +59,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="compare running enclaves (nitro-cli describe-enclaves) with published measurements",
         description=__doc__,
     )
-    parser.add_argument("--measurements", metavar="FILE", required=True)
+    parser.add_argument(
+        "--measurements", metavar="FILE", required=True, action="append",
+        help="published measurements; repeat to accept any of several (rolling deploy)",
+    )  # fmt: skip
     parser.add_argument("--pcrs", metavar="LIST", help="PCR indices to compare (default: all in FILE)")
     parser.add_argument(
         "--describe", metavar="FILE", help="describe-enclaves JSON from a file ('-' for stdin)"
@@ -152,19 +162,29 @@ def check_enclave(
 
 
 def run(args: argparse.Namespace) -> int:
-    expected = load_measurements(Path(args.measurements)).pcrs
-    indices = parse_pcr_indices(args.pcrs) if args.pcrs else sorted(expected)
-    missing = [i for i in indices if i not in expected]
-    if missing:
-        raise MalformedInput(f"{args.measurements}: no expected value for PCR {missing[0]}")
+    candidates = load_measurements_set(args.measurements)
+    indices = parse_pcr_indices(args.pcrs) if args.pcrs else None
+    for candidate in candidates:
+        wanted = sorted(candidate.pcrs) if indices is None else indices
+        missing = [i for i in wanted if i not in candidate.pcrs]
+        if missing:
+            raise MalformedInput(f"{candidate.source}: no expected value for PCR {missing[0]}")
     enclaves = parse_describe_enclaves(_describe_output(args.describe))
-    outcomes = [(e, check_enclave(e, expected, indices)) for e in enclaves]
+    outcomes = []
+    matched: dict[str, str | None] = {}
+    for e in enclaves:
+        match = match_measurements(candidates, e.pcrs, indices)
+        chosen = match.matched or candidates[0]  # none matches: report against the first file
+        matched[e.enclave_id] = None if match.matched is None else chosen.source
+        wanted = sorted(chosen.pcrs) if indices is None else indices
+        outcomes.append((e, check_enclave(e, chosen.pcrs, wanted)))
     codes = [exit_code(results) for _, results in outcomes]
     status = max(codes) if codes else 1
     if args.json:
         emit_json(
             {
-                "measurements": args.measurements,
+                "measurements": args.measurements[0] if len(args.measurements) == 1
+                else args.measurements,
                 "verified": status == 0,
                 "enclaves": [
                     {
@@ -173,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
                         "state": e.state,
                         "flags": e.flags,
                         "verified": exit_code(results) == 0,
+                        "measurements_matched": matched[e.enclave_id],
                         "checks": results_json(results),
                     }
                     for e, results in outcomes
@@ -191,6 +212,10 @@ def run(args: argparse.Namespace) -> int:
             table.add_row(r.name, "[green]pass[/]" if r.ok else "[bold red]FAIL[/]", detail)
         console.print(table)
     if enclaves:
-        console.print("[green]OK[/]" if status == 0 else "[bold red]FAILED[/]", markup_safe(args.measurements))
+        for e in enclaves:
+            if matched[e.enclave_id] is not None and len(candidates) > 1:
+                console.print(markup_safe(f"enclave {e.enclave_id}: {matched[e.enclave_id]} matches"))
+        shown = ", ".join(args.measurements)
+        console.print("[green]OK[/]" if status == 0 else "[bold red]FAILED[/]", markup_safe(shown))
     return status
 

@@ -21,12 +21,15 @@ from verify.errors import MalformedMeasurements
 
 __all__ = [
     "HASH_ALGORITHM",
+    "MeasurementsMatch",
     "PcrDiff",
     "PublishedMeasurements",
     "describe_sections",
     "diff_pcrs",
     "dump_measurements",
     "load_measurements",
+    "load_measurements_set",
+    "match_measurements",
     "measurements_document",
 ]
 
@@ -140,6 +143,82 @@ def diff_pcrs(
         for i in wanted
         if expected.get(i) != actual.get(i)
     ]
+
+
+@dataclass(frozen=True)
+class MeasurementsMatch:
+    """PCRs compared with several published files (a rolling deploy accepts the old and the new
+    release): the first file, in the order given, whose every compared PCR is equal matches."""
+
+    candidates: tuple[PublishedMeasurements, ...]
+    diffs: tuple[tuple[PcrDiff, ...], ...]  # per candidate, in the same order
+
+    @property
+    def matched(self) -> PublishedMeasurements | None:
+        for candidate, diffs in zip(self.candidates, self.diffs, strict=True):
+            if not diffs:
+                return candidate
+        return None
+
+    def describe_failure(self) -> str:
+        """One line naming, per file, its first differing PCR."""
+        return "; ".join(
+            f"{c.source}: {d[0].describe()}" + (f" (+{len(d) - 1} more)" if len(d) > 1 else "")
+            for c, d in zip(self.candidates, self.diffs, strict=True)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        matched = self.matched
+        return {
+            "Matched": None if matched is None else matched.source,
+            "Files": [
+                {
+                    "Measurements": c.source,
+                    "Matches": not d,
+                    "Differences": [
+                        {
+                            "PCR": x.index,
+                            "Expected": None if x.expected is None else x.expected.hex(),
+                            "Actual": None if x.actual is None else x.actual.hex(),
+                        }
+                        for x in d
+                    ],
+                }
+                for c, d in zip(self.candidates, self.diffs, strict=True)
+            ],
+        }
+
+
+def load_measurements_set(paths: Iterable[str | os.PathLike[str]]) -> list[PublishedMeasurements]:
+    """Every file of a repeated `--measurements`, in order.
+
+    Raises:
+        MalformedMeasurements: a file does not load (names it), or one is given twice.
+    """
+    out: list[PublishedMeasurements] = []
+    seen: set[str] = set()
+    for path in paths:
+        name = os.fspath(path)
+        if name in seen:
+            raise MalformedMeasurements(f"--measurements {name} given twice")
+        seen.add(name)
+        out.append(load_measurements(path))
+    if not out:
+        raise MalformedMeasurements("no measurements file given")
+    return out
+
+
+def match_measurements(
+    candidates: Iterable[PublishedMeasurements],
+    actual: dict[int, bytes],
+    indices: Iterable[int] | None = None,
+) -> MeasurementsMatch:
+    """Compare `actual` with each candidate (its every PCR, or `indices`)."""
+    chosen = list(candidates)
+    wanted = None if indices is None else list(indices)
+    return MeasurementsMatch(
+        tuple(chosen), tuple(tuple(diff_pcrs(c.pcrs, actual, wanted)) for c in chosen)
+    )
 
 
 def measurements_document(

@@ -116,37 +116,15 @@ class EifMeasurements:
             )
 
     def describe(self) -> dict[str, Any]:
-        """The shape of `nitro-cli describe-eif` (plus nothing it lacks that tools rely on)."""
-        measurements: dict[str, Any] = {"HashAlgorithm": HASH_ALGORITHM}
-        for index in sorted(self.pcrs):
-            measurements[f"PCR{index}"] = self.pcrs[index].hex()
-        out: dict[str, Any] = {
-            "EifVersion": self.version,
-            "Measurements": measurements,
-            "IsSigned": self.is_signed,
-            "CheckCRC": self.crc_ok,
-        }
-        if self.signature is not None:
-            cert = self.signature.certificate
-            out["SignatureCheck"] = bool(self.signature_ok)
-            out["SigningCertificate"] = {
-                "Subject": cert.subject.rfc4514_string(),
-                "IssuerName": cert.issuer.rfc4514_string(),
-                "NotBefore": cert.not_valid_before_utc.isoformat(),
-                "NotAfter": cert.not_valid_after_utc.isoformat(),
-                "Sha384Der": hashlib.sha384(self.signature.certificate_der).hexdigest(),
-            }
-        if self.metadata is not None:
-            md = self.metadata
-            out["ImageName"] = md.get("ImageName")
-            out["ImageVersion"] = md.get("ImageVersion")
-            build = md.get("BuildMetadata")
-            details: dict[str, Any] = dict(build) if isinstance(build, dict) else {}
-            for key in ("DockerInfo", "CustomMetadata"):
-                if key in md:
-                    details[key] = md[key]
-            out["Metadata"] = details
-        return out
+        """Exactly `nitro-cli describe-eif`'s JSON: its fields, order and value formats.
+
+        From aws-nitro-enclaves-cli `src/common/json_output.rs` (`EifDescribeInfo`,
+        `MetadataDescribeInfo`) and aws-nitro-enclaves-image-format `src/utils/eif_reader.rs`
+        (`SignCertificateInfo`, `check_crc`): see `verify.eif.describe`.
+        """
+        from verify.eif.describe import describe_eif
+
+        return describe_eif(self)
 
 
 class _Lanes:

@@ -29,12 +29,14 @@ from verify.eif._reader import (
     read_eif,
     read_section_bytes,
 )
-from verify.eif._writer import DEFAULT_METADATA, sign_eif, write_eif
+from verify.eif._writer import DEFAULT_CPUS, DEFAULT_MEM, DEFAULT_METADATA, sign_eif, write_eif
 from verify.eif_sign import EifSigner, LocalEifSigner
 
 __all__ = [
     "CRC_OFFSET",
     "CURRENT_VERSION",
+    "DEFAULT_CPUS",
+    "DEFAULT_MEM",
     "DEFAULT_METADATA",
     "EIF_MAGIC",
     "FLAG_ARCH_ARM64",

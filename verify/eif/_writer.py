@@ -35,9 +35,15 @@ from verify.eif._reader import read_eif
 from verify.eif_sign import EifSigner, build_signature_section
 from verify.errors import MalformedEif
 
-__all__ = ["DEFAULT_METADATA", "sign_eif", "write_eif"]
+__all__ = ["DEFAULT_CPUS", "DEFAULT_MEM", "DEFAULT_METADATA", "sign_eif", "write_eif"]
 
 CHUNK_SIZE = 1 << 20
+# nitro-cli's `EifBuilder::new` (aws-nitro-enclaves-image-format, src/utils/mod.rs) writes these
+# into header bytes 8..24 whatever the sections are; writing the same makes our EIF byte-identical
+# to nitro-cli's for the same sections. Nothing reads them at launch (run-enclave takes
+# --memory/--cpu-count) and PCRs do not cover the header.
+DEFAULT_MEM = 1024 * 1024 * 1024  # bytes
+DEFAULT_CPUS = 2
 ZERO48 = bytes(48)
 
 
@@ -109,8 +115,8 @@ def write_eif(
     metadata: dict[str, Any] | None = DEFAULT_METADATA,
     version: int = CURRENT_VERSION,
     signer: EifSigner | None = None,
-    default_mem: int = 0,
-    default_cpus: int = 0,
+    default_mem: int = DEFAULT_MEM,
+    default_cpus: int = DEFAULT_CPUS,
     flags: int = 0,
 ) -> EifImage:
     """Write an EIF to `dest` (atomically: a temp file in the same directory, then rename).
@@ -123,6 +129,8 @@ def write_eif(
             None writes no metadata section.
         version: EIF format version 1..4; metadata needs 4, a signature needs 3.
         signer: signs PCR0 and appends the signature section.
+        default_mem, default_cpus: header bytes 8..24; nitro-cli's values (1 GiB, 2) by default.
+        flags: header bytes 6..8 (bit 0: arm64).
 
     Returns:
         The written image's structure, read back from `dest`.
