@@ -16,6 +16,9 @@ journal = "router-journal.sqlite"             # optional (this is the default, b
 journal_sync = "normal"                       # optional, SQLite: "normal" (default) or "full"
 journal_lease_seconds = 5.0                   # optional, PostgreSQL: how long a dead router's
                                               # lease blocks the standby
+metrics = "127.0.0.1:9464"                    # optional: Prometheus exporter (/metrics, /healthz,
+                                              # /readyz); absent = off; loopback only unless
+metrics_allow_remote = false                  # this is true
 
 [fees]                                        # wei; integers or decimal strings
 priority_fee = "1000000000"
@@ -50,10 +53,12 @@ from typing import Any
 from .attest import AttestationPolicy
 from .errors import ConfigError
 from .fees import FeePolicy
+from .metrics.address import MetricsAddress, parse_metrics_address
 from .signer_client import DEFAULT_IO_TIMEOUT
 
 _TOP = {"chain_id", "signer", "listen", "sender", "rpc", "ws", "cpu", "fees", "router",
-        "attestation", "signer_timeout", "journal", "journal_sync", "journal_lease_seconds"}
+        "attestation", "signer_timeout", "journal", "journal_sync", "journal_lease_seconds",
+        "metrics", "metrics_allow_remote"}
 _ATTEST = {"measurements", "root", "pcrs", "max_age_seconds"}
 _FEES = {"priority_fee", "base_fee_multiplier_percent", "max_fee_cap", "bump_percent",
          "bump_on_reorg"}
@@ -80,6 +85,8 @@ class RunConfig:
     journal: str = DEFAULT_JOURNAL
     journal_sync: str = "normal"
     journal_lease_seconds: float = 5.0
+    #: The metrics exporter's address; None: no exporter.
+    metrics: MetricsAddress | None = None
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -128,6 +135,13 @@ def load_config(path: str | Path) -> RunConfig:
     if (not isinstance(lease, int | float) or isinstance(lease, bool)
             or not 0.5 <= lease <= 3600):
         raise ConfigError(f"{where}: journal_lease_seconds must be a number in 0.5..3600")
+    allow_remote = doc.get("metrics_allow_remote", False)
+    if not isinstance(allow_remote, bool):
+        raise ConfigError(f"{where}: metrics_allow_remote must be true or false")
+    metrics = None
+    if "metrics" in doc:
+        metrics = parse_metrics_address(doc["metrics"], allow_remote=allow_remote,
+                                        where=f"{where}: metrics")
     listen = _str(doc, "listen", where)
     if not listen.startswith("unix:") or len(listen) <= 5:
         raise ConfigError(f"{where}: listen must be unix:PATH (the API is local only)")
@@ -188,6 +202,7 @@ def load_config(path: str | Path) -> RunConfig:
         journal=journal,
         journal_sync=journal_sync,
         journal_lease_seconds=float(lease),
+        metrics=metrics,
     )
 
 
