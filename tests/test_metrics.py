@@ -393,3 +393,20 @@ def test_latency_histogram_buckets_are_le_bounds() -> None:
     for bad in ((), (10, 10), (20, 10), (0, 10)):
         with pytest.raises(ValueError, match="bounds"):
             LatencyHistogram(bad)
+
+
+def test_stats_of_a_signer_without_stats_is_a_clear_error() -> None:
+    from router.errors import MalformedInput
+    from router.signer_thread import AsyncSigner
+
+    async def main() -> None:
+        signer = AsyncSigner(dev_signer())
+        try:
+            assert not signer.has_stats
+            with pytest.raises(MalformedInput, match="has no STATS operation"):
+                await signer.stats()
+            assert signer.calls == 0 and signer.up is None
+        finally:
+            signer.close()
+
+    asyncio.run(main())
