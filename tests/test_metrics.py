@@ -187,7 +187,8 @@ def test_a_landed_submit_counts_as_landed(anvil: Anvil, tmp_path: Path) -> None:
                 h = await router.submit(intent)
                 await h.receipt(timeout=20)
                 assert h.state is TxState.LANDED
-                await asyncio.sleep(0.3)
+                await wait_for(lambda: server.outcomes.terminal["landed"] >= 1, timeout=5,
+                               what="a landed event")
                 return (await scrape(server)).value("sentinel_router_intents_total",
                                                     state="landed")
 
