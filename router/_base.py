@@ -116,6 +116,9 @@ class RouterBase:
         self.bus = EventBus()
         #: newHeads receive -> decision (reorg re-signed, or extension recorded), in microseconds.
         self.decision_us: deque[float] = deque(maxlen=4096)
+        #: For metrics: reorgs by depth (blocks removed), and when the last head arrived (ns).
+        self.reorg_depths: Counter[int] = Counter()
+        self.last_head_ns: int | None = None
         self.endpoint_errors: dict[str, str] = {}
         self._handles: dict[str, Handle] = {}
         self._changed = asyncio.Event()
@@ -127,6 +130,15 @@ class RouterBase:
         self._fenced: LeaseLost | None = None
         self._unlinkable = 0
         self._started = False
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def fenced(self) -> bool:
+        """The journal lease was lost: this router no longer signs or sends for the sender."""
+        return self._fenced is not None
 
     async def _sign(self, tx: UnsignedTx) -> SignedLike:
         """Every signature the router makes goes through here: refused once the lease is lost

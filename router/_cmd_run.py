@@ -22,6 +22,7 @@ from router.errors import ConfigError, TransportError
 if TYPE_CHECKING:
     from router.core import RouterConfig
     from router.journal import Journal
+    from router.listen import ListenAddress
     from router.signer_client import SignerClient
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             lease_seconds=cfg.journal_lease_seconds, sync=cfg.journal_sync,
             acquire_timeout=None if args.standby else 0.0)
         return asyncio.run(_serve(router_cfg, client, cfg.listen[len("unix:"):], journal,
-                                  gateway=cfg.gateway))
+                                  gateway=cfg.gateway, metrics=cfg.metrics))
     finally:
         client.close()
 
@@ -118,14 +119,23 @@ def _setup_logging(fmt: str, level: str) -> None:
 
 
 async def _serve(router_cfg: RouterConfig, client: SignerClient, path: str,
-                 journal: Journal, *, gateway: tuple[str, int] | None = None) -> int:
+                 journal: Journal, *, gateway: ListenAddress | None = None,
+                 metrics: ListenAddress | None = None) -> int:
     from router.api import ApiServer
     from router.core import Router
     from router.gateway.server import GatewayServer
 
     router = Router(router_cfg, client, journal=journal)
     api = ApiServer(router, path)
-    rpc = None if gateway is None else GatewayServer(router, *gateway)
+    rpc = None if gateway is None else GatewayServer(router, gateway.host, gateway.port)
+    exporter = None
+    if metrics is not None:
+        from router.metrics.server import MetricsServer
+
+        # Before start(): /healthz answers and /readyz says "not started" while recovering.
+        # The address was checked (loopback or allowed) when the configuration was read.
+        exporter = MetricsServer(router, metrics, allow_remote=True)
+        await exporter.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -141,11 +151,14 @@ async def _serve(router_cfg: RouterConfig, client: SignerClient, path: str,
         stderr_console().print(
             f"router for {router.config.sender} on chain {router.config.chain_id}: "
             f"API on unix:{path}, next nonce {router.nonces.next_nonce}"
+            + (f", metrics on {exporter.url}/metrics" if exporter is not None else "")
         )
         await stop.wait()
     finally:
         if rpc is not None:
             await rpc.close()
         await api.close()
+        if exporter is not None:
+            await exporter.close()
         await router.close()
     return 0

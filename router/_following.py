@@ -130,6 +130,7 @@ class Follower(Sender):
 
     async def _on_header(self, header: Header, received_ns: int) -> None:
         self.counters["heads"] += 1
+        self.last_head_ns = received_ns
         try:
             update = await self.tracker.ingest(header)
         except ReorgTooDeep as e:
@@ -171,6 +172,7 @@ class Follower(Sender):
                     return
             self.decision_us.append((time.perf_counter_ns() - received_ns) / 1000)
             self.counters["reorgs"] += 1
+            self.reorg_depths[len(update.removed)] += 1
             self.counters["resigned"] += len(resigned)
             self.counters["resigned_from_standby"] += sum(r.from_standby for r in results)
             log.warning("reorg", extra={

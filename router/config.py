@@ -19,6 +19,9 @@ journal_lease_seconds = 5.0                   # optional, PostgreSQL: how long a
 gateway = "127.0.0.1:8645"                    # optional: Ethereum JSON-RPC gateway (HTTP + WS,
                                               # router/gateway/README.md); loopback only unless
 gateway_allow_remote = false                  # this is true
+metrics = "127.0.0.1:9464"                    # optional: Prometheus exporter (/metrics, /healthz,
+                                              # /readyz); absent = off; loopback only unless
+metrics_allow_remote = false                  # this is true
 
 [fees]                                        # wei; integers or decimal strings
 priority_fee = "1000000000"
@@ -53,12 +56,12 @@ from typing import Any
 from .attest import AttestationPolicy
 from .errors import ConfigError
 from .fees import FeePolicy
-from .gateway.listen import parse_listen
+from .listen import ListenAddress, parse_listen
 from .signer_client import DEFAULT_IO_TIMEOUT
 
 _TOP = {"chain_id", "signer", "listen", "sender", "rpc", "ws", "cpu", "fees", "router",
         "attestation", "signer_timeout", "journal", "journal_sync", "journal_lease_seconds",
-        "gateway", "gateway_allow_remote"}
+        "gateway", "gateway_allow_remote", "metrics", "metrics_allow_remote"}
 _ATTEST = {"measurements", "root", "pcrs", "max_age_seconds"}
 _FEES = {"priority_fee", "base_fee_multiplier_percent", "max_fee_cap", "bump_percent",
          "bump_on_reorg"}
@@ -85,8 +88,10 @@ class RunConfig:
     journal: str = DEFAULT_JOURNAL
     journal_sync: str = "normal"
     journal_lease_seconds: float = 5.0
-    #: (host, port) of the JSON-RPC gateway, or None (not served).
-    gateway: tuple[str, int] | None = None
+    #: The JSON-RPC gateway's address, or None (not served).
+    gateway: ListenAddress | None = None
+    #: The metrics exporter's address; None: no exporter.
+    metrics: ListenAddress | None = None
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -135,17 +140,8 @@ def load_config(path: str | Path) -> RunConfig:
     if (not isinstance(lease, int | float) or isinstance(lease, bool)
             or not 0.5 <= lease <= 3600):
         raise ConfigError(f"{where}: journal_lease_seconds must be a number in 0.5..3600")
-    allow_remote = doc.get("gateway_allow_remote", False)
-    if not isinstance(allow_remote, bool):
-        raise ConfigError(f"{where}: gateway_allow_remote must be true or false")
-    gateway = None
-    if "gateway" in doc:
-        if not isinstance(doc["gateway"], str):
-            raise ConfigError(f"{where}: gateway must be a \"HOST:PORT\" string")
-        try:
-            gateway = parse_listen(doc["gateway"], allow_remote=allow_remote)
-        except ConfigError as e:
-            raise ConfigError(f"{where}: {e}") from e
+    gateway = _listen(doc, "gateway", where, example="127.0.0.1:8645")
+    metrics = _listen(doc, "metrics", where, example="127.0.0.1:9464")
     listen = _str(doc, "listen", where)
     if not listen.startswith("unix:") or len(listen) <= 5:
         raise ConfigError(f"{where}: listen must be unix:PATH (the API is local only)")
@@ -207,6 +203,7 @@ def load_config(path: str | Path) -> RunConfig:
         journal_sync=journal_sync,
         journal_lease_seconds=float(lease),
         gateway=gateway,
+        metrics=metrics,
     )
 
 
@@ -221,6 +218,19 @@ def _table(doc: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     if not isinstance(v, dict):
         raise ConfigError(f"{where}: [{key}] must be a table")
     return v
+
+
+def _listen(doc: dict[str, Any], key: str, where: str, *, example: str) -> ListenAddress | None:
+    """An optional local service address (`gateway`, `metrics`) and its `<key>_allow_remote`."""
+    allow_remote = doc.get(f"{key}_allow_remote", False)
+    if not isinstance(allow_remote, bool):
+        raise ConfigError(f"{where}: {key}_allow_remote must be true or false")
+    if key not in doc:
+        return None
+    try:
+        return parse_listen(doc[key], service=key, allow_remote=allow_remote, example=example)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from e
 
 
 def _str(doc: dict[str, Any], key: str, where: str) -> str:

@@ -19,7 +19,7 @@ from signer_support import DEV_POLICY
 from enclave.policy import Policy
 from router.errors import ConfigError
 from router.events import EventKind
-from router.gateway.listen import parse_listen
+from router.listen import ListenAddress, parse_listen
 
 pytestmark = pytest.mark.timeout(120)
 ADDR = DEV_ADDR_0
@@ -299,18 +299,22 @@ def test_websocket_subscriptions(anvil: Anvil) -> None:
 
 
 @pytest.mark.parametrize("listen,allow,problem", [
-    ("0.0.0.0:8645", False, "not a loopback"), ("localhost:8645", False, "IP address"),
-    ("127.0.0.1", False, "HOST:PORT"), ("127.0.0.1:99999", False, "HOST:PORT"),
+    ("0.0.0.0:8645", False, "not a loopback"), ("gateway.internal:8645", False, "IP address"),
+    ("127.0.0.1", False, "HOST:PORT"), ("127.0.0.1:99999", False, "0..65535"),
 ])
 def test_listen_address_refused(listen: str, allow: bool, problem: str) -> None:
     with pytest.raises(ConfigError, match=problem):
-        parse_listen(listen, allow_remote=allow)
+        parse_listen(listen, service="gateway", allow_remote=allow)
 
 
 def test_listen_address_accepted() -> None:
-    assert parse_listen("127.0.0.1:8645") == ("127.0.0.1", 8645)
-    assert parse_listen("[::1]:1") == ("::1", 1)
-    assert parse_listen("0.0.0.0:8645", allow_remote=True) == ("0.0.0.0", 8645)
+    def parse(value: str, allow: bool = False) -> ListenAddress:
+        return parse_listen(value, service="gateway", allow_remote=allow)
+
+    assert parse("127.0.0.1:8645") == ListenAddress("127.0.0.1", 8645)
+    assert parse("[::1]:1") == ListenAddress("::1", 1)
+    assert parse("localhost:1") == ListenAddress("127.0.0.1", 1)
+    assert parse("0.0.0.0:8645", allow=True) == ListenAddress("0.0.0.0", 8645)
 
 
 def test_config_gateway_keys(tmp_path: Path) -> None:
@@ -320,14 +324,14 @@ def test_config_gateway_keys(tmp_path: Path) -> None:
             'rpc = ["http://127.0.0.1:1"]\n')
     cfg = tmp_path / "r.toml"
     cfg.write_text(base + 'gateway = "127.0.0.1:8645"\n')
-    assert load_config(cfg).gateway == ("127.0.0.1", 8645)
+    assert load_config(cfg).gateway == ListenAddress("127.0.0.1", 8645)
     cfg.write_text(base)
     assert load_config(cfg).gateway is None
     cfg.write_text(base + 'gateway = "10.0.0.1:8645"\n')
     with pytest.raises(ConfigError, match="not a loopback"):
         load_config(cfg)
     cfg.write_text(base + 'gateway = "10.0.0.1:8645"\ngateway_allow_remote = true\n')
-    assert load_config(cfg).gateway == ("10.0.0.1", 8645)
+    assert load_config(cfg).gateway == ListenAddress("10.0.0.1", 8645)
     cfg.write_text(base + 'gateway = 8645\n')
     with pytest.raises(ConfigError, match="HOST:PORT"):
         load_config(cfg)

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from .errors import INVALID_REQUEST, LIMIT_EXCEEDED, PARSE_ERROR, JsonRpcError
-from .listen import parse_listen
 from .methods import Methods
 from .proxy import NodeProxy
 from .subscriptions import WsSession
@@ -23,7 +22,7 @@ from .subscriptions import WsSession
 if TYPE_CHECKING:
     from router.core import Router
 
-__all__ = ["DEFAULT_MAX_BODY", "GatewayServer", "parse_listen"]
+__all__ = ["DEFAULT_MAX_BODY", "GatewayServer"]
 
 log = logging.getLogger(__name__)
 
