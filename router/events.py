@@ -146,6 +146,7 @@ class EventBus:
         """Build the event (seq, time) and hand it to every matching subscriber."""
         event = IntentEvent(next(self._seq), kind, intent_id, nonce, time.time(),
                             **fields)  # type: ignore[arg-type]
-        for sub in list(self._subs):
-            sub._offer(event)
+        if self._subs:
+            for sub in tuple(self._subs):  # a copy: an overflowing subscriber leaves the set
+                sub._offer(event)
         return event
