@@ -64,6 +64,9 @@ class Sender(RouterBase):
         now = time.monotonic()
         for f in todo:
             f.last_sent_head, f.last_sent_time = tip, now
+            # Published as it leaves, not on the answer: with automine the block holding it
+            # can arrive (LANDED) before the node's answer does.
+            self._emit(EventKind.BROADCAST, f, f.hash)
         try:
             results = await self.broadcaster.send_batch([(f.raw, f.hash, f.nonce) for f in todo])
         except RouterError as e:
@@ -73,7 +76,6 @@ class Sender(RouterBase):
         for f, r in zip(todo, results, strict=True):
             if isinstance(r, Accepted):
                 f.broadcasts += 1
-                self._emit(EventKind.BROADCAST, f, f.hash)
             elif f.state is TxState.PENDING:
                 await self._send(f)  # act on the refusal (and retry) one by one, in order
 
@@ -92,10 +94,9 @@ class Sender(RouterBase):
                 flight.last_sent_head = self.view.tip.number if self.view.tip else -1
                 flight.last_sent_time = time.monotonic()
                 try:
-                    sent_hash = flight.hash
-                    await self.broadcaster.send(flight.raw, sent_hash, nonce=flight.nonce)
+                    self._emit(EventKind.BROADCAST, flight, flight.hash)
+                    await self.broadcaster.send(flight.raw, flight.hash, nonce=flight.nonce)
                     flight.broadcasts += 1
-                    self._emit(EventKind.BROADCAST, flight, sent_hash)
                     return
                 except NonceTooLow:
                     too_low += 1
