@@ -165,7 +165,7 @@ def decode_submit(payload: bytes) -> Intent:
     expected = SUBMIT_FIXED.size + id_len + data_len + opt_len
     if len(payload) != expected:
         raise ApiError(E_BAD_LENGTH, f"SUBMIT payload of {len(payload)} bytes, its lengths "
-                                     f"and flags say {expected}")
+                                     f"say {expected} (options included: flags 0x{flags:04x})")
     start = SUBMIT_FIXED.size
     try:
         ident = payload[start:start + id_len].decode("utf-8")

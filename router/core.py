@@ -139,7 +139,9 @@ class Router(Follower):
         """Sign the intent at the next nonce, journal it, broadcast it; returns its Handle.
 
         A second submit with the same `intent.id` returns the first handle (nothing re-signed),
-        also after a restart (the journal knows every id). Chain-side trouble after signing
+        also after a restart (the journal knows every id). With `intent.gas` None the gas limit
+        is estimated first (`estimate_gas`); the handle's intent carries it and still equals
+        the request. Publishes SUBMITTED, SIGNED, then BROADCAST (events.py). Chain-side trouble after signing
         (unreachable nodes, drops, refusals) is the router's to resolve: the handle ends in a
         terminal state the caller can see. Raises only when nothing was broadcast:
 
@@ -148,7 +150,11 @@ class Router(Follower):
             TransportError: the signer is unreachable (SignerUnavailable: it failed moments
                 ago); no nonce was consumed.
             NonceSourceError: the router has no trustworthy nonce yet.
-            MalformedInput: the id was already used for a different intent.
+            MalformedInput: the id was already used for a different intent (other options
+                count), its deadline has passed, or a fee override is above the policy's cap
+                (nothing signed).
+            GasEstimationFailed: `gas` is None and the node refused to estimate (the call
+                reverts; its reason is in the message); nothing signed.
             JournalError: the journal could not be written (LeaseLost: another router now owns
                 this sender); nothing was broadcast.
         """

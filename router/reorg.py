@@ -9,6 +9,7 @@ Broadcasting is the caller's next step.
 from __future__ import annotations
 
 import logging
+from itertools import repeat
 from typing import NamedTuple
 
 from .errors import RouterError
@@ -43,16 +44,20 @@ class ReorgReactor:
 
     def affected(self, update: ChainUpdate) -> list[InFlight]:
         """Our transactions that sat in the blocks `update` removed (now pending again)."""
-        return [f for f, _ in self.affected_blocks(update)]
+        return self.affected_blocks(update)[0]
 
-    def affected_blocks(self, update: ChainUpdate) -> list[tuple[InFlight, Header]]:
-        """`affected`, each with the removed block it sat in, in nonce order."""
-        if not update.removed:
-            return []
-        out = [(f, h) for h in update.removed for f in self.nonces.unland_blocks((h.hash,))]
-        if len(out) > 1:
-            out.sort(key=lambda p: p[0].nonce)
-        return out
+    def affected_blocks(self, update: ChainUpdate) -> tuple[list[InFlight], list[Header]]:
+        """`affected`, and the removed block each sat in (same order: nonce order)."""
+        removed = update.removed
+        if not removed:
+            return [], []
+        if len(removed) == 1:  # the common case: no pairing or second sort needed
+            h = removed[0]
+            flights = self.nonces.unland_blocks((h.hash,))
+            return flights, [h] * len(flights)
+        pairs = [(f, h) for h in removed for f in self.nonces.unland_blocks((h.hash,))]
+        pairs.sort(key=lambda p: p[0].nonce)
+        return [f for f, _ in pairs], [h for _, h in pairs]
 
     async def resign(self, flights: list[InFlight], base_fee: int | None,
                      blocks: list[Header] | None = None) -> list[Resigned]:
@@ -68,8 +73,8 @@ class ReorgReactor:
         base = base_fee or 0
         replace = policy.bump_on_reorg
         for_resign = policy.for_resign
-        for k, flight in enumerate(flights):
-            block = blocks[k] if blocks is not None else None
+        for flight, block in zip(flights, blocks if blocks is not None else repeat(None),
+                                 strict=False):  # repeat() is endless
             old_hash = flight.hash
             fees = for_resign(base, flight.fees, replace=replace)
             if fees is None:
@@ -140,8 +145,7 @@ class ReorgReactor:
 
     async def react(self, update: ChainUpdate) -> list[Resigned]:
         """affected + resign: the whole decision for one header."""
-        pairs = self.affected_blocks(update)
-        if not pairs:
+        flights, blocks = self.affected_blocks(update)
+        if not flights:
             return []
-        return await self.resign([f for f, _ in pairs], update.header.base_fee,
-                                 [h for _, h in pairs])
+        return await self.resign(flights, update.header.base_fee, blocks)
