@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,16 +25,18 @@ from .errors import (
     ConfigError,
     JournalError,
     LeaseLost,
+    MalformedInput,
     MalformedResponse,
     RouterError,
     TransportError,
 )
-from .events import EventBus
-from .fees import FeePolicy
+from .events import EventBus, EventKind
+from .fees import FeePolicy, Fees
 from .handle import Handle
 from .heads import ChainView, Header, HeadSources, HeadTracker, parse_header
+from .intent import Intent
 from .journal import Journal, SignatureRow, open_journal
-from .nonces import InFlight, Landed, NonceManager
+from .nonces import InFlight, Landed, NonceManager, TxState
 from .recovery import row_of
 from .reorg import ReorgReactor
 from .rpc import Block, RpcClient
@@ -74,6 +77,8 @@ class RouterConfig:
     signer_cooldown: float = 0.5
     #: How far below the tip a rewound or replaced chain is checked against the journal.
     reconcile_depth: int = 10_000
+    #: LANDED events are published again, once per new head, until this many confirmations.
+    event_confirmations: int = 12
 
     def __post_init__(self) -> None:
         if not self.rpc_urls:
@@ -85,6 +90,9 @@ class RouterConfig:
                 f"forget_after_blocks ({self.forget_after_blocks}) must be at least head_ring "
                 f"({self.head_ring}): a reorg within the ring must find our transactions"
             )
+        if not 1 <= self.event_confirmations <= 10_000:
+            raise ConfigError(
+                f"event_confirmations must be in 1..10000, got {self.event_confirmations}")
         if not 0 < self.poll_interval < 3600:
             raise ConfigError(f"poll_interval must be in (0, 3600) seconds, got {self.poll_interval}")
 
@@ -114,6 +122,15 @@ class RouterBase:
         self.counters: Counter[str] = Counter()
         #: Every step of every intent, for `Router.events()`, WATCH, the gateway and metrics.
         self.bus = EventBus()
+        #: Recovery re-attaches intents without publishing (nothing is retroactive).
+        self._quiet = False
+        #: Blocks holding our landed intents, newest last: block hash -> [number, last published
+        #: confirmations, flights]; LANDED is re-published per head until event_confirmations.
+        self._confirming: dict[bytes, list[Any]] = {}
+        #: Why our cancellation of an intent was asked for (its CANCELLED event's reason).
+        self._cancel_reasons: dict[str, str] = {}
+        #: Pending intents with a deadline: id -> when to cancel them (core._check_deadlines).
+        self._deadlines: dict[str, float] = {}
         #: newHeads receive -> decision (reorg re-signed, or extension recorded), in microseconds.
         self.decision_us: deque[float] = deque(maxlen=4096)
         #: For metrics: reorgs by depth (blocks removed), and when the last head arrived (ns).
@@ -139,6 +156,117 @@ class RouterBase:
     def fenced(self) -> bool:
         """The journal lease was lost: this router no longer signs or sends for the sender."""
         return self._fenced is not None
+
+    # --- events -------------------------------------------------------------------------------
+    # Plain parameters (no **kwargs): with no subscriber a call allocates nothing at all.
+
+    def _emit(self, kind: EventKind, flight: InFlight, tx_hash: bytes | None = None,
+              where: Landed | None = None, confirmations: int | None = None,
+              reason: str | None = None, old_hash: bytes | None = None,
+              new_hash: bytes | None = None) -> None:
+        """Publish one step of `flight`'s intent. Fillers (the router's own gap fillers and
+        copy cancellations) publish nothing: no caller submitted them."""
+        if not self.bus.subscribers or self._quiet or flight.filler:
+            return
+        if where is not None:
+            self.bus.publish(kind, flight.intent.id, flight.nonce, tx_hash=where.tx_hash,
+                             block_number=where.block_number, block_hash=where.block_hash,
+                             confirmations=confirmations, reason=reason)
+        else:
+            self.bus.publish(kind, flight.intent.id, flight.nonce, tx_hash=tx_hash, reason=reason,
+                             old_hash=old_hash, new_hash=new_hash)
+
+    def _emit_signed(self, flight: InFlight, old_hash: bytes) -> None:
+        """SIGNED for the flight's current signature, and REPLACED when its hash changed."""
+        if not self.bus.subscribers:
+            return
+        self._emit(EventKind.SIGNED, flight, flight.hash)
+        if flight.hash != old_hash:
+            self._emit(EventKind.REPLACED, flight, old_hash=old_hash, new_hash=flight.hash)
+
+    def _emit_landed(self, flight: InFlight, where: Landed) -> None:
+        """LANDED (or CANCELLED, when our cancellation is what landed), and track the block for
+        the confirmation updates."""
+        if flight.filler:
+            return
+        if where.tx_hash in flight.cancel_hashes:
+            self._emit(EventKind.CANCELLED, flight, where=where, reason=self._cancel_reason(flight))
+            return
+        tip = self.view.tip
+        conf = max(1, tip.number - where.block_number + 1) if tip is not None else 1
+        self._emit(EventKind.LANDED, flight, where=where, confirmations=conf)
+        if self._quiet or conf >= self.config.event_confirmations:
+            return
+        entry = self._confirming.get(where.block_hash)
+        if entry is None:
+            self._confirming[where.block_hash] = [where.block_number, conf, [flight]]
+        elif flight not in entry[2]:
+            entry[2].append(flight)
+
+    def _cancel_reason(self, flight: InFlight) -> str:
+        reason = self._cancel_reasons.get(flight.intent.id)
+        if reason is not None:
+            return reason
+        deadline = flight.intent.deadline  # after a restart the reason is not in memory
+        if deadline is not None and deadline <= time.time():
+            return f"cancelled: its deadline {deadline} passed while it was pending"
+        return "cancelled: our cancellation took its nonce"
+
+    def _emit_confirmations(self) -> None:
+        """Per new head: LANDED again for each tracked block that gained confirmations (one
+        arithmetic step per block with no subscriber; blocks past the depth or off the
+        canonical chain are dropped)."""
+        tip = self.view.tip
+        if not self._confirming or tip is None:
+            return
+        depth = self.config.event_confirmations
+        listening = self.bus.subscribers > 0
+        done: list[bytes] = []
+        for block_hash, entry in self._confirming.items():
+            number, last, flights = entry
+            conf = tip.number - number + 1
+            if conf <= last:
+                continue
+            if not self.view.is_canonical(block_hash) and self.view.canonical(number) is not None:
+                done.append(block_hash)  # reorged out: REORGED_OUT was published for it
+                continue
+            entry[1] = conf
+            if listening:
+                for f in flights:
+                    landed = f.landed
+                    if (landed is not None and landed.block_hash == block_hash
+                            and f.state is TxState.LANDED):
+                        self._emit(EventKind.LANDED, f, where=landed, confirmations=conf)
+            if conf >= depth:
+                done.append(block_hash)
+        for block_hash in done:
+            del self._confirming[block_hash]
+
+    def _fresh_fees(self, intent: Intent) -> Fees:
+        """Fees of a first signature (or a move to a new nonce): the policy's, with the intent's
+        overrides in place of the computed max fee / priority fee.
+
+        Raises:
+            MalformedInput: an override above the policy's max_fee_cap, or a priority fee
+                override above the max fee override.
+        """
+        fees = self.config.fees
+        mf, pf = intent.max_fee_per_gas, intent.max_priority_fee_per_gas
+        if mf is None and pf is None:
+            return fees.fresh(self._base_fee())
+        cap = fees.max_fee_cap
+        for name, v in (("max_fee_per_gas", mf), ("max_priority_fee_per_gas", pf)):
+            if v is not None and v > cap:
+                raise MalformedInput(f"intent {intent.id[:60]!r}: {name} {v} is above the fee "
+                                     f"policy's max_fee_cap {cap}")
+        tip = pf if pf is not None else fees.priority_fee
+        if mf is not None:
+            if tip > mf:
+                raise MalformedInput(
+                    f"intent {intent.id[:60]!r}: priority fee {tip} is above max_fee_per_gas {mf}")
+            return Fees(mf, tip)
+        max_fee = self._base_fee() * fees.base_fee_multiplier_percent // 100 + tip
+        return Fees(max(min(max_fee, cap), tip), tip)
 
     async def _sign(self, tx: UnsignedTx) -> SignedLike:
         """Every signature the router makes goes through here: refused once the lease is lost

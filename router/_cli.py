@@ -29,7 +29,7 @@ __all__ = ["COMMANDS", "add_signer_argument", "add_signer_timeouts", "build_pars
            "main", "stderr_console"]
 
 #: Subcommand modules, `router._cmd_<name>`; order is the order of `--help`.
-COMMANDS: tuple[str, ...] = ("sign-tx", "address", "attest", "run", "submit")
+COMMANDS: tuple[str, ...] = ("sign-tx", "address", "attest", "run", "submit", "watch")
 
 
 def add_signer_argument(parser: argparse.ArgumentParser) -> None:

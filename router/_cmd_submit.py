@@ -1,5 +1,8 @@
 """`python -m router submit --router unix:PATH --to 0x.. --value WEI [--wait]`: hand one intent to
-a running router (its local API) and print the outcome; `--json` for machines.
+a running router (its local API) and print the outcome; `--json` for machines. Options:
+`--gas estimate` (the router asks the node), `--max-fee WEI`, `--priority-fee WEI` (overrides of
+the router's fee policy, refused above its cap), `--deadline T` (unix seconds, or +S from now: the
+router cancels the intent if it is still pending then).
 
 Exit 0: accepted (and, with --wait, landed with receipt status 1); 1: refused, failed, reverted
 or timed out; 2: malformed input.
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,7 +35,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--to", metavar="0xADDR")
     parser.add_argument("--value", default="0", metavar="WEI", help="decimal or 0x-hex wei")
     parser.add_argument("--data", default="0x", metavar="0xHEX")
-    parser.add_argument("--gas", default="21000", metavar="N")
+    parser.add_argument("--gas", default="21000", metavar="N|estimate",
+                        help="gas limit, or 'estimate' (eth_estimateGas + margin; default 21000)")
+    parser.add_argument("--max-fee", metavar="WEI", help="max_fee_per_gas override")
+    parser.add_argument("--priority-fee", metavar="WEI", help="max_priority_fee_per_gas override")
+    parser.add_argument("--deadline", metavar="T|+S",
+                        help="cancel if still pending at unix time T (or S seconds from now)")
     parser.add_argument("--id", metavar="ID", help="idempotency key (default: random)")
     parser.add_argument("--wait", action="store_true", help="wait for the receipt")
     parser.add_argument("--confirmations", type=int, default=1, metavar="N")
@@ -54,9 +63,25 @@ def _intent(args: argparse.Namespace) -> Intent:
         return Intent.from_json(obj)
     if not args.to:
         raise MalformedInput("give --to (or --intent FILE)")
-    obj = {"to": args.to, "value": _num(args.value, "--value"), "data": args.data,
-           "gas": _num(args.gas, "--gas"), "id": args.id or uuid.uuid4().hex}
-    return Intent.from_json(obj)
+    fields: dict[str, object] = {
+        "to": args.to, "value": _num(args.value, "--value"), "data": args.data,
+        "gas": None if args.gas == "estimate" else _num(args.gas, "--gas"),
+        "id": args.id or uuid.uuid4().hex}
+    if args.max_fee is not None:
+        fields["max_fee_per_gas"] = _num(args.max_fee, "--max-fee")
+    if args.priority_fee is not None:
+        fields["max_priority_fee_per_gas"] = _num(args.priority_fee, "--priority-fee")
+    if args.deadline is not None:
+        fields["deadline"] = _deadline(args.deadline)
+    return Intent.from_json(fields)
+
+
+def _deadline(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as e:
+        raise MalformedInput(f"--deadline: not unix seconds or +seconds: {text[:40]!r}") from e
+    return time.time() + value if text.startswith("+") else value
 
 
 def _num(text: str, name: str) -> int:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from . import _hex
 from ._sending import Sender
 from .errors import JournalError, MalformedHeader, MalformedResponse, ReorgTooDeep, RouterError
+from .events import EventKind
 from .fees import Fees
 from .handle import Handle
 from .heads import ChainUpdate, Header
@@ -18,6 +19,7 @@ from .intent import Intent
 from .journal import SignatureRow
 from .nonces import InFlight, Landed, TxState
 from .recovery import RESIGN, STANDBY, flight_of, sig_of
+from .reorg import Resigned
 
 log = logging.getLogger("router.core")
 
@@ -31,6 +33,13 @@ class Follower(Sender):
         transaction that is not ours). Landed ones within `reconcile_depth` are checked against
         receipts; if the node's genesis changed, all of them are.
         """
+        self._quiet = True  # recovery re-attaches; it publishes nothing retroactively
+        try:
+            return await self._recover_rows()
+        finally:
+            self._quiet = False
+
+    async def _recover_rows(self) -> list[InFlight]:
         rows = self.journal.load()
         if not rows:
             return []
@@ -58,6 +67,8 @@ class Follower(Sender):
                                       s.raw, s.tx_hash)
             if flight.state is TxState.PENDING:
                 active.append(flight)
+                if flight.intent.deadline is not None and flight.cancel_intent is None:
+                    self._deadlines[flight.intent.id] = flight.intent.deadline
             elif flight.landed is not None and (
                 fresh_chain or flight.landed.block_number >= tip - self.config.reconcile_depth
             ):
@@ -111,6 +122,7 @@ class Follower(Sender):
                     self._restore(flight)
                 return
             if flight.landed is not None:
+                self._emit(EventKind.REORGED_OUT, flight, where=flight.landed)
                 self.nonces.unland_blocks([flight.landed.block_hash])
             flight.landed = None
             flight.state = TxState.PENDING
@@ -169,8 +181,10 @@ class Follower(Sender):
                 except JournalError as e:
                     log.error("journal write failed on the reorg path; not re-sending the new "
                               "signatures", extra={"error": e.diagnostics()})
+                    self._emit_reorg(results, signed=False)
                     return
             self.decision_us.append((time.perf_counter_ns() - received_ns) / 1000)
+            self._emit_reorg(results, signed=True)
             self.counters["reorgs"] += 1
             self.reorg_depths[len(update.removed)] += 1
             self.counters["resigned"] += len(resigned)
@@ -193,7 +207,23 @@ class Follower(Sender):
             self._spawn(self._send_in_order(moved))
         self._after_head()
 
+    def _emit_reorg(self, results: list[Resigned], *, signed: bool) -> None:
+        """After the decision (off its timed path): REORGED_OUT for each affected intent, then
+        SIGNED and REPLACED for each new signature (standbys included: their use is one)."""
+        if not self.bus.subscribers:
+            return
+        for r in results:
+            h = r.removed_from
+            if h is not None:
+                self._emit(EventKind.REORGED_OUT, r.flight,
+                           where=Landed(h.number, h.hash, r.old_hash or r.flight.hash))
+        if signed:
+            for r in results:
+                if r.resigned:
+                    self._emit_signed(r.flight, r.old_hash or r.flight.hash)
+
     def _after_head(self) -> None:
+        self._emit_confirmations()
         tip = self.view.tip
         if tip is not None:
             self.nonces.forget_below(tip.number - self.config.forget_after_blocks)
@@ -276,6 +306,9 @@ class Follower(Sender):
         sig_nonce = flight.sig_nonces.get(where.tx_hash, flight.nonce)
         if flight.landed == where:
             return False
+        old_hash = flight.hash
+        if flight.landed is not None and flight.landed.block_hash != where.block_hash:
+            self._emit(EventKind.REORGED_OUT, flight, where=flight.landed)
         if sig_nonce != flight.nonce:
             if flight.landed is not None and flight.landed.tx_hash != where.tx_hash:
                 # Two of its signatures at two nonces are both on chain: nothing can undo that.
@@ -300,6 +333,9 @@ class Follower(Sender):
                 # A newer intent got the released nonce; it finds it taken and moves.
                 self._spawn(self._send(held))
         self.nonces.mark_landed(flight, where)
+        if flight.hash != old_hash:  # relocated: an earlier signature is the current one again
+            self._emit(EventKind.REPLACED, flight, old_hash=old_hash, new_hash=flight.hash)
+        self._emit_landed(flight, where)
         return True
 
     async def _cancel_copy(self, flight: InFlight, nonce: int) -> None:

@@ -22,6 +22,7 @@ from .errors import (
     RpcError,
     TransportError,
 )
+from .events import EventKind
 from .fees import Fees
 from .handle import Handle
 from .intent import Intent
@@ -63,6 +64,9 @@ class Sender(RouterBase):
         now = time.monotonic()
         for f in todo:
             f.last_sent_head, f.last_sent_time = tip, now
+            # Published as it leaves, not on the answer: with automine the block holding it
+            # can arrive (LANDED) before the node's answer does.
+            self._emit(EventKind.BROADCAST, f, f.hash)
         try:
             results = await self.broadcaster.send_batch([(f.raw, f.hash, f.nonce) for f in todo])
         except RouterError as e:
@@ -90,6 +94,7 @@ class Sender(RouterBase):
                 flight.last_sent_head = self.view.tip.number if self.view.tip else -1
                 flight.last_sent_time = time.monotonic()
                 try:
+                    self._emit(EventKind.BROADCAST, flight, flight.hash)
                     await self.broadcaster.send(flight.raw, flight.hash, nonce=flight.nonce)
                     flight.broadcasts += 1
                     return
@@ -155,10 +160,12 @@ class Sender(RouterBase):
 
     def _replace(self, flight: InFlight, signed: SignedLike, fees: Fees, kind: str) -> None:
         """A new signature for the flight's nonce, journaled before anyone can send it."""
+        old_hash = flight.hash
         self.nonces.replace_signature(flight, signed.raw, signed.hash, fees)
         if flight.cancel_intent is not None:
             flight.cancel_hashes.add(signed.hash)
         self._persist([flight], [sig_of(flight, kind)])
+        self._emit_signed(flight, old_hash)
 
     async def _nonce_too_low(self, flight: InFlight, *, repeated: bool = False) -> bool:
         """The chain is past this nonce. Either one of our signatures landed (record it) or the
@@ -211,8 +218,8 @@ class Sender(RouterBase):
                 return False
             old = flight.nonce
             target = max(self.nonces.peek(), chain_nonce)
-            fees = self.config.fees.fresh(self._base_fee())
             try:
+                fees = self._fresh_fees(flight.intent)
                 signed = await self._sign(
                     build_tx(self.config.chain_id, target, flight.intent, fees))
             except RouterError as e:
@@ -249,9 +256,14 @@ class Sender(RouterBase):
     def _settle(self, flight: InFlight, state: TxState, error: RouterError | None) -> None:
         if state is TxState.FAILED:
             self.nonces.mark_failed(flight, error or IntentFailed("failed"))
+            self._emit(EventKind.FAILED, flight,
+                       reason=flight.error.diagnostics() if flight.error else "failed")
         else:
             flight.state = state
             flight.error = error
+            if state is TxState.REPLACED:
+                self._emit(EventKind.CANCELLED, flight,
+                           reason="a transaction we did not sign took its nonce")
         self._record([flight])
         self._notify()
 

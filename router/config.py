@@ -35,6 +35,7 @@ presign_replacements = true
 fill_gaps = true
 poll_interval = 1.0                           # heads by HTTP polling while no WebSocket is up
 signer_cooldown = 0.5                         # after a signer failure, fail fast this long
+event_confirmations = 12                      # LANDED events repeat per head up to this depth
 
 [attestation]                                 # optional: attest the signer before routing
 measurements = "measurements/0.3.0.json"      # the published PCRs the enclave must show
@@ -67,7 +68,7 @@ _FEES = {"priority_fee", "base_fee_multiplier_percent", "max_fee_cap", "bump_per
          "bump_on_reorg"}
 _ROUTER = {"rebroadcast_after_seconds", "rebroadcast_after_heads", "presign_replacements",
            "fill_gaps", "head_ring", "forget_after_blocks", "max_resigns",
-           "poll_interval", "signer_cooldown", "reconcile_depth"}
+           "poll_interval", "signer_cooldown", "reconcile_depth", "event_confirmations"}
 DEFAULT_JOURNAL = "router-journal.sqlite"
 
 

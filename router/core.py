@@ -17,27 +17,49 @@ import logging
 import time
 from typing import Any
 
+from . import _hex
 from ._base import RouterConfig
 from ._following import Follower
 from .errors import (
+    GasEstimationFailed,
     JournalError,
     LeaseLost,
     MalformedInput,
     NonceSourceError,
     RouterError,
+    RpcError,
     TransportError,
 )
-from .events import Subscription
+from .events import EventKind, Subscription
 from .handle import Handle
-from .intent import Intent
+from .intent import MAX_GAS, MIN_GAS, Intent
 from .nonces import InFlight, TxState
 from .recovery import CANCEL, FIRST, cancel_intent_for, sig_of
 from .rpc import probe
 from .signing import build_tx
 
-__all__ = ["Router", "RouterConfig"]
+__all__ = ["GAS_MARGIN_PERCENT", "Router", "RouterConfig", "gas_with_margin"]
 
 log = logging.getLogger(__name__)
+
+#: Added to the node's gas estimate of an intent submitted without `gas`.
+GAS_MARGIN_PERCENT = 20
+#: Seconds between two tries to cancel an intent past its deadline when a try failed.
+DEADLINE_RETRY = 5.0
+
+
+def gas_with_margin(estimate: int) -> int:
+    """The gas limit for a node's estimate: +GAS_MARGIN_PERCENT (ceil), 21000 kept as is.
+
+    Raises:
+        GasEstimationFailed: the estimate is above the intent maximum (30,000,000).
+    """
+    if estimate > MAX_GAS:
+        raise GasEstimationFailed(f"the node estimates {estimate} gas, above the intent maximum "
+                                  f"{MAX_GAS}", reason="estimate above the maximum")
+    if estimate <= MIN_GAS:
+        return MIN_GAS
+    return min(-(-estimate * (100 + GAS_MARGIN_PERCENT) // 100), MAX_GAS)
 
 
 class Router(Follower):
@@ -117,7 +139,9 @@ class Router(Follower):
         """Sign the intent at the next nonce, journal it, broadcast it; returns its Handle.
 
         A second submit with the same `intent.id` returns the first handle (nothing re-signed),
-        also after a restart (the journal knows every id). Chain-side trouble after signing
+        also after a restart (the journal knows every id). With `intent.gas` None the gas limit
+        is estimated first (`estimate_gas`); the handle's intent carries it and still equals
+        the request. Publishes SUBMITTED, SIGNED, then BROADCAST (events.py). Chain-side trouble after signing
         (unreachable nodes, drops, refusals) is the router's to resolve: the handle ends in a
         terminal state the caller can see. Raises only when nothing was broadcast:
 
@@ -126,7 +150,11 @@ class Router(Follower):
             TransportError: the signer is unreachable (SignerUnavailable: it failed moments
                 ago); no nonce was consumed.
             NonceSourceError: the router has no trustworthy nonce yet.
-            MalformedInput: the id was already used for a different intent.
+            MalformedInput: the id was already used for a different intent (other options
+                count), its deadline has passed, or a fee override is above the policy's cap
+                (nothing signed).
+            GasEstimationFailed: `gas` is None and the node refused to estimate (the call
+                reverts; its reason is in the message); nothing signed.
             JournalError: the journal could not be written (LeaseLost: another router now owns
                 this sender); nothing was broadcast.
         """
@@ -135,12 +163,19 @@ class Router(Follower):
         existing = self._existing(intent)
         if existing is not None:
             return existing
+        if intent.deadline is not None and intent.deadline <= time.time():
+            raise MalformedInput(f"intent {intent.id[:60]!r}: its deadline {intent.deadline} "
+                                 "has already passed")
+        self._fresh_fees(intent)  # refuse an override above the cap before any I/O
+        if intent.gas is None:
+            intent = intent.with_estimated_gas(
+                await self.estimate_gas(intent.to, intent.value, intent.data))
         async with self._alloc:
             existing = self._existing(intent)  # the same id may have been submitted meanwhile
             if existing is not None:
                 return existing
             nonce = self.nonces.peek()
-            fees = self.config.fees.fresh(self._base_fee())
+            fees = self._fresh_fees(intent)
             signed = await self._sign(build_tx(self.config.chain_id, nonce, intent, fees))
             flight = InFlight(nonce, intent, fees, signed.raw, signed.hash,
                               last_sent_head=self.view.tip.number if self.view.tip else -1,
@@ -154,11 +189,43 @@ class Router(Follower):
             handle = Handle(self, flight)
             self._handles[intent.id] = handle
             self.counters["submitted"] += 1
+            if intent.deadline is not None:
+                self._deadlines[intent.id] = intent.deadline
+            if self.bus.subscribers:
+                self._emit(EventKind.SUBMITTED, flight)
+                self._emit(EventKind.SIGNED, flight, flight.hash)
             sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             # Queued under the lock: the outbox holds first broadcasts in nonce order.
             self._outbox.put_nowait((flight, sent))
         await asyncio.shield(sent)
         return handle
+
+    async def estimate_gas(self, to: bytes, value: int = 0, data: bytes = b"") -> int:
+        """The gas limit the router signs an intent with when it has no `gas`: the node's
+        eth_estimateGas (from the sender, to, value, data) plus GAS_MARGIN_PERCENT (state may
+        change between estimate and inclusion), except that an estimate of exactly 21000 (a
+        plain transfer, whose cost cannot vary) is kept; capped at the intent maximum.
+
+        Raises:
+            MalformedInput: `to` is not 20 bytes or `value` is out of range.
+            GasEstimationFailed: the node refused to estimate (the call reverts: its revert
+                reason is in the message), or the estimate is above the intent maximum.
+            TransportError, MalformedResponse: no endpoint answered usefully.
+        """
+        if not isinstance(to, bytes) or len(to) != 20:
+            raise MalformedInput(f"estimate_gas: 'to' must be 20 bytes, got {to!r:.60}")
+        if not isinstance(value, int) or not 0 <= value < 2**256:
+            raise MalformedInput("estimate_gas: value out of range")
+        call = {"from": self.config.sender, "to": _hex.to_hex(to), "value": hex(value),
+                "data": _hex.to_hex(data)}
+        try:
+            result = await self._any(lambda rpc: rpc.call("eth_estimateGas", call))
+        except RpcError as e:
+            raise GasEstimationFailed(
+                f"gas estimation for a call to 0x{to.hex()} failed: {e} (JSON-RPC code {e.code})",
+                reason=str(e), code=e.code) from e
+        estimate = _hex.quantity(result, "eth_estimateGas", max_value=2**63 - 1)
+        return gas_with_margin(estimate)
 
     def _existing(self, intent: Intent) -> Handle | None:
         existing = self._handles.get(intent.id)
@@ -185,6 +252,10 @@ class Router(Follower):
             RouterError: the fee cap forbids a replacement.
             JournalError: as for submit.
         """
+        return await self._cancel(intent_id, "cancelled on request (our cancellation took its "
+                                             "nonce)")
+
+    async def _cancel(self, intent_id: str, reason: str) -> Handle:
         handle = self._handles.get(intent_id)
         if handle is None:
             raise MalformedInput(f"no intent with id {intent_id[:60]!r}")
@@ -205,8 +276,11 @@ class Router(Follower):
                 return handle  # landed (or moved) while the signer worked
             flight.cancel_intent = cancel
             flight.cancel_hashes.add(signed.hash)
+            old_hash = flight.hash
             self.nonces.replace_signature(flight, signed.raw, signed.hash, fees)
             self._persist([flight], [sig_of(flight, CANCEL)])
+            self._cancel_reasons[intent_id] = reason
+            self._emit_signed(flight, old_hash)
         self.counters["cancel_requested"] += 1
         await self._send(flight)
         self._notify()
@@ -220,6 +294,7 @@ class Router(Follower):
             try:
                 if self._fenced is None:
                     self.journal.renew()
+                    self._check_deadlines()
                     self._resend_stale()
                     await self._check_gap()
                 if self.endpoint_errors:
@@ -231,6 +306,33 @@ class Router(Follower):
             except Exception:  # keep the time-driven work alive whatever one round hit
                 log.exception("maintenance round failed")
             self._prune_handles()
+
+    def _check_deadlines(self) -> None:
+        """Cancel (as `cancel` does) every intent whose deadline passed while it is pending.
+        Checked each maintenance round (at most 1 s apart); a cancellation that cannot be made
+        now (signer down, fee cap) is tried again DEADLINE_RETRY seconds later."""
+        if not self._deadlines:
+            return
+        now = time.time()
+        for intent_id, deadline in list(self._deadlines.items()):
+            if deadline > now:
+                continue
+            del self._deadlines[intent_id]
+            handle = self._handles.get(intent_id)
+            if (handle is not None and handle.flight.state is TxState.PENDING
+                    and handle.flight.cancel_intent is None):
+                self._spawn(self._cancel_at_deadline(intent_id, deadline))
+
+    async def _cancel_at_deadline(self, intent_id: str, deadline: float) -> None:
+        try:
+            await self._cancel(intent_id, f"cancelled: its deadline {deadline} passed while it "
+                                          "was pending")
+            self.counters["deadline_cancelled"] += 1
+        except RouterError as e:
+            self.counters["deadline_cancel_failed"] += 1
+            log.warning("cannot cancel an intent past its deadline; trying again",
+                        extra={"intent": intent_id, "error": e.diagnostics()})
+            self._deadlines[intent_id] = time.time() + DEADLINE_RETRY
 
     async def _retry_endpoints(self) -> None:
         down = [r for r in self.rpcs if r.label in self.endpoint_errors]

@@ -143,6 +143,16 @@ class IntentCancelled(IntentFailed):
     """The intent was cancelled (`Router.cancel`): a self-transfer took its nonce."""
 
 
+class GasEstimationFailed(RouterError):
+    """The node's eth_estimateGas refused an intent submitted without a gas limit (it would
+    revert, or cannot execute); `reason` is the node's message (with its revert reason)."""
+
+    def __init__(self, message: str, *, reason: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.code = code
+
+
 class SignerUnavailable(TransportError):
     """The signer failed moments ago; calls fail at once until its cooldown ends (no queueing
     behind a reconnect), so the router's other work goes on."""

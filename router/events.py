@@ -24,7 +24,8 @@ __all__ = ["EventBus", "EventKind", "EventsLost", "IntentEvent", "Subscription"]
 class EventKind(Enum):
     SUBMITTED = "submitted"  # accepted, nonce allocated (before signing)
     SIGNED = "signed"  # a signature was made and journaled (first, re-sign, replacement)
-    BROADCAST = "broadcast"  # sent to the endpoints (first send and every re-send)
+    BROADCAST = "broadcast"  # sent to the endpoints (first send and every re-send; published as
+    #                          it leaves: a refusal shows as FAILED, a re-sign or a re-send)
     LANDED = "landed"  # in a canonical block; again with more confirmations as heads arrive
     REORGED_OUT = "reorged_out"  # its block left the canonical chain
     REPLACED = "replaced"  # its transaction hash changed (re-sign: old_hash -> new_hash)
@@ -146,6 +147,7 @@ class EventBus:
         """Build the event (seq, time) and hand it to every matching subscriber."""
         event = IntentEvent(next(self._seq), kind, intent_id, nonce, time.time(),
                             **fields)  # type: ignore[arg-type]
-        for sub in list(self._subs):
-            sub._offer(event)
+        if self._subs:
+            for sub in tuple(self._subs):  # a copy: an overflowing subscriber leaves the set
+                sub._offer(event)
         return event

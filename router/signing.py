@@ -69,7 +69,7 @@ def build_tx(chain_id: int, nonce: int, intent: Intent, fees: Fees) -> UnsignedT
         TX_EIP1559,
         chain_id,
         nonce,
-        intent.gas,
+        intent.gas_limit,
         intent.to,
         intent.value,
         intent.data,

@@ -234,26 +234,30 @@ def test_policy_refusals(anvil: Anvil) -> None:
     asyncio.run(main())
 
 
-def test_fee_fields_follow_intent(anvil: Anvil) -> None:
-    """maxFeePerGas is passed to the intent when Intent has per-intent fees, otherwise refused
-    with a message saying so (never silently ignored)."""
-    import dataclasses
-
-    from router.intent import Intent
-
-    supported = "max_fee_per_gas" in {f.name for f in dataclasses.fields(Intent)}
-
+def test_fee_fields_and_gas_reach_the_intent(anvil: Anvil) -> None:
+    """maxFeePerGas / maxPriorityFeePerGas become the intent's overrides and are what the signed
+    transaction carries; one above the router's fee cap is refused (never silently ignored); no
+    `gas` lets the router estimate."""
     async def main() -> None:
-        async with gateway_on(anvil) as (_, gw):
+        async with gateway_on(anvil) as (router, gw):
+            max_fee, tip = 10**11 + 7, 10**9 + 3
             ans = await call(gw.url, "eth_sendTransaction",
                              {"from": ADDR, "to": "0x" + dest(6).hex(),
-                              "maxFeePerGas": hex(10**12), "maxPriorityFeePerGas": hex(10**9)})
-            if supported:
-                assert "result" in ans, ans
-            else:
-                code, msg = _err(ans)
-                assert code == -32602 and "params[0].maxFeePerGas" in msg
-                assert "not supported by this router version" in msg
+                              "maxFeePerGas": hex(max_fee), "maxPriorityFeePerGas": hex(tip)})
+            assert "result" in ans, ans
+            tx = (await call(gw.url, "eth_getTransactionByHash", ans["result"]))["result"]
+            assert int(tx["maxFeePerGas"], 16) == max_fee
+            assert int(tx["maxPriorityFeePerGas"], 16) == tip
+            assert int(tx["gas"], 16) == 21_000  # estimated by the router: a plain transfer
+            status = (await call(gw.url, "sentinel_intentStatus", ans["result"]))["result"]
+            handle = router.handle(status["id"])
+            assert handle is not None and handle.intent.gas_estimated  # the router estimated
+            cap = router.config.fees.max_fee_cap
+            code, msg = _err(await call(gw.url, "eth_sendTransaction",
+                                        {"from": ADDR, "to": "0x" + dest(7).hex(),
+                                         "maxFeePerGas": hex(cap + 1)}))
+            assert code == -32602 and "max_fee_cap" in msg, msg
+            assert router.stats()["submitted"] == 1
     asyncio.run(main())
 
 

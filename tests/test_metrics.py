@@ -175,8 +175,6 @@ def test_submits_move_counters_histogram_and_signer_stats(anvil: Anvil, tmp_path
     asyncio.run(main())
 
 
-@pytest.mark.xfail(strict=False, reason="the router publishes `landed` on its bus only once the "
-                   "events helper's publishing is merged (router/events.py has no publisher yet)")
 def test_a_landed_submit_counts_as_landed(anvil: Anvil, tmp_path: Path) -> None:
     """End to end: a real submit that lands moves intents_total{state="landed"}."""
     intent = transfers(1, tag="landed-e2e")[0]

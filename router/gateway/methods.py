@@ -24,11 +24,13 @@ from Crypto.Hash import keccak
 from enclave.keys import checksum_address
 from enclave.tx import TX_EIP1559, TX_LEGACY, UnsignedTx
 from router.errors import (
+    GasEstimationFailed,
     JournalError,
     MalformedInput,
     NonceSourceError,
     RouterError,
     SignerError,
+    SignerUnavailable,
     TransportError,
 )
 from router.nonces import TxState
@@ -260,7 +262,7 @@ class Methods:
         the current one, and eth_getTransactionReceipt of the returned hash answers with the
         receipt of whichever signature landed."""
         req = self._request(obj)
-        intent = await intent_from_tx(req, f"rpc-{uuid.uuid4().hex}", self.estimate_gas)
+        intent = intent_from_tx(req, f"rpc-{uuid.uuid4().hex}")
         if req.nonce is None:
             handle = await self._submit(intent)
         else:
@@ -430,10 +432,16 @@ def _from_router(e: RouterError) -> JsonRpcError:
             return JsonRpcError(LIMIT_EXCEEDED, f"signer rate limit: {e.message}")
         return JsonRpcError(TX_REJECTED, f"refused by the signer ({e.name}): {e.message}",
                             {"signerError": e.name})
+    if isinstance(e, GasEstimationFailed):
+        # 3 is what nodes answer for a reverting call: clients decode the reason from it.
+        return JsonRpcError(e.code if e.code == 3 else SERVER_ERROR,
+                            f"gas estimation failed: {e.reason}")
     if isinstance(e, MalformedInput):
         return JsonRpcError(INVALID_PARAMS, e.diagnostics())
-    if isinstance(e, TransportError):
+    if isinstance(e, SignerUnavailable):
         return JsonRpcError(SERVER_ERROR, f"signer unavailable: {e.diagnostics()}")
+    if isinstance(e, TransportError):
+        return JsonRpcError(SERVER_ERROR, f"unavailable: {e.diagnostics()}")
     if isinstance(e, NonceSourceError | JournalError):
         return JsonRpcError(SERVER_ERROR, f"router cannot accept transactions now: "
                             f"{e.diagnostics()}")
