@@ -261,3 +261,26 @@ def test_logs_do_not_wrap_hashes(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     for value in measure_eif(eif).pcrs.values():
         assert any(value.hex() in line for line in done.stderr.splitlines()), done.stderr
+
+
+def test_console_off_a_terminal_keeps_long_lines_and_table_cells_whole(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # reproducible's build prints "PCR0 <96 hex>" and the attestation table folds its detail
+    # column: at rich's default 80 columns off a terminal both were cut in two in a log.
+    from rich.table import Table
+
+    from verify._cli import stderr_console
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    digest = "ab" * 48
+    console = stderr_console()
+    console.print(f"PCR0 {digest}", highlight=False)
+    table = Table()
+    for column in ("check", "result", "detail"):
+        table.add_column(column, overflow="fold")
+    table.add_row("pcrs", "FAIL", f"PCR0: got {digest}, expected {'cd' * 48}")
+    console.print(table)
+    err = capsys.readouterr().err
+    assert f"PCR0 {digest}\n" in err
+    assert any(f"PCR0: got {digest}, expected {'cd' * 48}" in line for line in err.splitlines())
