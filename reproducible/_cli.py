@@ -82,7 +82,9 @@ def _cmd_build(args: argparse.Namespace, console: Console) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = CliParser(prog=prog_name("reproducible"), description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    # typed as plain ArgumentParser's: the release and deploy modules register on any parser
+    sub: argparse._SubParsersAction[argparse.ArgumentParser] = p.add_subparsers(  # type: ignore[assignment]
+        dest="command", required=True)
     b = sub.add_parser("build", help="build sentinel.eif and measurements.json")
     b.add_argument("--out", default="build", help="output directory (default: build)")
     b.add_argument("--lock", help="lock file (default: reproducible/lock.toml)")

@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from enclave.cli import prog_name
 from router.errors import RouterError
 
 # The parser, the error handling and the two output channels are verify's (router already depends
 # on verify for attestation); re-exported for the subcommand modules.
-from enclave.cli import prog_name
 from verify._cli import emit_json, make_parser, print_error, run_cli, stderr_console
 
 __all__ = ["COMMANDS", "add_signer_argument", "add_signer_timeouts", "build_parser", "emit_json",
