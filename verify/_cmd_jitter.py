@@ -148,8 +148,11 @@ def _sigint_stops() -> Iterator[Callable[[], bool]]:
 def _progress_line(
     console: Console, cpu: int | None
 ) -> Iterator[Callable[[JitterProgress], None]]:
-    """A live line on stderr. Refreshed only between slices, never from a thread: a refresh
+    """A live line on stderr when it is a terminal. Refreshed only between slices, never from a thread: a refresh
     thread would take the interpreter lock from the spinning loop and show up as stalls."""
+    if not console.is_terminal:  # a log gets the report, not a redrawn line
+        yield lambda p: None
+        return
     where = "" if cpu is None else f" CPU {cpu}"
     with Progress(
         TextColumn(f"jitter{where}"),
