@@ -1,7 +1,9 @@
 """Every Sentinel workflow is a nox session: `nox -l` lists them.
 
-The README's two set-up commands are `nox -s build-eif` and `nox -s tests`; both must work on a
-fresh Debian machine as root, so sessions install what they need (apt, npm) when it is missing.
+The README's two set-up commands are `./noxw -s build-eif` and `./noxw -s tests` (nox from its own
+venv: Debian's python3 refuses pip installs, PEP 668); both must work on a fresh Debian machine as
+root, so sessions install what they need (apt, npm) when it is missing. `nox -l` shows each
+session's first docstring line: keep it a whole sentence (tests/test_readme_setup.py checks it).
 """
 
 from __future__ import annotations
@@ -152,16 +154,21 @@ def build_eif(session: nox.Session) -> None:
 
 @nox.session
 def reproduce(session: nox.Session) -> None:
-    """Two builds in two fresh temp dirs (different TZ, umask, LC_ALL, HOME, source mtimes) must
-    give the same EIF sha256, equal to measurements/<version>.json. `-- --publish` re-publishes."""
+    """Two independent builds must give one EIF sha256, equal to measurements/<version>.json.
+
+    The builds run in two fresh temp dirs with different TZ, umask, LC_ALL, HOME and source
+    mtimes. `-- --publish` re-publishes.
+    """
     install_project(session, "build")
     session.run("python", "-m", "reproducible.reproduce", *session.posargs)
 
 
 @nox.session
 def vendor(session: nox.Session) -> None:
-    """Every pinned input and a manifest into build/inputs (or `-- DIR`), to publish with a
-    release; `build --inputs DIR` rebuilds from it after the registries moved on."""
+    """Export every pinned input and a manifest into build/inputs (or `-- DIR`).
+
+    Published with a release; `build --inputs DIR` rebuilds from it after the registries moved on.
+    """
     install_project(session, "build")
     dest = session.posargs or [str(BUILD / "inputs")]
     session.run("python", "-m", "reproducible", "inputs", "export", *dest)
@@ -203,9 +210,11 @@ def release(session: nox.Session) -> None:
 
 @nox.session
 def deploy(session: nox.Session) -> None:
-    """Write build/deploy/: the KMS key policy, CloudFormation template and instance set-up of
-    measurements/<version>.json (`-- --measurements OLD.json --measurements NEW.json ...` for a
-    rolling upgrade; options: `python -m reproducible deploy --help`)."""
+    """Write build/deploy/: KMS key policy, CloudFormation template and instance set-up.
+
+    For measurements/<version>.json (`-- --measurements OLD.json --measurements NEW.json ...` for
+    a rolling upgrade; options: `python -m reproducible deploy --help`).
+    """
     install_project(session, "build")
     version = session.run(
         "python", "-c", "from reproducible.build import project_version; print(project_version())",

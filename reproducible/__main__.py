@@ -1,3 +1,6 @@
+"""`python -m reproducible`: see reproducible/_cli.py."""
+
 from reproducible._cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())

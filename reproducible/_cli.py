@@ -1,19 +1,21 @@
-"""`python -m reproducible`: build the enclave image, refresh the lock, release, deploy."""
+"""`python -m reproducible` (also `sentinel-reproducible`): build the enclave image, refresh the
+lock, release, deploy. `-v`, `--json` and `--version` work on every subcommand (enclave/cli.py)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
 
+from enclave.cli import CliParser, add_global_options, prog_name, run_cli
 from reproducible import _cmd_release
 from reproducible.deploy import cli as _deploy_cli
 from reproducible.errors import BuildError
+from verify._cli import print_error, stderr_console
 
 log = logging.getLogger("reproducible")
 
@@ -79,9 +81,10 @@ def _cmd_build(args: argparse.Namespace, console: Console) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m reproducible", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logs; re-raise errors")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = CliParser(prog=prog_name("reproducible"), description=__doc__)
+    # typed as plain ArgumentParser's: the release and deploy modules register on any parser
+    sub: argparse._SubParsersAction[argparse.ArgumentParser] = p.add_subparsers(  # type: ignore[assignment]
+        dest="command", required=True)
     b = sub.add_parser("build", help="build sentinel.eif and measurements.json")
     b.add_argument("--out", default="build", help="output directory (default: build)")
     b.add_argument("--lock", help="lock file (default: reproducible/lock.toml)")
@@ -126,24 +129,13 @@ def _parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=_cmd_inputs_export)
     _cmd_release.register(sub)
     _deploy_cli.register(sub)
+    add_global_options(p, root=True)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    console = Console(file=sys.stderr)
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0) if e.code in (0, None) else 2
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(name)s: %(message)s")
-    try:
-        return int(args.func(args, console))
-    except BuildError as e:
-        if args.verbose:
-            raise
-        console.print(f"[red]error:[/red] {e.diagnostics()}", highlight=False)
-        return e.exit_code
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        return 130
+    """Run the CLI; returns the process exit status (0 ok, 1 a check failed, 2 bad input/usage)."""
+    parser = _parser()
+    console = stderr_console()
+    return run_cli(parser, argv, BuildError, print_error=print_error,
+                   call=lambda func, args: int(func(args, console)))

@@ -308,7 +308,10 @@ def load_from_docker(
         import docker
         import docker.errors
     except ImportError as e:
-        raise ImageSourceError("--from-image needs the docker SDK: pip install 'sentinel[build]'") from e
+        from enclave.cli import install_hint
+
+        raise ImageSourceError(f"--from-image needs the docker SDK, the 'build' extra: "
+                               f"{install_hint('build')}") from e
     try:
         client = client_factory() if client_factory else docker.from_env()
     except docker.errors.DockerException as e:

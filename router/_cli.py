@@ -1,4 +1,4 @@
-"""Root of `python -m router`: argparse with one subcommand per module.
+"""Root of `python -m router` (also `sentinel-router`): argparse with one subcommand per module.
 
 Each subcommand lives in `router/_cmd_<name>.py` and is listed in `COMMANDS` below (adding one is a
 one-line edit). A subcommand module exposes::
@@ -11,7 +11,8 @@ one-line edit). A subcommand module exposes::
 
 Handlers raise `RouterError` subclasses for every expected failure; this module catches them once,
 prints one line on stderr and exits with the error's `exit_code`. Data goes to stdout, status for
-people to stderr. `-v` re-raises so developers get the traceback.
+people to stderr. `-v`, `--json` and `--version` work on every subcommand (enclave/cli.py); a
+missing `router` extra is one line naming it, exit 2. `-v` re-raises for the traceback.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from enclave.cli import prog_name
 from router.errors import RouterError
 
 # The parser, the error handling and the two output channels are verify's (router already depends
 # on verify for attestation); re-exported for the subcommand modules.
-from verify._cli import emit_json, make_parser, run_cli, stderr_console
+from verify._cli import emit_json, make_parser, print_error, run_cli, stderr_console
 
 __all__ = ["COMMANDS", "add_signer_argument", "add_signer_timeouts", "build_parser", "emit_json",
            "main", "stderr_console"]
@@ -57,7 +59,7 @@ def add_signer_timeouts(parser: argparse.ArgumentParser) -> None:
 
 def build_parser(commands: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
     return make_parser(
-        prog="python -m router",
+        prog=prog_name("router"),
         description="Parent-side tools of Sentinel: talk to the enclave signer, route transactions.",
         package="router",
         commands=commands,
@@ -66,4 +68,4 @@ def build_parser(commands: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit status (0 ok, 1 failed, 2 malformed input/usage)."""
-    return run_cli(build_parser(), argv, RouterError)
+    return run_cli(build_parser(), argv, RouterError, print_error=print_error)

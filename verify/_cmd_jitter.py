@@ -1,20 +1,32 @@
-"""`python -m verify jitter`: a pinned spin loop that measures how often its CPU is taken away."""
+"""`python -m verify jitter`: a pinned spin loop that measures how often its CPU is taken away.
+
+A progress line (rich, on stderr) shows the run live; Ctrl-C ends it early and reports what was
+measured so far (`"interrupted": true`, exit 130); a second Ctrl-C aborts at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from verify.errors import MalformedInput, VerifyError
+from verify.errors import MalformedInput
 
 if TYPE_CHECKING:
-    from verify.jitter import JitterReport
+    from verify.jitter import JitterProgress, JitterReport
+
+#: Exit status of a run ended early by Ctrl-C (its results are still reported).
+EXIT_INTERRUPTED = 130
 
 
 def _ns(value: float) -> str:
@@ -31,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="measure this host's jitter with a pinned spin loop (the canary)",
         description="Pin to one CPU, read a monotonic nanosecond clock back to back, record every "
         "gap in an HDR histogram and count involuntary context switches. Exit 0 after a measurement "
-        "(with --require-quiet: 1 when a stall above the threshold or a context switch was seen).",
+        "(with --require-quiet: 1 when a stall above the threshold or a context switch was seen). "
+        "Ctrl-C ends the run early and reports what was measured (exit 130).",
     )
     parser.add_argument(
         "--cpu",
@@ -73,19 +86,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     from verify._cli import emit_json, stderr_console
+    from verify.jitter import JitterConfig, run_jitter
 
-    try:
-        # The jitter extra is optional: `python -m verify` must work without it for other commands.
-        import hdrh  # noqa: F401
-
-        from verify.jitter import JitterConfig, run_jitter
-
-        if args.plot is not None:
-            import matplotlib  # noqa: F401
-    except ImportError as e:
-        raise VerifyError(
-            f"verify jitter needs the 'jitter' extra: pip install 'sentinel[jitter]' ({e})"
-        ) from e
+    if args.plot is not None:
+        # The 'jitter' extra: its absence is reported by the CLI layer (one line, exit 2) before
+        # the measurement rather than after it.
+        import matplotlib  # noqa: F401
     if (args.slippage is None) != (args.volume is None):
         raise MalformedInput("--slippage and --volume go together (the jitter tax needs both)")
     for name in ("slippage", "volume"):
@@ -97,10 +103,11 @@ def run(args: argparse.Namespace) -> int:
     config = JitterConfig(
         cpu=args.cpu, duration_s=args.duration, threshold_ns=args.threshold, loop=args.loop
     )
-    report = run_jitter(config)
+    console = stderr_console()
+    with _sigint_stops() as stop, _progress_line(console, config.cpu) as on_progress:
+        report = run_jitter(config, on_progress=on_progress, stop=stop)
     if args.slippage is not None:
         report = _with_tax(report, args.slippage, args.volume)
-    console = stderr_console()
     _print_report(console, report)
     if args.json:
         emit_json(report.to_json())  # before plotting, so a plotting failure loses no measurement
@@ -112,7 +119,62 @@ def run(args: argparse.Namespace) -> int:
         except OSError as e:
             raise MalformedInput(f"--plot {args.plot}: cannot write ({e.strerror})") from e
         console.print(f"plot written to {args.plot}")
+    if report.interrupted:
+        return EXIT_INTERRUPTED
     return 1 if args.require_quiet and not report.quiet else 0
+
+
+@contextlib.contextmanager
+def _sigint_stops() -> Iterator[Callable[[], bool]]:
+    """While the run lasts, the first SIGINT asks it to stop after the current slice (the results
+    so far are reported); the handler then steps aside so a second Ctrl-C interrupts at once."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested.is_set  # signals reach the main thread only
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        requested.set()
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield requested.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _progress_line(
+    console: Console, cpu: int | None
+) -> Iterator[Callable[[JitterProgress], None]]:
+    """A live line on stderr when it is a terminal. Refreshed only between slices, never from a thread: a refresh
+    thread would take the interpreter lock from the spinning loop and show up as stalls."""
+    if not console.is_terminal:  # a log gets the report, not a redrawn line
+        yield lambda p: None
+        return
+    where = "" if cpu is None else f" CPU {cpu}"
+    with Progress(
+        TextColumn(f"jitter{where}"),
+        BarColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        auto_refresh=False,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("jitter", total=None, status="warming up")
+
+        def update(p: JitterProgress) -> None:
+            status = (
+                f"{p.elapsed_ns / 1e9:.1f}/{p.requested_ns / 1e9:.1f} s, {p.iterations:,} "
+                f"iterations, worst gap {_ns(p.worst_gap_ns)}, {p.stalls_above_threshold:,} "
+                "stalls above threshold (Ctrl-C: stop and report)"
+            )
+            progress.update(task, completed=p.elapsed_ns, total=p.requested_ns, status=status)
+            progress.refresh()
+
+        progress.refresh()
+        yield update
 
 
 def _with_tax(report: JitterReport, slippage: float, volume: float) -> JitterReport:
@@ -130,6 +192,11 @@ def _print_report(console: Console, report: JitterReport) -> None:
         f"CPU {report.cpu}"
         + {True: " (isolated)", False: " (not isolated)", None: ""}[report.cpu_isolated]
     )
+    if report.interrupted:
+        console.print(
+            f"[bold yellow]interrupted[/]: {s.elapsed_ns / 1e9:.2f} s of "
+            f"{report.requested_ns / 1e9:.2f} s measured; the report covers that part"
+        )
     if report.quiet:
         console.print(
             f"[bold green]QUIET[/]: no stall above {_ns(report.threshold_ns)} and no involuntary context "

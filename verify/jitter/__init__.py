@@ -7,7 +7,13 @@ nanosecond clock, records every gap in an HDR histogram and returns a `JitterRep
 from __future__ import annotations
 
 from verify.jitter.errors import InvalidJitterOption, LoopUnavailable
-from verify.jitter.runner import JitterConfig, JitterReport, default_cpu, run_jitter
+from verify.jitter.runner import (
+    JitterConfig,
+    JitterProgress,
+    JitterReport,
+    default_cpu,
+    run_jitter,
+)
 from verify.jitter.stats import GapStats, Percentiles, StallCount, arrival_quantile
 from verify.jitter.tax import JitterTax, jitter_tax
 
@@ -15,6 +21,7 @@ __all__ = [
     "GapStats",
     "InvalidJitterOption",
     "JitterConfig",
+    "JitterProgress",
     "JitterReport",
     "JitterTax",
     "LoopUnavailable",

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
+from enclave.cli import install_hint
 from verify.jitter._spin import SMALL_LIMIT_NS, RawRun
 
 __all__ = ["CompiledLoop", "load"]
@@ -108,7 +109,7 @@ def load() -> tuple[CompiledLoop | None, str]:
         try:
             import cffi
         except ImportError:
-            return None, "cffi is not installed (pip install 'sentinel[jitter]')"
+            return None, f"cffi is not installed (the 'jitter' extra: {install_hint('jitter')})"
         if shutil.which(os.environ.get("CC", "cc")) is None:
             return None, "no C compiler (cc) on this host"
         ffi = cffi.FFI()

@@ -6,6 +6,7 @@ import gc
 import logging
 import os
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,14 @@ from verify.jitter.errors import InvalidJitterOption, LoopUnavailable
 from verify.jitter.stats import GapStats, summarize
 from verify.jitter.tax import JitterTax
 
-__all__ = ["JitterConfig", "JitterReport", "candidate_cpus", "default_cpu", "run_jitter"]
+__all__ = [
+    "JitterConfig",
+    "JitterProgress",
+    "JitterReport",
+    "candidate_cpus",
+    "default_cpu",
+    "run_jitter",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +32,9 @@ logger = logging.getLogger(__name__)
 DECADES_NS = (1_000, 10_000, 100_000, 1_000_000)
 WARMUP_NS = 50_000_000  # lets the CPU leave idle and the loop's code and data settle in cache
 MAX_DURATION_S = 3600.0
+#: The loop runs in slices of this length; between slices (not measured) progress is reported and
+#: a stop request is honoured, so Ctrl-C loses at most one slice.
+SLICE_NS = 200_000_000
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,9 @@ class JitterReport:
     stats: GapStats
     raw: RawRun = field(repr=False)
     tax: JitterTax | None = None
+    #: The duration asked for; `stats.elapsed_ns` is what was measured (less when interrupted).
+    requested_ns: int = 0
+    interrupted: bool = False
 
     @property
     def stalls_above_threshold(self) -> int:
@@ -64,6 +78,8 @@ class JitterReport:
             "loop": self.loop,
             "loop_note": self.loop_note,
             "threshold_ns": self.threshold_ns,
+            "interrupted": self.interrupted,
+            "requested_duration_s": self.requested_ns / 1e9,
             "stalls_above_threshold": self.stalls_above_threshold,
             "context_switches": {
                 "involuntary": self.involuntary_switches,
@@ -74,6 +90,29 @@ class JitterReport:
         if self.tax is not None:
             doc["jitter_tax"] = self.tax.to_json()
         return doc
+
+
+@dataclass(frozen=True)
+class JitterProgress:
+    """What a run has measured so far, reported after every slice."""
+
+    elapsed_ns: int
+    requested_ns: int
+    iterations: int
+    worst_gap_ns: int
+    stalls_above_threshold: int
+
+
+def _merge(runs: list[RawRun]) -> RawRun:
+    """One run from consecutive slices; stall offsets count measured time only (the pauses
+    between slices are the tool's own and are not gaps)."""
+    small = [sum(col) for col in zip(*(r.small for r in runs), strict=True)]
+    big: list[tuple[int, int]] = []
+    offset = 0
+    for r in runs:
+        big.extend((offset + at, gap) for at, gap in r.big)
+        offset += r.elapsed_ns
+    return RawRun(loop=runs[0].loop, elapsed_ns=offset, small=small, big=big)
 
 
 def _read_cpus(path: str) -> str:
@@ -127,10 +166,20 @@ def _choose_loop(kind: str) -> tuple[Any, str, str]:
     return spin_python, "python", f"Python loop; no compiled loop: {why}"
 
 
-def run_jitter(config: JitterConfig) -> JitterReport:
+def run_jitter(
+    config: JitterConfig,
+    *,
+    on_progress: Callable[[JitterProgress], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> JitterReport:
     """Pin this thread to one CPU, spin for the duration and report the gaps.
 
+    The loop runs in slices of `SLICE_NS`; after each, `on_progress` sees the totals so far and a
+    true `stop()` ends the run early: the report then covers the slices measured
+    (`interrupted=True`).
+
     Raises:
+        KeyboardInterrupt: `stop()` was true before the first slice: nothing was measured.
         InvalidJitterOption: the CPU is not one this process may use, or a value is out of range.
         LoopUnavailable: `loop="compiled"` and the compiled loop cannot be built here.
     """
@@ -146,6 +195,7 @@ def run_jitter(config: JitterConfig) -> JitterReport:
         raise InvalidJitterOption(f"--loop {config.loop!r}: expected auto, compiled or python")
     if config.cpu is not None and config.cpu < 0:
         raise InvalidJitterOption(f"--cpu {config.cpu}: expected a CPU number >= 0")
+    stopping = stop or (lambda: False)
     allowed = os.sched_getaffinity(0)
     cpu = default_cpu() if config.cpu is None else config.cpu
     spin, loop, note = _choose_loop(config.loop)
@@ -164,12 +214,26 @@ def run_jitter(config: JitterConfig) -> JitterReport:
         gc.disable()  # a collection inside the loop would be the tool's own stall, not the host's
         spin(WARMUP_NS)
         before = resource.getrusage(resource.RUSAGE_THREAD)
-        raw = spin(duration_ns)
+        slices: list[RawRun] = []
+        done = worst = stalls = iterations = 0
+        while done < duration_ns and not stopping():
+            part = spin(min(SLICE_NS, duration_ns - done))
+            slices.append(part)
+            done += part.elapsed_ns
+            if on_progress is not None:
+                worst = max(worst, max((g for _, g in part.big), default=0),
+                            max((g for g, c in enumerate(part.small) if c), default=0))
+                stalls += _above(part, config.threshold_ns)
+                iterations += part.iterations
+                on_progress(JitterProgress(done, duration_ns, iterations, worst, stalls))
         after = resource.getrusage(resource.RUSAGE_THREAD)
     finally:
         if gc_was_enabled:
             gc.enable()
         os.sched_setaffinity(0, allowed)
+    if not slices:
+        raise KeyboardInterrupt  # stopped before anything was measured: nothing to report
+    raw = _merge(slices)
     isolated = _isolated()
     stats = summarize(raw, {config.threshold_ns, *DECADES_NS})
     logger.debug("jitter run on cpu %d: %d iterations", cpu, stats.iterations)
@@ -183,4 +247,10 @@ def run_jitter(config: JitterConfig) -> JitterReport:
         voluntary_switches=after.ru_nvcsw - before.ru_nvcsw,
         stats=stats,
         raw=raw,
+        requested_ns=duration_ns,
+        interrupted=done < duration_ns,
     )
+
+
+def _above(run: RawRun, threshold_ns: int) -> int:
+    return sum(run.small[threshold_ns + 1:]) + sum(1 for _, g in run.big if g > threshold_ns)
