@@ -13,6 +13,7 @@ from signer_support import running_signer
 
 from enclave.keys import KeyOrigin, SigningKey
 from enclave.policy import Policy
+from router.config import RunConfig, load_config
 from router.core import Router, RouterConfig
 from router.fees import FeePolicy
 from router.intent import Intent
@@ -101,3 +102,18 @@ async def wait_for(pred: object, timeout: float = 20.0, what: str = "condition")
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+#: The smallest valid `python -m router run` configuration; tests append the keys they check.
+RUN_CONFIG_BASE = """chain_id = 31337
+signer = "unix:/tmp/s.sock"
+listen = "unix:/tmp/r.sock"
+rpc = ["http://127.0.0.1:8545"]
+"""
+
+
+def load_run_config(tmp_path: Path, extra: str) -> RunConfig:
+    """`load_config` of RUN_CONFIG_BASE + `extra`, written to tmp_path/router.toml."""
+    p = tmp_path / "router.toml"
+    p.write_text(RUN_CONFIG_BASE + extra)
+    return load_config(p)

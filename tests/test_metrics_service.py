@@ -13,29 +13,19 @@ import pytest
 from anvil_support import Anvil, free_port
 from prometheus_client.parser import text_string_to_metric_families
 from router_proc_support import RouterProcess, write_config
+from router_support import load_run_config
 from signer_support import running_signer
 
-from router.config import load_config
 from router.errors import ConfigError
 from router.listen import ListenAddress
 
 pytestmark = pytest.mark.timeout(120)
 
-BASE = """chain_id = 31337
-signer = "unix:/tmp/s.sock"
-listen = "unix:/tmp/r.sock"
-rpc = ["http://127.0.0.1:8545"]
-"""
-
-
-def _load(tmp_path: Path, extra: str) -> object:
-    p = tmp_path / "router.toml"
-    p.write_text(BASE + extra)
-    return load_config(p)
+_load = load_run_config
 
 
 def test_metrics_absent_is_off(tmp_path: Path) -> None:
-    assert _load(tmp_path, "").metrics is None  # type: ignore[attr-defined]
+    assert _load(tmp_path, "").metrics is None
 
 
 @pytest.mark.parametrize(("extra", "host", "port"), [
@@ -47,7 +37,7 @@ def test_metrics_absent_is_off(tmp_path: Path) -> None:
     ('metrics = "[::]:9464"\nmetrics_allow_remote = true', "::", 9464),
 ])
 def test_metrics_address(tmp_path: Path, extra: str, host: str, port: int) -> None:
-    assert _load(tmp_path, extra).metrics == ListenAddress(host, port)  # type: ignore[attr-defined]
+    assert _load(tmp_path, extra).metrics == ListenAddress(host, port)
 
 
 @pytest.mark.parametrize(("extra", "match"), [

@@ -5,27 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from router_support import RUN_CONFIG_BASE, load_run_config
 
 from router.config import DEFAULT_JOURNAL, load_config
 from router.errors import ConfigError
 
-BASE = """chain_id = 31337
-signer = "unix:/tmp/s.sock"
-listen = "unix:/tmp/r.sock"
-rpc = ["http://127.0.0.1:8545"]
-"""
-
-
-def _load(tmp_path: Path, extra: str) -> object:
-    p = tmp_path / "router.toml"
-    p.write_text(BASE + extra)
-    return load_config(p)
+_load = load_run_config
 
 
 def test_defaults_journal_beside_the_config_and_polling_without_ws(tmp_path: Path) -> None:
     cfg = _load(tmp_path, "")
-    assert cfg.journal == str((tmp_path / DEFAULT_JOURNAL).resolve())  # type: ignore[attr-defined]
-    assert cfg.journal_sync == "normal" and cfg.ws == ()  # type: ignore[attr-defined]
+    assert cfg.journal == str((tmp_path / DEFAULT_JOURNAL).resolve())
+    assert cfg.journal_sync == "normal" and cfg.ws == ()
 
 
 @pytest.mark.parametrize(("extra", "expected"), [
@@ -36,14 +27,14 @@ def test_defaults_journal_beside_the_config_and_polling_without_ws(tmp_path: Pat
 def test_journal_spec(tmp_path: Path, extra: str, expected: str) -> None:
     cfg = _load(tmp_path, extra)
     want = str((tmp_path / "sub" / "j.sqlite").resolve()) if expected == "SUB" else expected
-    assert cfg.journal == want  # type: ignore[attr-defined]
+    assert cfg.journal == want
 
 
 def test_ws_is_a_url_or_a_list(tmp_path: Path) -> None:
     one = _load(tmp_path, 'ws = "ws://127.0.0.1:8545"')
     two = _load(tmp_path, 'ws = ["ws://127.0.0.1:8545", "wss://127.0.0.1:8546"]')
-    assert one.ws == ("ws://127.0.0.1:8545",)  # type: ignore[attr-defined]
-    assert len(two.ws) == 2  # type: ignore[attr-defined]
+    assert one.ws == ("ws://127.0.0.1:8545",)
+    assert len(two.ws) == 2
 
 
 @pytest.mark.parametrize(("extra", "match"), [
@@ -65,6 +56,6 @@ def test_bad_values_are_named(tmp_path: Path, extra: str, match: str) -> None:
 @pytest.mark.parametrize("listen", ["tcp:127.0.0.1:9000", "vsock:3:5000", "unix:", "/tmp/r.sock"])
 def test_the_api_listens_on_a_unix_socket_only(tmp_path: Path, listen: str) -> None:
     p = tmp_path / "router.toml"
-    p.write_text(BASE.replace('listen = "unix:/tmp/r.sock"', f'listen = "{listen}"'))
+    p.write_text(RUN_CONFIG_BASE.replace('listen = "unix:/tmp/r.sock"', f'listen = "{listen}"'))
     with pytest.raises(ConfigError, match="listen must be unix:PATH"):
         load_config(p)
