@@ -11,7 +11,9 @@ the other packages exist; the other CLIs build on this module (verify/_cli.py ad
 - `--json`: every command and every exit status prints exactly one JSON object on stdout. While
   the command runs its stdout (Python's, and file descriptor 1 for child processes) goes to
   stderr; the object is what the command gave `emit_json` (or printed as JSON), with `"error"`
-  added if it then failed, else `{"command", "ok", "exit_code"[, "error"]}`.
+  added if it then failed, else `{"command", "ok", "exit_code"[, "error"]}`. A streaming command
+  (`set_defaults(json_stream=True)`, e.g. `router watch`) writes JSON Lines itself, one object a
+  line as things happen; a failure adds one last line `{"command", "ok", "exit_code", "error"}`.
 """
 
 from __future__ import annotations
@@ -291,7 +293,8 @@ def run_cli(
         stream=sys.stderr,
     )
     command = _command_name(args)
-    channel = _JsonChannel() if args.json else None
+    streaming = args.json and getattr(args, "json_stream", False)
+    channel = _JsonChannel() if args.json and not streaming else None
     error: dict[str, str] | None = None
     code = 1
     try:
@@ -304,6 +307,10 @@ def run_cli(
         if channel is not None:
             base = {"command": command, "ok": code == 0, "exit_code": code}
             _write_json(channel.result(base, error))
+        elif streaming and error is not None:
+            sys.stdout.write(json.dumps({"command": command, "ok": False, "exit_code": code,
+                                         "error": error}) + "\n")
+            sys.stdout.flush()
     return code
 
 

@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--router", required=True, metavar="unix:PATH", help="the router's API")
     parser.add_argument("--id", metavar="ID", help="only this intent's events (default: all)")
     parser.add_argument("--json", action="store_true", help="one JSON object a line on stdout")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, json_stream=True)  # JSON Lines: one event a line, live
 
 
 def line_of(ev: IntentEvent) -> str:

@@ -94,6 +94,18 @@ class Anvil:
             raise RuntimeError(f"{method}: {answer['error']}")
         return answer["result"]
 
+    def receipt(self, tx_hash: str, timeout: float = 20.0) -> dict[str, object]:
+        """The transaction's receipt once mined (automine answers eth_sendTransaction before
+        the receipt is always queryable on a loaded machine)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            receipt = self.rpc("eth_getTransactionReceipt", tx_hash)
+            if isinstance(receipt, dict):
+                return receipt
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{tx_hash} not mined within {timeout} s")
+            time.sleep(0.05)
+
 
 def start_anvil(chain_id: int = 31337, args: list[str] | None = None) -> Anvil:
     return Anvil(port=free_port(), chain_id=chain_id, args=list(args or [])).start()

@@ -94,15 +94,8 @@ def deploy_store(anvil: Anvil, deployer: str) -> str:
     """Deploy the store contract with anvil's own unlocked account (directly on anvil)."""
     tx_hash = sync_rpc(anvil.rpc_url, "eth_sendTransaction",
                        {"from": deployer, "data": "0x" + STORE_INIT.hex(), "gas": hex(200_000)})
-    receipt = None
-    for _ in range(100):
-        receipt = sync_rpc(anvil.rpc_url, "eth_getTransactionReceipt", tx_hash)
-        if receipt is not None:
-            break
-        import time
-
-        time.sleep(0.05)
-    assert receipt is not None and receipt["status"] == "0x1"
-    address: str = receipt["contractAddress"]
+    receipt = anvil.receipt(tx_hash)
+    assert receipt["status"] == "0x1"
+    address = str(receipt["contractAddress"])
     assert sync_rpc(anvil.rpc_url, "eth_getCode", address, "latest") == "0x" + STORE_RUNTIME.hex()
     return address

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +18,7 @@ from router.signer_client import SignerClient
 
 
 def _receipt(anvil: Anvil, tx_hash: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        receipt = anvil.rpc("eth_getTransactionReceipt", tx_hash)
-        if receipt:
-            assert isinstance(receipt, dict)
-            return receipt
-        time.sleep(0.05)
-    raise AssertionError(f"{tx_hash} not mined")
+    return anvil.receipt(tx_hash)
 
 
 def _send(anvil: Anvil, raw: bytes, expected_hash: bytes, sender: str) -> dict[str, Any]:

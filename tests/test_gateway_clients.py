@@ -12,6 +12,7 @@ import asyncio
 import json
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,8 +71,7 @@ def _landed_by_enclave(stack: Stack, tx_hash: str, to: str) -> dict[str, Any]:
     tx = sync_rpc(stack.anvil.rpc_url, "eth_getTransactionByHash", tx_hash)
     assert tx is not None and tx["to"].lower() == to.lower()
     assert recover_sender(tx) == stack.address
-    receipt = sync_rpc(stack.anvil.rpc_url, "eth_getTransactionReceipt", tx_hash)
-    assert receipt["status"] == "0x1"
+    assert stack.anvil.receipt(tx_hash)["status"] == "0x1"
     return tx  # type: ignore[no-any-return]
 
 
@@ -173,6 +173,12 @@ def test_reorg_while_waiting(stack: Stack) -> None:
     first = None
     while first is None:
         first = sync_rpc(stack.gateway, "eth_getTransactionReceipt", sent)
+    # The router must have seen it land before the reorg, or there is nothing to reorg out
+    # from its point of view (it would see only the re-included block).
+    deadline = time.monotonic() + 20
+    while sync_rpc(stack.gateway, "sentinel_intentStatus", sent)["state"] != "landed":
+        assert time.monotonic() < deadline, "the router never saw the transfer land"
+        time.sleep(0.02)
     got: dict[str, Any] = {}
     w3 = Web3(Web3.HTTPProvider(stack.gateway))
     sync_rpc(anvil.rpc_url, "anvil_reorg", 1, [])
@@ -180,9 +186,14 @@ def test_reorg_while_waiting(stack: Stack) -> None:
         w3.eth.wait_for_transaction_receipt(sent, timeout=60, poll_latency=0.1)))
     waiter.start()
     waiter.join(70)
+    assert got, "no receipt"
+    # The node answers with the new receipt as soon as it re-mined; the router's events follow
+    # when its head watcher has seen the new block.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not _reorged_then_landed(events):
+        time.sleep(0.05)
     stop.set()
     watcher.join(10)
-    assert got, "no receipt"
     canonical = sync_rpc(anvil.rpc_url, "eth_getBlockByNumber", hex(got["blockNumber"]), False)
     assert "0x" + bytes(got["blockHash"]).hex() == canonical["hash"] != first["blockHash"]
     assert got["status"] == 1
@@ -190,8 +201,13 @@ def test_reorg_while_waiting(stack: Stack) -> None:
     _landed_by_enclave(stack, landed_hash, to)
     status = sync_rpc(stack.gateway, "sentinel_intentStatus", sent)
     assert status["state"] == "landed" and status["hash"] == landed_hash
-    kinds = [e["kind"] for e in events if e.get("id") == status["id"]]
+    kinds = [e["kind"] for e in list(events) if e.get("id") == status["id"]]
     assert "reorged_out" in kinds and "landed" in kinds[kinds.index("reorged_out"):], kinds
+
+
+def _reorged_then_landed(events: list[dict[str, Any]]) -> bool:
+    kinds = [e["kind"] for e in list(events)]
+    return "reorged_out" in kinds and "landed" in kinds[kinds.index("reorged_out"):]
 
 
 def test_contract_runtime_is_what_we_deployed(stack: Stack) -> None:

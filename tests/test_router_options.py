@@ -60,8 +60,9 @@ def deploy(anvil: Anvil) -> bytes:
     accounts = anvil.rpc("eth_accounts")
     assert isinstance(accounts, list)
     tx_hash = anvil.rpc("eth_sendTransaction", {"from": accounts[1], "data": "0x" + init.hex()})
-    rcpt = anvil.rpc("eth_getTransactionReceipt", tx_hash)
-    assert isinstance(rcpt, dict) and rcpt["status"] == "0x1"
+    assert isinstance(tx_hash, str)
+    rcpt = anvil.receipt(tx_hash)
+    assert rcpt["status"] == "0x1"
     return bytes.fromhex(str(rcpt["contractAddress"])[2:])
 
 
