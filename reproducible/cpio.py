@@ -87,13 +87,18 @@ class _Out:
             self._small.clear()
             self.f.write(data)
             self._inflight.append((data, self._worker.submit(self.h.update, data)))
+            self._retire(2 * DEPTH)  # bounded: the hashing thread never lags far behind
 
-    def _buffer(self) -> bytearray:
-        while not self._free:
+    def _retire(self, keep: int) -> None:
+        while len(self._inflight) > keep:
             buf, fut = self._inflight.popleft()
             fut.result()
             if isinstance(buf, bytearray):
                 self._free.append(buf)
+
+    def _buffer(self) -> bytearray:
+        while not self._free:
+            self._retire(len(self._inflight) - 1)
         return self._free.pop()
 
     def copy_from(self, path: Path, offset: int, size: int) -> int:

@@ -9,16 +9,19 @@ found by their sha256 in the next source, or the error names the input and its s
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import shutil
-import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_reproducible_fetch import _make_repo, _make_wheel
+from registry_support import (
+    make_deb,
+    make_repo,
+    make_wheel,
+    serve_archive,
+    use_local_registries,
+)
 
 from reproducible.cache import Cache
 from reproducible.errors import (
@@ -40,54 +43,25 @@ pytestmark = pytest.mark.skipif(
 
 def _old_deb(dest: Path) -> tuple[bytes, str]:
     """sentinel-test 0.9: the version the lock pins, no longer in the repository."""
-    pkg = dest / "pkg-0.9"
-    (pkg / "DEBIAN").mkdir(parents=True)
-    (pkg / "DEBIAN/control").write_text(
-        "Package: sentinel-test\nVersion: 0.9\nArchitecture: all\nMaintainer: t <t@example.invalid>\n"
-        "Description: old\n"
-    )
-    deb = dest / "old.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "-b", str(pkg), str(deb)],
-                   check=True, capture_output=True)
-    data = deb.read_bytes()
+    data = make_deb(dest, "sentinel-test", "0.9").read_bytes()
     return data, hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture
 def archive(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     """(directory served, base URL) of an HTTP server on loopback."""
-    root = tmp_path / "archive"
-    root.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw) -> None:
-            super().__init__(*a, directory=str(root), **kw)
-
-        def log_message(self, *a) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield root, f"http://127.0.0.1:{srv.server_address[1]}"
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with serve_archive(tmp_path / "archive") as a:
+        yield a.root, a.base
 
 
 @pytest.fixture
 def moved_on(tmp_path: Path, monkeypatch):
     """A lock pinning sentinel-test 0.9 while the repository only offers 1.0."""
-    _make_repo(tmp_path)  # 1.0
+    make_repo(tmp_path)  # 1.0
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    wheel_name, wheel_sha = _make_wheel(wheels)
-    sources = tmp_path / "local.sources"
-    sources.write_text(f"Types: deb\nURIs: file:{tmp_path / 'repo'}\nSuites: ./\nTrusted: yes\n")
-    monkeypatch.setenv("SENTINEL_APT_SOURCES", str(sources))
-    monkeypatch.setenv("PIP_NO_INDEX", "1")
-    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    wheel_name, wheel_sha = make_wheel(wheels)
+    use_local_registries(monkeypatch, tmp_path / "repo", wheels)
     monkeypatch.setenv(URLS_ENV, "")  # no archive from the user's own configuration
     old, old_sha = _old_deb(tmp_path)
     lock = load_lock().with_pins([DebPin("sentinel-test", "0.9", old_sha, "runtime")],
