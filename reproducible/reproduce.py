@@ -156,9 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(file=sys.stderr)
     if args.inputs is not None:
         args.inputs = args.inputs.resolve()  # the builds run in other directories
-        if not (args.inputs / "manifest.json").is_file():
-            console.print(f"[red]--inputs {args.inputs}: no manifest.json; not an exported "
-                          "inputs directory[/red]", highlight=False)
+        if not any((args.inputs / f).is_file() for f in ("manifest.json", "oci-layout")):
+            console.print(f"[red]--inputs {args.inputs}: neither manifest.json (inputs export) "
+                          "nor oci-layout (an OCI artifact)[/red]", highlight=False)
             return 2
     user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     assert default_root().parent == user_cache

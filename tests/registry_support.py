@@ -118,3 +118,31 @@ def serve_archive(root: Path) -> Iterator[Archive]:
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def oci_inputs_layout(dest: Path, files: list[Path]) -> Path:
+    """`files` as an OCI artifact in an image layout at `dest` (what `oras push` of the exported
+    inputs, pulled back with `oras pull --oci-layout`, looks like): an empty config, one layer per
+    file titled by its name, every blob under `blobs/sha256/<hex>`."""
+    import json
+
+    blobs = dest / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def put(data: bytes) -> dict[str, object]:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"digest": "sha256:" + digest, "size": len(data)}
+
+    layers = [dict(put(f.read_bytes()), mediaType="application/octet-stream",
+                   annotations={"org.opencontainers.image.title": f.name}) for f in files]
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.sentinel.inputs.v1",
+        "config": dict(put(b"{}"), mediaType="application/vnd.oci.empty.v1+json"),
+        "layers": layers}, sort_keys=True).encode()
+    index = {"schemaVersion": 2, "manifests": [
+        dict(put(manifest), mediaType="application/vnd.oci.image.manifest.v1+json")]}
+    (dest / "index.json").write_text(json.dumps(index))
+    (dest / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    return dest

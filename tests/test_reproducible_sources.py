@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from registry_support import (
     make_deb,
     make_repo,
     make_wheel,
+    oci_inputs_layout,
     serve_archive,
     use_local_registries,
 )
@@ -167,3 +170,73 @@ def test_url_templates_from_the_user_config(monkeypatch, tmp_path: Path) -> None
     (tmp_path / "sentinel").mkdir()
     (tmp_path / "sentinel" / "inputs.toml").write_text('urls = ["http://127.0.0.1:1/{sha256}"]\n')
     assert [t.template for t in url_templates()] == ["http://127.0.0.1:1/{sha256}"]
+
+
+# --- an OCI artifact of inputs, and where a release's inputs are ---------------------------------
+
+
+def test_oci_layout_of_inputs_serves_an_offline_build(moved_on, tmp_path: Path) -> None:
+    lock, _, old, old_sha = moved_on
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "sentinel-test_0.9_any.deb").write_bytes(old)
+    wheel = tmp_path / "wheels" / lock.wheels[0].filename
+    layout = oci_inputs_layout(tmp_path / "artifact",
+                               [tmp_path / "files" / "sentinel-test_0.9_any.deb", wheel])
+    got = fetch_all(lock, Cache(tmp_path / "fresh"), offline=True, inputs=layout)
+    assert got.debs["sentinel-test"].read_bytes() == old
+    assert got.wheels[lock.wheels[0].filename].read_bytes() == wheel.read_bytes()
+
+
+def test_oci_layout_blob_that_is_not_its_digest_is_refused(moved_on, tmp_path: Path) -> None:
+    lock, _, old, old_sha = moved_on
+    (tmp_path / "f.deb").write_bytes(old)
+    layout = oci_inputs_layout(tmp_path / "artifact",
+                               [tmp_path / "f.deb", tmp_path / "wheels" / lock.wheels[0].filename])
+    (layout / "blobs/sha256" / old_sha).write_bytes(old[:-1] + b"\0")  # tampered in place
+    fresh = Cache(tmp_path / "fresh")
+    with pytest.raises(OfflineMiss, match=r"deb sentinel-test=0\.9"):
+        fetch_all(lock, fresh, offline=True, inputs=layout)
+    assert not fresh.blob_path(old_sha).exists()
+
+
+def test_oci_layout_of_another_version_is_named(tmp_path: Path, moved_on) -> None:
+    lock, cache, _, _ = moved_on
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "oci-layout").write_text('{"imageLayoutVersion": "2.0.0"}')
+    with pytest.raises(FetchError, match="OCI layout version '2.0.0'"):
+        fetch_all(lock, cache, offline=True, inputs=tmp_path / "bad")
+
+
+def test_inputs_location_is_checked_and_recorded(moved_on, tmp_path: Path) -> None:
+    from reproducible.errors import BuildError
+    from reproducible.provenance import check_inputs_location, provenance_statement
+    from verify.measurements import PublishedMeasurements
+
+    lock, cache, old, _ = moved_on
+    (tmp_path / "f.deb").write_bytes(old)
+    layout = oci_inputs_layout(tmp_path / "artifact", [tmp_path / "f.deb"])
+    for ok in ("https://releases.example.invalid/0.3.0/inputs/", "oci://registry.invalid/x:1",
+               str(layout)):
+        assert check_inputs_location(ok) == ok
+    for bad, match in (("", "empty"), ("a b", "whitespace"), (str(tmp_path / "nowhere"),
+                                                               "not an inputs directory")):
+        with pytest.raises(BuildError, match=match):
+            check_inputs_location(bad)
+    sentinel = {"version": "9.9.9", "mode": "development", "source_date_epoch": 1,
+                "eif_sha256": "ab" * 32, "inputs": []}
+    m = PublishedMeasurements({0: bytes(48)}, "SHA384", sentinel, "m.json")
+    with_loc = provenance_statement(m, eif_name="sentinel.eif", builder_version="9.9.9",
+                                    source_commit=None, inputs_location="inputs/")
+    params = with_loc["predicate"]["buildDefinition"]["externalParameters"]
+    assert params == {"version": "9.9.9", "mode": "development", "inputsLocation": "inputs/"}
+    without = provenance_statement(m, eif_name="sentinel.eif", builder_version="9.9.9",
+                                   source_commit=None)
+    assert "inputsLocation" not in without["predicate"]["buildDefinition"]["externalParameters"]
+
+
+def test_cli_release_refuses_a_bad_inputs_location(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "reproducible", "release", "--build",
+                          str(tmp_path), "--inputs-location", str(tmp_path / "nowhere")],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert res.returncode == 2 and "--inputs-location" in res.stderr
+    assert "Traceback" not in res.stderr
