@@ -24,6 +24,7 @@ from registry_support import (
     oci_inputs_layout,
     serve_archive,
     use_local_registries,
+    write_flat_repo,
 )
 
 from reproducible.cache import Cache
@@ -240,3 +241,47 @@ def test_cli_release_refuses_a_bad_inputs_location(tmp_path: Path) -> None:
                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     assert res.returncode == 2 and "--inputs-location" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+# --- a whole image from the second source -----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_full_image_from_a_loopback_archive_with_an_empty_cache(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """Every pinned .deb has moved on in the mirror (a newer version of each, and nothing else)
+    and the package index has no wheel at all: with an empty cache, the build finds every input
+    by sha256 in the archive on loopback and gives the same image as a build from the cache."""
+    import io
+
+    from rich.console import Console
+
+    from reproducible.build import BuildOptions, run_build
+
+    lock = load_lock()
+    user = Cache()
+    pins = [*lock.debs, *lock.wheels]
+    have = {p.sha256: user.get(p.label, p.sha256) for p in pins}
+    if any(v is None for v in have.values()):
+        pytest.skip("the pinned inputs are not in the cache (nox -s build-eif fetches them)")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    write_flat_repo(repo, [make_deb(repo, d.name, d.version + "+newer1") for d in lock.debs])
+    (tmp_path / "no-wheels").mkdir()
+    use_local_registries(monkeypatch, repo, tmp_path / "no-wheels")
+    with serve_archive(tmp_path / "archive") as archive:
+        for sha, path in have.items():
+            assert path is not None
+            shutil.copyfile(path, archive.root / sha)
+        monkeypatch.setenv(URLS_ENV, archive.base + "/{sha256}")
+        console = Console(file=io.StringIO(), width=200)
+        fresh = run_build(BuildOptions(out=tmp_path / "fresh", cache_root=tmp_path / "cache"),
+                          console)
+    log = console.file.getvalue()  # type: ignore[attr-defined]
+    assert f"archive {archive.base}/{{sha256}} ({len(pins)} inputs)" in log  # all from there
+    monkeypatch.delenv(URLS_ENV)
+    cached = run_build(BuildOptions(out=tmp_path / "cached", offline=True),
+                       Console(file=io.StringIO()))
+    assert fresh.pcrs == cached.pcrs and fresh.eif_sha256 == cached.eif_sha256
+    for sha in have:
+        assert (tmp_path / "cache" / "sha256" / sha[:2] / sha).is_file()
