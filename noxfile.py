@@ -156,8 +156,10 @@ def build_eif(session: nox.Session) -> None:
 def reproduce(session: nox.Session) -> None:
     """Two independent builds must give one EIF sha256, equal to measurements/<version>.json.
 
-    The builds run in two fresh temp dirs with different TZ, umask, LC_ALL, HOME and source
-    mtimes. `-- --publish` re-publishes.
+    The builds run in two fresh temp dirs (different TZ, umask, LC_ALL, HOME, source mtimes), each
+    with its own empty cache: one from the mirror and package index, one offline from an exported
+    inputs directory (`-- --inputs DIR` to use a published one). `-- --warm` reuses your cache
+    (fast, not independent); `-- --publish` re-publishes.
     """
     install_project(session, "build")
     session.run("python", "-m", "reproducible.reproduce", *session.posargs)
@@ -202,9 +204,17 @@ def release(session: nox.Session) -> None:
     """
     install_project(session, "build")
     session.run("python", "-m", "reproducible", "build", "--out", str(BUILD))
+    # The release's inputs, to publish next to it; SENTINEL_INPUTS_LOCATION names where they
+    # will be (a URL), else the provenance records the directory relative to the checkout (never
+    # an absolute path of this machine).
+    session.run("python", "-m", "reproducible", "inputs", "export", str(BUILD / "inputs"),
+                "--offline")
+    location = (os.environ.get("SENTINEL_INPUTS_LOCATION")
+                or (BUILD / "inputs").relative_to(ROOT).as_posix())
     session.run(
         "python", "-m", "reproducible", "release", "--build", str(BUILD),
         *(session.posargs or ["--generate-dev-key"]), "--deploy", str(BUILD / "deploy"),
+        "--inputs-location", location,
     )
 
 

@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument("--deploy", metavar="DIR",
                    help="also write this release's deployment (python -m reproducible deploy, "
                         "defaults) into DIR and name its files in the provenance")
+    r.add_argument("--inputs-location", metavar="URL-OR-PATH",
+                   help="where this release's pinned inputs are published (`inputs export`, or "
+                        "an OCI artifact of them): recorded in the provenance")
     r.add_argument("--json", action="store_true", help="what was published, as JSON on stdout")
     r.set_defaults(func=_cmd_release)
 
@@ -65,6 +68,11 @@ def _cmd_release(args: argparse.Namespace, console: Console) -> int:
     from reproducible.release import publish_release
 
     build = Path(args.build)
+    inputs_location = None
+    if args.inputs_location is not None:
+        from reproducible.provenance import check_inputs_location
+
+        inputs_location = check_inputs_location(args.inputs_location)
     signer = _signer(args, build)
     eif, measurements = build / EIF_NAME, build / MEASUREMENTS_NAME
     if args.sign_eif:
@@ -97,6 +105,7 @@ def _cmd_release(args: argparse.Namespace, console: Console) -> int:
         signer=signer,
         builder_version=project_version(),
         byproducts=byproducts,
+        inputs_location=inputs_location,
     )
     public_pem = signer.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     public_out = Path(args.public_key_out) if args.public_key_out else build / "release-key.pub.pem"

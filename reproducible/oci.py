@@ -2,8 +2,8 @@
 
 Sources: an OCI image layout (directory or tar archive), a `docker save` tarball, or an image of a
 Docker-compatible API (`docker.from_env()`, so DOCKER_HOST works; podman's `podman system service`
-too). Layers are applied in order into a tree (streamed, file contents spooled to disk, with
-`spool=`; all in memory without), with OCI whiteouts (`.wh.NAME`) and opaque
+too). Layers are applied in order into a tree by `reproducible.layers` (uncompressed layers in
+place, compressed ones streamed and spooled), with OCI whiteouts (`.wh.NAME`) and opaque
 directories (`.wh..wh..opq`); hard links become copies, symlinks stay symlinks. Blobs of an OCI
 layout are checked against their digests. Nothing is extracted onto the host: a member named with
 `..`, an absolute path, or a path through a symlink that leaves the image is refused (`UnsafePath`).
@@ -12,11 +12,9 @@ layout are checked against their digests. Nothing is extracted onto the host: a 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
-import posixpath
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from reproducible.errors import ImageSourceError, MalformedArtifact, UnsafePath
-from reproducible.layers import OPAQUE, WHITEOUT, Spool, apply_layer_stream
+from reproducible.layers import ByteRange, Spool, Verifier, apply_layer, is_compressed
 from reproducible.tree import Tree, clean_path
 
 log = logging.getLogger(__name__)
@@ -51,9 +49,12 @@ class _Store:
         self.path = path
         self._tar: tarfile.TarFile | None = None
         self._members: dict[str, tarfile.TarInfo] = {}
+        self._plain = False  # an uncompressed archive: its members are byte ranges of it
         if path.is_dir():
             return
         try:
+            with open(path, "rb") as f:
+                self._plain = not is_compressed(f.read(6))
             self._tar = tarfile.open(path, mode="r:*")
             for m in self._tar.getmembers():
                 if m.isfile():
@@ -87,6 +88,30 @@ class _Store:
         assert f is not None
         return f  # type: ignore[return-value]
 
+    def locate(self, name: str) -> ByteRange | None:
+        """Where `name`'s bytes lie in a regular file, if they lie in one.
+
+        Raises:
+            MalformedArtifact: the archive ends inside the member.
+            UnsafePath: a layout's file resolves outside the layout.
+        """
+        name = clean_path(name, where=str(self.path))
+        if self._tar is None:
+            p = self.path / name
+            if not p.resolve().is_relative_to(self.path.resolve()):
+                raise UnsafePath(f"{self.path}: {name} resolves outside the layout")
+            if not p.is_file():
+                raise MalformedArtifact(f"{self.path}: missing {name}")
+            return ByteRange(p, 0, p.stat().st_size)
+        m = self._members.get(name)
+        if m is None:
+            raise MalformedArtifact(f"{self.path}: missing {name}")
+        if not self._plain or m.sparse is not None:
+            return None
+        if m.offset_data + m.size > self.path.stat().st_size:
+            raise MalformedArtifact(f"{self.path}: truncated member {name}")
+        return ByteRange(self.path, m.offset_data, m.size)
+
     def read_json(self, name: str) -> Any:
         with self.open(name) as f:
             raw = f.read(MAX_JSON + 1)
@@ -111,7 +136,9 @@ def _blob_name(digest: str) -> str:
 
 def _read_verified(store: _Store, digest: str) -> bytes:
     with store.open(_blob_name(digest)) as f:
-        data = f.read()
+        data = f.read(MAX_JSON + 1)
+    if len(data) > MAX_JSON:  # only manifests, indexes and configs are read whole
+        raise MalformedArtifact(f"{store.path}: blob {digest} is larger than {MAX_JSON} bytes")
     got = "sha256:" + hashlib.sha256(data).hexdigest()
     if got != digest:
         raise MalformedArtifact(f"{store.path}: blob {digest} hashes to {got}")
@@ -122,13 +149,6 @@ def _read_verified(store: _Store, digest: str) -> bytes:
 class _LayerRef:
     name: str  # file in the store
     digest: str | None  # sha256:<hex> to check (OCI layouts), None for `docker save`
-
-
-def _read_layer(store: _Store, ref: _LayerRef) -> bytes:
-    if ref.digest is not None:
-        return _read_verified(store, ref.digest)
-    with store.open(ref.name) as f:
-        return f.read()
 
 
 def _oci_manifest(store: _Store) -> tuple[dict[str, Any], list[_LayerRef], str]:
@@ -189,50 +209,6 @@ def _docker_manifest(store: _Store) -> tuple[dict[str, Any], list[_LayerRef], st
     return config, layers, name
 
 
-def _apply_layer(tree: Tree, blob: bytes, where: str) -> None:
-    if blob[:4] == b"\x28\xb5\x2f\xfd":
-        raise MalformedArtifact(f"{where}: zstd-compressed layer; save the image with gzip or "
-                                "uncompressed layers")
-    try:
-        tar = tarfile.open(fileobj=io.BytesIO(blob), mode="r:*")
-        members = tar.getmembers()
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise MalformedArtifact(f"{where}: unreadable layer ({e})") from e
-    with tar:
-        # Whiteouts hide what lower layers had; apply them before this layer's own entries.
-        for m in members:
-            path = clean_path(m.name, where=where)
-            base = posixpath.basename(path)
-            if base == OPAQUE:
-                tree.clear_dir(posixpath.dirname(tree.resolve_parent(path, where=where)))
-            elif base.startswith(WHITEOUT):
-                victim = posixpath.join(posixpath.dirname(path), base[len(WHITEOUT):])
-                tree.remove(tree.resolve_parent(clean_path(victim, where=where), where=where))
-        for m in members:
-            path = clean_path(m.name, where=where)
-            if not path or posixpath.basename(path).startswith(WHITEOUT):
-                continue
-            mode = m.mode & 0o7777
-            if m.isdir():
-                tree.add_dir(path, mode, where=where)
-            elif m.issym():
-                tree.add_symlink(path, m.linkname, where=where)
-            elif m.islnk():
-                tree.add_hardlink(path, m.linkname, where=where)
-            elif m.isfile():
-                try:
-                    f = tar.extractfile(m)
-                    assert f is not None
-                    data = f.read()
-                except (tarfile.TarError, EOFError, OSError) as e:
-                    raise MalformedArtifact(f"{where}: truncated member {path!r}: {e}") from e
-                if len(data) != m.size:
-                    raise MalformedArtifact(f"{where}: truncated member {path!r}")
-                tree.add_file(path, data, mode=mode, where=where)
-            else:
-                log.info("%s: skipping special file %s (devices come from devtmpfs)", where, path)
-
-
 def _command(config: dict[str, Any], where: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     c = config.get("config") or config.get("container_config") or {}
     if not isinstance(c, dict):
@@ -247,14 +223,16 @@ def _command(config: dict[str, Any], where: str) -> tuple[tuple[str, ...], tuple
     return tuple(entry) + tuple(cmd), tuple(env)
 
 
-def load_oci(path: Path, *, spool: Path | None = None) -> ImportedImage:
+def load_oci(path: Path, *, spool: Path, verifier: Verifier | None = None) -> ImportedImage:
     """Import an OCI layout (dir or tar) or a `docker save` tarball.
 
     Args:
-        spool: a directory for the files' contents: each layer is then streamed once and no file's
-            bytes stay in memory (`reproducible.layers`); it must outlive the returned tree. None
-            keeps the original in-memory import (every blob and file in memory), which gives the
-            same tree and is kept to compare the two.
+        spool: a directory for the contents of compressed layers' files; it must outlive the
+            returned tree. Files of uncompressed layers are not copied: the tree points into
+            `path`, which must not change until the tree's contents are read.
+        verifier: checks uncompressed OCI layers' digests on another thread while the caller goes
+            on; the caller must then call `verifier.verify()` after reading the tree's contents
+            (and `close()`). None: every digest is checked before this returns.
 
     Raises:
         MalformedArtifact: unreadable archive, missing or mismatching blob, bad config.
@@ -262,6 +240,8 @@ def load_oci(path: Path, *, spool: Path | None = None) -> ImportedImage:
     """
     if not path.exists():
         raise MalformedArtifact(f"{path}: no such file or directory")
+    own = verifier is None
+    checks = Verifier() if verifier is None else verifier
     store = _Store(path)
     tree = Tree()
     try:
@@ -276,29 +256,35 @@ def load_oci(path: Path, *, spool: Path | None = None) -> ImportedImage:
             )
         if not isinstance(config, dict):
             raise MalformedArtifact(f"{path}: image config is not a JSON object")
-        if spool is None:
-            blobs = [_read_layer(store, ref) for ref in layers]
-            for i, blob in enumerate(blobs):
-                _apply_layer(tree, blob, f"{path} layer {i + 1}/{len(layers)}")
-        else:
-            files = Spool(spool)
-            for i, ref in enumerate(layers):
+        files = Spool(spool)
+        for i, ref in enumerate(layers):
+            where = f"{path} layer {i + 1}/{len(layers)}"
+            located = store.locate(ref.name)
+            if located is not None:
+                apply_layer(tree, where=where, spool=files, verifier=checks, digest=ref.digest,
+                            blob=located)
+            else:
                 with store.open(ref.name) as f:
-                    apply_layer_stream(tree, f, files, where=f"{path} layer {i + 1}/{len(layers)}",
-                                       digest=ref.digest)
+                    apply_layer(tree, where=where, spool=files, verifier=checks,
+                                digest=ref.digest, stream=f)
+        if own:
+            checks.verify()
     finally:
         store.close()
+        if own:
+            checks.close()
     cmd, env = _command(config, str(path))
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
     return ImportedImage(name, digest, tree, cmd, env, len(layers))
 
 
 def load_from_docker(
-    name: str, *, scratch: Path, client_factory: Callable[[], Any] | None = None,
-    spool: Path | None = None,
+    name: str, *, scratch: Path, spool: Path, verifier: Verifier | None = None,
+    client_factory: Callable[[], Any] | None = None,
 ) -> ImportedImage:
-    """Save `name` through a Docker-compatible API into `scratch` and import it (`spool`: as
-    `load_oci`).
+    """Save `name` through a Docker-compatible API into `scratch` and import it (`spool`,
+    `verifier`: as `load_oci`). The saved tarball, `scratch/.image-save.tar`, stays: the tree
+    points into it; the caller removes `scratch` when done with the tree.
 
     Raises:
         ImageSourceError: the API is unreachable or has no such image.
@@ -329,11 +315,14 @@ def load_from_docker(
         with open(tmp, "wb") as f:
             for chunk in image.save(named=True):
                 f.write(chunk)
-        imported = load_oci(tmp, spool=spool)
+        imported = load_oci(tmp, spool=spool, verifier=verifier)
     except docker.errors.DockerException as e:
-        raise ImageSourceError(f"saving image {name!r} failed: {e}") from e
-    finally:
         tmp.unlink(missing_ok=True)
+        raise ImageSourceError(f"saving image {name!r} failed: {e}") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
         client.close()
     return ImportedImage(name, imported.digest, imported.tree, imported.cmd, imported.env,
                          imported.layers)

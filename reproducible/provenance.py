@@ -50,6 +50,35 @@ def _dependency(item: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
+def check_inputs_location(location: str) -> str:
+    """Where a release's inputs are: a URL (`https://…`, `oci://…`, `file:…`), or a path to an
+    exported inputs directory or an OCI layout of them, checked to be one. Recorded as given:
+    the caller chooses what a reader can resolve (a relative path next to the release, a URL).
+
+    Raises:
+        BuildError: empty, contains whitespace or control characters, or a path that is neither.
+    """
+    import re
+    import urllib.parse
+
+    from reproducible.errors import FetchError
+    from reproducible.sources import InputsDir
+
+    if not location or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in location):
+        raise BuildError(f"--inputs-location {location!r}: empty, or has whitespace or control "
+                         "characters")
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", location):
+        if not urllib.parse.urlsplit(location).scheme:
+            raise BuildError(f"--inputs-location {location!r}: not a URL")
+        return location
+    try:
+        InputsDir(Path(location)).files()
+    except FetchError as e:
+        raise BuildError(f"--inputs-location {location!r}: not an inputs directory or OCI layout "
+                         f"({e})") from e
+    return location
+
+
 def provenance_statement(
     measurements: PublishedMeasurements,
     *,
@@ -57,9 +86,12 @@ def provenance_statement(
     builder_version: str,
     source_commit: str | None,
     byproducts: Mapping[str, str] | None = None,
+    inputs_location: str | None = None,
 ) -> dict[str, Any]:
     """The provenance of the EIF the measurements describe; `byproducts` (file name -> hex
-    SHA-256, e.g. the deployment generated from the release) go into `runDetails.byproducts`.
+    SHA-256, e.g. the deployment generated from the release) go into `runDetails.byproducts`;
+    `inputs_location` (where the pinned inputs are published, so the build can be repeated after
+    the registries moved on) into `externalParameters.inputsLocation`.
 
     Raises:
         BuildError: the measurements file lacks the `Sentinel` build description.
@@ -84,7 +116,10 @@ def provenance_statement(
         "predicate": {
             "buildDefinition": {
                 "buildType": BUILD_TYPE,
-                "externalParameters": {"version": sentinel["version"], "mode": sentinel["mode"]},
+                "externalParameters": {
+                    "version": sentinel["version"], "mode": sentinel["mode"],
+                    **({"inputsLocation": inputs_location} if inputs_location else {}),
+                },
                 "internalParameters": internal,
                 "resolvedDependencies": dependencies,
             },

@@ -129,9 +129,12 @@ def publish_release(
     builder_version: str,
     source_commit: str | None = None,
     byproducts: Mapping[str, str] | None = None,
+    inputs_location: str | None = None,
 ) -> ReleaseArtifacts:
     """Publish the build's measurements, provenance and signature into `out_dir`; `byproducts`
-    (name -> hex SHA-256 of files generated from the release) are named in the provenance.
+    (name -> hex SHA-256 of files generated from the release) are named in the provenance, and so
+    is `inputs_location`, where the release's pinned inputs are published (see
+    `provenance.check_inputs_location`).
 
     Raises:
         ReleaseError: the measurements do not describe the EIF, the release already exists with
@@ -161,7 +164,7 @@ def publish_release(
     commit = source_commit if source_commit is not None else git_commit(out_dir)
     statement = provenance_statement(
         published, eif_name=eif.name, builder_version=builder_version, source_commit=commit,
-        byproducts=byproducts,
+        byproducts=byproducts, inputs_location=inputs_location,
     )
     provenance = dest.with_name(dest.stem + ".provenance.json")
     provenance.write_bytes(dumps_provenance(statement))

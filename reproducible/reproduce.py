@@ -1,10 +1,14 @@
 """`python -m reproducible.reproduce`: the reproducibility proof that `nox -s reproduce` runs.
 
 Two builds, each from its own fresh copy of the committed source tree (git HEAD) in its own temporary directory, with a
-different TZ, umask, LC_ALL, HOME and source-file mtimes. Both EIFs must have the same sha256, and
-their PCRs must equal the committed measurements/<version>.json (each build runs with `--check`), as
-must the EIF's sha256 recorded there. Exit 0 when all hold, 1 when something differs, 2 on usage
-or build errors.
+different TZ, umask, LC_ALL, HOME and source-file mtimes, and by default each with its own empty
+cache and its inputs from a different source: build a from the configured Debian mirror and
+package index, build b offline from an exported inputs directory alone (`--inputs DIR`, such as a
+release's published one; otherwise `inputs export` of what build a fetched, every file re-checked
+against the lock's sha256). `--warm` builds both from the user's cache instead (fast, not
+independent). Both EIFs must have the same sha256, and their PCRs must equal the committed
+measurements/<version>.json (each build runs with `--check`), as must the EIF's sha256 recorded
+there. Exit 0 when all hold, 1 when something differs, 2 on usage or build errors.
 """
 
 from __future__ import annotations
@@ -83,24 +87,54 @@ def copy_tree(root: Path, dest: Path, mtime: int | None) -> None:
             os.utime(target, (mtime + len(rel.parts), mtime + len(str(rel))))
 
 
-def run_variant(v: Variant, root: Path, work: Path, cache: Path, console: Console,
-                check: bool = True) -> Path:
-    src = work / "src"
-    copy_tree(root, src, v.mtime)
-    home = work / "home"
-    home.mkdir()
+def _env(v: Variant, src: Path, home: Path, cache: Path) -> dict[str, str]:
     env = {k: val for k, val in os.environ.items() if not k.startswith(("LC_", "SOURCE_DATE"))}
     env.update(TZ=v.tz, LC_ALL=v.lc_all, LANG=v.lc_all, HOME=str(home), PYTHONHASHSEED=v.hash_seed,
                XDG_CACHE_HOME=str(cache), PYTHONPATH=str(src), PYTHONDONTWRITEBYTECODE="1")
     if v.source_date_epoch is not None:
         env["SOURCE_DATE_EPOCH"] = v.source_date_epoch
+    return env
+
+
+def export_from(cache: Path, src: Path, dest: Path, console: Console) -> Path:
+    """`inputs export` of the pins found in `cache` (offline: nothing is fetched) into `dest`.
+
+    Raises:
+        SystemExit: the export failed (its exit code).
+    """
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache), PYTHONPATH=str(src),
+               PYTHONDONTWRITEBYTECODE="1")
+    console.print(f"[bold]export[/bold] the inputs build a fetched into {dest}", highlight=False)
+    res = subprocess.run([sys.executable, "-m", "reproducible", "inputs", "export", str(dest),
+                          "--offline"], cwd=src, env=env)
+    if res.returncode != 0:
+        raise SystemExit(res.returncode)
+    return dest
+
+
+def run_variant(v: Variant, root: Path, work: Path, cache: Path, console: Console,
+                check: bool = True, inputs: Path | None = None) -> Path:
+    """Build variant `v` in `work` with `cache`; with `inputs`, offline from that directory.
+
+    Raises:
+        SystemExit: the build failed (its exit code).
+    """
+    src = work / "src"
+    copy_tree(root, src, v.mtime)
+    home = work / "home"
+    home.mkdir()
+    env = _env(v, src, home, cache)
     out = work / "build"
     cmd = [sys.executable, "-m", "reproducible", "build", "--out", str(out)]
     if check:
         cmd.append("--check")
+    if inputs is not None:
+        cmd += ["--offline", "--inputs", str(inputs)]
+    source = f"inputs {inputs}" if inputs is not None else "mirror and package index"
     console.print(f"[bold]build {v.name}[/bold]: TZ={v.tz} umask={v.umask:04o} LC_ALL={v.lc_all} "
                   f"mtimes={'now' if v.mtime is None else v.mtime} PYTHONHASHSEED={v.hash_seed} "
-                  f"SOURCE_DATE_EPOCH={v.source_date_epoch or 'unset'} in {work}", highlight=False)
+                  f"SOURCE_DATE_EPOCH={v.source_date_epoch or 'unset'} cache={cache} "
+                  f"source={source} in {work}", highlight=False)
     res = subprocess.run(cmd, cwd=src, env=env, preexec_fn=lambda: os.umask(v.umask))
     if res.returncode != 0:
         raise SystemExit(res.returncode)
@@ -113,18 +147,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--publish", action="store_true",
                    help="release step: when both builds agree, write their measurements to "
                         "measurements/<version>.json instead of checking against it")
+    p.add_argument("--warm", action="store_true",
+                   help="build both from your own cache (fast; by default each build starts "
+                        "from an empty cache of its own)")
+    p.add_argument("--inputs", metavar="DIR", type=Path,
+                   help="an exported inputs directory for build b (default: export build a's)")
     args = p.parse_args(argv)
     console = Console(file=sys.stderr)
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    assert default_root().parent == cache
+    if args.inputs is not None:
+        args.inputs = args.inputs.resolve()  # the builds run in other directories
+        if not any((args.inputs / f).is_file() for f in ("manifest.json", "oci-layout")):
+            console.print(f"[red]--inputs {args.inputs}: neither manifest.json (inputs export) "
+                          "nor oci-layout (an OCI artifact)[/red]", highlight=False)
+            return 2
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    assert default_root().parent == user_cache
     eifs = []
     tmps = []
+    sources: dict[str, str] = {}
     try:
         for v in VARIANTS:
             work = Path(tempfile.mkdtemp(prefix=f"sentinel-reproduce-{v.name}-"))
             tmps.append(work)
+            cache = user_cache if args.warm else work / "cache"
+            inputs = None
+            if v.name == "b" and not args.warm:
+                inputs = args.inputs
             try:
-                eifs.append(run_variant(v, ROOT, work, cache, console, check=not args.publish))
+                if v.name == "b" and not args.warm and inputs is None:
+                    inputs = export_from(tmps[0] / "cache", tmps[0] / "src", work / "inputs",
+                                         console)
+                eifs.append(run_variant(v, ROOT, work, cache, console, check=not args.publish,
+                                        inputs=inputs))
+                sources[v.name] = (f"inputs {inputs}" if inputs is not None
+                                   else "cache" if args.warm else "mirror")
             except SystemExit as e:
                 console.print(f"[red]build {v.name} failed (exit {e.code})[/red]")
                 if e.code == 1:
@@ -154,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[green]reproducible:[/green] same sha256, PCRs and sha256 equal {published}",
                       highlight=False)
         print(json.dumps({"reproducible": True, "eif_sha256": digests[0],
-                          "measurements": str(published)}))
+                          "measurements": str(published), "sources": sources,
+                          "empty_caches": not args.warm}))
         return 0
     finally:
         if not args.keep:

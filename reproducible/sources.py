@@ -45,9 +45,15 @@ def kind(pin: Pin) -> str:
     return "wheel" if isinstance(pin, WheelPin) else "deb"
 
 
+OCI_LAYOUT = "oci-layout"
+_HEX = frozenset("0123456789abcdef")
+
+
 @dataclass(frozen=True)
 class InputsDir:
-    """A directory of inputs with a manifest (`inputs export`); looked up by sha256."""
+    """Inputs looked up by sha256: a directory with a manifest (`inputs export`), or an OCI image
+    layout (an artifact pulled with e.g. `oras pull --oci-layout` or `skopeo copy ... oci:DIR`),
+    whose blobs are named by their sha256 already."""
 
     root: Path
 
@@ -55,12 +61,17 @@ class InputsDir:
     def label(self) -> str:
         return f"inputs directory {self.root}"
 
+    def is_oci_layout(self) -> bool:
+        return not (self.root / MANIFEST).exists() and (self.root / OCI_LAYOUT).is_file()
+
     def files(self) -> dict[str, Path]:
-        """sha256 -> file, from the manifest.
+        """sha256 -> file, from the manifest (or an OCI layout's `blobs/sha256/`).
 
         Raises:
             FetchError: the directory or its manifest is missing or malformed.
         """
+        if self.is_oci_layout():
+            return self._oci_blobs()
         path = self.root / MANIFEST
         try:
             doc = json.loads(path.read_text())
@@ -73,9 +84,26 @@ class InputsDir:
                 out[str(e["sha256"])] = self.root / name
             return out
         except OSError as e:
-            raise FetchError(f"--inputs {self.root}: no readable {MANIFEST} ({e.strerror})") from e
+            raise FetchError(f"--inputs {self.root}: no readable {MANIFEST} ({e.strerror}), "
+                             f"and no {OCI_LAYOUT} file of an OCI layout") from e
         except (ValueError, KeyError, TypeError) as e:
             raise FetchError(f"--inputs {self.root}: malformed {MANIFEST} ({e})") from e
+
+    def _oci_blobs(self) -> dict[str, Path]:
+        # Every blob is offered under the digest it is named by; `Cache.put` re-hashes whatever
+        # is taken, so a blob whose bytes do not match its name is refused there, by input.
+        try:
+            layout = json.loads((self.root / OCI_LAYOUT).read_text())
+            version = layout["imageLayoutVersion"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise FetchError(f"--inputs {self.root}: unreadable {OCI_LAYOUT} ({e})") from e
+        if not str(version).startswith("1."):
+            raise FetchError(f"--inputs {self.root}: OCI layout version {version!r}, expected 1.x")
+        blobs = self.root / "blobs" / "sha256"
+        if not blobs.is_dir():
+            raise FetchError(f"--inputs {self.root}: an OCI layout without blobs/sha256/")
+        return {p.name: p for p in blobs.iterdir()
+                if len(p.name) == 64 and set(p.name) <= _HEX and p.is_file()}
 
 
 @dataclass(frozen=True)

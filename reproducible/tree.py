@@ -23,7 +23,8 @@ class Entry:
     kind: str
     mode: int  # permission bits only; normalised by the cpio writer
     data: bytes | None = None  # small file contents
-    source: Path | None = None  # or a file read when the archive is written
+    source: Path | None = None  # or a file read when the archive is written...
+    offset: int = 0  # ...from this offset (a file inside an uncompressed image layer)
     size: int = 0
     target: str = ""  # symlink target
     rdev: tuple[int, int] = (0, 0)
@@ -32,7 +33,9 @@ class Entry:
         if self.data is not None:
             return self.data
         assert self.source is not None
-        return self.source.read_bytes()
+        with open(self.source, "rb") as f:
+            f.seek(self.offset)
+            return f.read(self.size)
 
 
 def clean_path(name: str, *, where: str = "archive") -> str:
@@ -138,15 +141,17 @@ class Tree:
 
     def add_file(
         self, path: str, data: bytes | None = None, *, source: Path | None = None,
-        mode: int = 0o644, where: str = "tree",
+        offset: int = 0, size: int | None = None, mode: int = 0o644, where: str = "tree",
     ) -> str:
+        """A regular file: `data`, or `size` bytes (default: all) of `source` from `offset`."""
         if data is not None and source is None:
             size = len(data)
         elif source is not None and data is None:
-            size = source.stat().st_size
+            size = source.stat().st_size - offset if size is None else size
         else:
             raise ValueError("give exactly one of data or source")
-        return self._put(path, Entry(FILE, mode, data=data, source=source, size=size), where)
+        entry = Entry(FILE, mode, data=data, source=source, offset=offset, size=size)
+        return self._put(path, entry, where)
 
     def add_symlink(self, path: str, target: str, *, where: str = "tree") -> str:
         if not target or "\x00" in target:

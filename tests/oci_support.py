@@ -39,6 +39,26 @@ def layer_tar(members: list[Member]) -> bytes:
     return buf.getvalue()
 
 
+MEDIA = {None: "application/vnd.oci.image.layer.v1.tar",
+         "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+         "zstd": "application/vnd.oci.image.layer.v1.tar+zstd"}
+
+
+def compress(data: bytes, compression: str | None) -> bytes:
+    """A layer blob as stored: uncompressed, gzip (mtime 0) or zstd."""
+    if compression is None:
+        return data
+    if compression == "gzip":
+        import gzip
+
+        return gzip.compress(data, mtime=0)
+    if compression == "zstd":
+        import zstandard
+
+        return zstandard.ZstdCompressor(level=3).compress(data)
+    raise ValueError(compression)
+
+
 def _config(cmd: list[str], env: list[str], entrypoint: list[str] | None,
             blobs: list[bytes]) -> bytes:
     cfg = {"architecture": "amd64", "os": "linux",
@@ -51,10 +71,12 @@ def _config(cmd: list[str], env: list[str], entrypoint: list[str] | None,
 def docker_save_tar(
     dest: Path, layers: list[list[Member]], *, cmd: list[str] | None = None,
     env: list[str] | None = None, entrypoint: list[str] | None = None, tag: str = "sentinel-test:1",
+    compression: str | None = None,
 ) -> Path:
     """A `docker save` tarball (legacy layout: <id>/layer.tar, <config>.json, manifest.json)."""
-    blobs = [layer_tar(layer) for layer in layers]
-    config = _config(cmd or ["/bin/app"], env or ["PATH=/bin"], entrypoint, blobs)
+    tars = [layer_tar(layer) for layer in layers]
+    config = _config(cmd or ["/bin/app"], env or ["PATH=/bin"], entrypoint, tars)
+    blobs = [compress(t, compression) for t in tars]
     config_name = hashlib.sha256(config).hexdigest() + ".json"
     files: list[tuple[str, bytes]] = [(config_name, config)]
     names = []
@@ -70,9 +92,9 @@ def docker_save_tar(
 
 def oci_layout(
     dest: Path, layers: list[list[Member]], *, cmd: list[str] | None = None,
-    env: list[str] | None = None, as_tar: bool = False,
+    env: list[str] | None = None, as_tar: bool = False, compression: str | None = None,
 ) -> Path:
-    """An OCI image layout (directory, or a tar of it)."""
+    """An OCI image layout (directory, or a tar of it); layers compressed with `compression`."""
     files: list[tuple[str, bytes]] = [("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')]
 
     def blob(data: bytes) -> str:
@@ -80,11 +102,11 @@ def oci_layout(
         files.append((f"blobs/sha256/{d}", data))
         return "sha256:" + d
 
-    blobs = [layer_tar(layer) for layer in layers]
-    config = _config(cmd or ["/bin/app"], env or ["PATH=/bin"], None, blobs)
+    tars = [layer_tar(layer) for layer in layers]
+    config = _config(cmd or ["/bin/app"], env or ["PATH=/bin"], None, tars)
     layer_descs = []
-    for data in blobs:
-        layer_descs.append({"mediaType": "application/vnd.oci.image.layer.v1.tar",
+    for data in (compress(t, compression) for t in tars):
+        layer_descs.append({"mediaType": MEDIA[compression],
                             "digest": blob(data), "size": len(data)})
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",

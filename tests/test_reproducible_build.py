@@ -152,7 +152,13 @@ def test_from_oci_payload(dev: BuildResult, tmp_path: Path) -> None:
         assert members[f"rootfs/{d}"].mode & 0o170000 == 0o040000
 
 
-def test_streamed_and_in_memory_imports_give_the_same_pcrs(dev: BuildResult, tmp_path: Path) -> None:
+SOURCES = [("oci-dir", None), ("oci-tar", None), ("docker-save", None), ("oci-dir", "gzip"),
+           ("docker-save", "zstd")]
+
+
+def test_every_source_and_compression_gives_the_same_pcrs(dev: BuildResult, tmp_path: Path) -> None:
+    """One applier: uncompressed layers read in place (OCI layout, oci-archive, docker-archive)
+    and compressed ones streamed and spooled (gzip, zstd) build the same EIF, byte for byte."""
     from oci_support import oci_layout
 
     top = [("etc", "dir", None), ("etc/.wh.motd", "file", b""), ("opt/.wh..wh..opq", "file", b""),
@@ -161,16 +167,44 @@ def test_streamed_and_in_memory_imports_give_the_same_pcrs(dev: BuildResult, tmp
     base = [("bin", "dir", None), ("bin/app", "file", b"#!/bin/sh\necho hi\n"),
             ("etc", "dir", None), ("etc/motd", "file", b"hello"), ("opt", "dir", None),
             ("opt/old", "file", b"x" * 100_000), ("usr/lib", "dir", None)]
-    (tmp_path / "l").mkdir()
-    layout = oci_layout(tmp_path / "l", [base, top], cmd=["/bin/app"])
-    streamed = _build(tmp_path / "s", from_oci=layout)
-    in_memory = _build(tmp_path / "m", from_oci=layout, import_in_memory=True)
-    assert streamed.pcrs == in_memory.pcrs and streamed.eif_sha256 == in_memory.eif_sha256
-    assert streamed.pcrs[2] != dev.pcrs[2]
+    built = {}
+    for kind, compression in SOURCES:
+        d = tmp_path / f"{kind}-{compression}"
+        d.mkdir()
+        if kind == "docker-save":
+            src = docker_save_tar(d / "img.tar", [base, top], cmd=["/bin/app"],
+                                  compression=compression)
+        else:
+            (d / "layout").mkdir()
+            src = oci_layout(d / ("img.tar" if kind == "oci-tar" else "layout"), [base, top],
+                             cmd=["/bin/app"], as_tar=kind == "oci-tar", compression=compression)
+        built[kind, compression] = _build(d / "out", from_oci=src)
+    first = built["oci-dir", None]
+    for key, b in built.items():
+        assert (b.pcrs, b.eif_sha256) == (first.pcrs, first.eif_sha256), key
+    assert first.pcrs[2] != dev.pcrs[2] and first.pcrs[1] == dev.pcrs[1]
     # The output directory keeps no second copy of the image unless asked.
-    assert not (tmp_path / "s" / "customer.cpio").exists()
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
+    out = tmp_path / "oci-dir-None" / "out"
+    assert sorted(p.name for p in out.iterdir()) == [
         "bootstrap.cpio", "measurements.json", "sentinel.eif"]
+
+
+def test_layer_digest_mismatch_fails_before_the_eif_is_written(dev: BuildResult,
+                                                               tmp_path: Path) -> None:
+    from oci_support import oci_layout
+
+    from reproducible.errors import MalformedArtifact
+
+    (tmp_path / "l").mkdir()
+    layout = oci_layout(tmp_path / "l", [[("bin/app", "file", b"x" * 4096)]], cmd=["/bin/app"])
+    blobs = layout / "blobs/sha256"
+    layer = next(p for p in blobs.iterdir() if b"bin/app" in p.read_bytes()[:600])
+    data = bytearray(layer.read_bytes())
+    data[1000] ^= 1  # inside the file's bytes, which are read in place: the verifier catches it
+    layer.write_bytes(bytes(data))
+    with pytest.raises(MalformedArtifact, match="hashes to"):
+        _build(tmp_path / "out", from_oci=layout)
+    assert not (tmp_path / "out" / "sentinel.eif").exists()
 
 
 def test_from_oci_traversal_writes_nothing_outside_the_build_dir(tmp_path: Path) -> None:

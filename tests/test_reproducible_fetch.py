@@ -7,17 +7,16 @@ network.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import zipfile
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from registry_support import make_repo, make_wheel, use_local_registries
 
 from reproducible.cache import Cache
 from reproducible.errors import ArtifactMismatch, OfflineMiss, VersionVanished
@@ -29,62 +28,13 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _make_repo(root: Path) -> str:
-    pkg = root / "pkg"
-    (pkg / "DEBIAN").mkdir(parents=True)
-    (pkg / "usr/share/sentinel-test").mkdir(parents=True)
-    (pkg / "usr/share/sentinel-test/hello").write_text("hello\n")
-    (pkg / "DEBIAN/control").write_text(
-        "Package: sentinel-test\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@example.invalid>\n"
-        "Description: test\n"
-    )
-    repo = root / "repo"
-    repo.mkdir()
-    deb = repo / "sentinel-test_1.0_all.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "-b", str(pkg), str(deb)],
-                   check=True, capture_output=True)
-    data = deb.read_bytes()
-    packages = (
-        "Package: sentinel-test\nVersion: 1.0\nArchitecture: all\n"
-        f"Maintainer: t <t@example.invalid>\nFilename: ./{deb.name}\nSize: {len(data)}\n"
-        f"SHA256: {hashlib.sha256(data).hexdigest()}\nDescription: test\n\n"
-    ).encode()
-    (repo / "Packages").write_bytes(packages)
-    (repo / "Release").write_text(
-        "Origin: test\nSuite: ./\nArchitectures: amd64 all\nSHA256:\n"
-        f" {hashlib.sha256(packages).hexdigest()} {len(packages)} Packages\n"
-    )
-    return hashlib.sha256(data).hexdigest()
-
-
-def _make_wheel(dirpath: Path) -> tuple[str, str]:
-    name = "sentineltestpkg-1.0-py3-none-any.whl"
-    path = dirpath / name
-    with zipfile.ZipFile(path, "w") as z:
-        for arc, text in (
-            ("sentineltestpkg/__init__.py", "VALUE = 1\n"),
-            ("sentineltestpkg-1.0.dist-info/METADATA",
-             "Metadata-Version: 2.1\nName: sentineltestpkg\nVersion: 1.0\n"),
-            ("sentineltestpkg-1.0.dist-info/WHEEL",
-             "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"),
-            ("sentineltestpkg-1.0.dist-info/RECORD", ""),
-        ):
-            zi = zipfile.ZipInfo(arc, (1980, 1, 1, 0, 0, 0))
-            z.writestr(zi, text)
-    return name, hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @pytest.fixture
 def registries(tmp_path: Path, monkeypatch):
-    deb_sha = _make_repo(tmp_path)
+    deb_sha = make_repo(tmp_path)
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    wheel_name, wheel_sha = _make_wheel(wheels)
-    sources = tmp_path / "local.sources"
-    sources.write_text(f"Types: deb\nURIs: file:{tmp_path / 'repo'}\nSuites: ./\nTrusted: yes\n")
-    monkeypatch.setenv("SENTINEL_APT_SOURCES", str(sources))
-    monkeypatch.setenv("PIP_NO_INDEX", "1")
-    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    wheel_name, wheel_sha = make_wheel(wheels)
+    use_local_registries(monkeypatch, tmp_path / "repo", wheels)
     base = load_lock()
     lock = base.with_pins(
         [DebPin("sentinel-test", "1.0", deb_sha, "runtime")],

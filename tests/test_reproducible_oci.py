@@ -40,12 +40,10 @@ TOP = [
 ]
 
 
-@pytest.fixture(params=["stream", "memory"])
-def load(request, tmp_path_factory):
-    """Both importers: streamed with a spool directory (the builder's) and all in memory."""
-    if request.param == "memory":
-        return load_oci
-    spool = tmp_path_factory.mktemp("spool")  # outside tmp_path: tests check it stays untouched
+@pytest.fixture
+def load(tmp_path_factory):
+    """The importer with a spool directory outside tmp_path (tests check that stays untouched)."""
+    spool = tmp_path_factory.mktemp("spool")
     return lambda src: load_oci(src, spool=spool / f"{len(list(spool.iterdir()))}")
 
 
@@ -238,26 +236,28 @@ def test_from_image_through_docker_sdk_and_podman(tmp_path: Path, podman_api: st
         client.close()
     out = tmp_path / "build"
     out.mkdir()
-    img = load_from_docker("localhost/sentinel-import:1", scratch=out,
+    img = load_from_docker("localhost/sentinel-import:1", scratch=out, spool=tmp_path / "s1",
                            client_factory=lambda: docker.DockerClient(base_url=podman_api))
-    direct = load_oci(src)
+    direct = load_oci(src, spool=tmp_path / "s2")
     assert _paths(img.tree) == _paths(direct.tree)
+    assert img.tree.get("bin/app").read() == direct.tree.get("bin/app").read()
     assert img.cmd == ("/bin/app",) and "A=1" in img.env
-    assert list(out.iterdir()) == []  # the saved tarball was a scratch file, removed
+    # Only the saved tarball, which the tree reads from; nothing extracted next to it.
+    assert [p.name for p in out.iterdir()] == [".image-save.tar"]
 
 
 def test_from_image_missing_image(tmp_path: Path, podman_api: str) -> None:
     import docker
 
     with pytest.raises(ImageSourceError, match="not found"):
-        load_from_docker("localhost/no-such-image:0", scratch=tmp_path,
+        load_from_docker("localhost/no-such-image:0", scratch=tmp_path, spool=tmp_path / "s",
                          client_factory=lambda: docker.DockerClient(base_url=podman_api))
 
 
 def test_from_image_unreachable_api(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/nothing.sock")
     with pytest.raises(ImageSourceError, match="DOCKER_HOST"):
-        load_from_docker("x", scratch=tmp_path)
+        load_from_docker("x", scratch=tmp_path, spool=tmp_path / "s")
 
 
 @pytest.mark.slow
@@ -326,21 +326,106 @@ def test_multi_platform_index_picks_linux_amd64(tmp_path: Path, load) -> None:
     assert "bin/app" in load(layout).tree
 
 
-def test_zstd_layer_is_named(tmp_path: Path, load) -> None:
-    import io as _io
-    import tarfile
+COMPRESSED = [("oci-dir", "gzip"), ("oci-dir", "zstd"), ("oci-tar", "zstd"),
+              ("docker-save", "gzip"), ("docker-save", "zstd")]
 
-    src = docker_save_tar(tmp_path / "img.tar", [BASE])
-    out = tmp_path / "z.tar"
-    with tarfile.open(src) as old, tarfile.open(out, "w") as new:
-        for m in old.getmembers():
-            data = old.extractfile(m).read()
-            if m.name.endswith("layer.tar"):
-                data = b"\x28\xb5\x2f\xfd" + data
-                m.size = len(data)
-            new.addfile(m, _io.BytesIO(data))
-    with pytest.raises(MalformedArtifact, match="zstd"):
-        load(out)
+
+def _image(tmp_path: Path, kind: str, layers, compression: str | None) -> Path:
+    tmp_path.mkdir(exist_ok=True)
+    if kind == "docker-save":
+        return docker_save_tar(tmp_path / "img.tar", layers, compression=compression)
+    (tmp_path / "layout").mkdir(exist_ok=True)
+    return oci_layout(tmp_path / ("img.tar" if kind == "oci-tar" else "layout"), layers,
+                      as_tar=kind == "oci-tar", compression=compression)
+
+
+def _contents(tree) -> dict[str, tuple[str, bytes | str | None]]:
+    return {p: (e.kind, e.read() if e.kind == "file" else e.target or None)
+            for p, e in tree.items()}
+
+
+@pytest.mark.parametrize(("kind", "compression"), COMPRESSED, ids=[f"{k}-{c}" for k, c in COMPRESSED])
+def test_compressed_layers_stream_to_the_same_tree(tmp_path: Path, kind: str, compression: str,
+                                                   load) -> None:
+    big = [("big", "file", os.urandom(300_000))]  # spooled to a file, not kept in memory
+    plain = load(_image(tmp_path / "p", "oci-dir", [BASE + big, TOP], None))
+    packed = load(_image(tmp_path / "c", kind, [BASE + big, TOP], compression))
+    assert _contents(packed.tree) == _contents(plain.tree)
+    assert plain.tree.get("big").source is not None and plain.tree.get("big").offset > 0
+    assert packed.tree.get("big").source is not None and packed.tree.get("big").offset == 0
+
+
+def test_zstd_layer_without_zstandard_names_the_package(tmp_path: Path, load, monkeypatch) -> None:
+    import sys as _sys
+
+    src = docker_save_tar(tmp_path / "img.tar", [BASE], compression="zstd")
+    monkeypatch.setitem(_sys.modules, "zstandard", None)  # as if not installed
+    with pytest.raises(MalformedArtifact, match="zstandard"):
+        load(src)
+
+
+def test_corrupt_zstd_layer_is_a_clear_error(tmp_path: Path, load) -> None:
+    (tmp_path / "l").mkdir()
+    layout = oci_layout(tmp_path / "l", [BASE], compression="zstd")
+    victim = _layer_blob(layout)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    _repin(layout, victim, bytes(data))  # digests match: the damage is found by zstd itself
+    with pytest.raises(MalformedArtifact, match="layer 1/1: unreadable layer"):
+        load(layout)
+
+
+def test_uncompressed_layer_changed_after_import_is_refused(tmp_path: Path) -> None:
+    from reproducible.layers import Verifier
+
+    (tmp_path / "l").mkdir()
+    layout = oci_layout(tmp_path / "l", [BASE])
+    verifier = Verifier()
+    try:
+        img = load_oci(layout, spool=tmp_path / "spool", verifier=verifier)
+        layer = img.tree.get("bin/app").source
+        with open(layer, "r+b") as f:  # same bytes, but written: the file is not what was hashed
+            first = f.read(1)
+            f.seek(0)
+            f.write(first)
+        with pytest.raises(MalformedArtifact, match="changed while"):
+            verifier.verify()
+    finally:
+        verifier.close()
+
+
+def test_truncated_member_of_an_uncompressed_layer(tmp_path: Path, load) -> None:
+    (tmp_path / "l").mkdir()
+    layout = oci_layout(tmp_path / "l", [[("big", "file", b"x" * 5000)]])
+    # Rewrite the layer cut inside the file's data and re-pin every digest on the way up.
+    blob = _layer_blob(layout)
+    cut = blob.read_bytes()[:2048]
+    _repin(layout, blob, cut)
+    with pytest.raises(MalformedArtifact, match="truncated member 'big'"):
+        load(layout)
+
+
+def _layer_blob(layout: Path) -> Path:
+    index = json.loads((layout / "index.json").read_text())
+    mdig = index["manifests"][0]["digest"].split(":")[1]
+    manifest = json.loads((layout / "blobs/sha256" / mdig).read_bytes())
+    return layout / "blobs/sha256" / manifest["layers"][0]["digest"].split(":")[1]
+
+
+def _repin(layout: Path, old: Path, data: bytes) -> None:
+    import hashlib
+
+    new = hashlib.sha256(data).hexdigest()
+    (layout / "blobs/sha256" / new).write_bytes(data)
+    index = json.loads((layout / "index.json").read_text())
+    mdig = index["manifests"][0]["digest"].split(":")[1]
+    manifest = json.loads((layout / "blobs/sha256" / mdig).read_bytes())
+    manifest["layers"][0].update(digest="sha256:" + new, size=len(data))
+    mbytes = json.dumps(manifest).encode()
+    new_m = hashlib.sha256(mbytes).hexdigest()
+    (layout / "blobs/sha256" / new_m).write_bytes(mbytes)
+    index["manifests"][0].update(digest="sha256:" + new_m, size=len(mbytes))
+    (layout / "index.json").write_text(json.dumps(index))
 
 
 def test_layout_symlink_leading_out_is_refused(tmp_path: Path, load) -> None:

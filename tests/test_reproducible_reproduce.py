@@ -50,3 +50,25 @@ def test_variants_differ_in_everything_the_issue_names() -> None:
     assert a.tz != b.tz and a.umask != b.umask and a.lc_all != b.lc_all
     assert a.mtime != b.mtime and a.hash_seed != b.hash_seed
     assert b.source_date_epoch is not None
+
+
+def test_inputs_that_are_not_an_inputs_directory_are_refused_before_building(tmp_path: Path) -> None:
+    import sys
+
+    (tmp_path / "plain").mkdir()
+    res = subprocess.run([sys.executable, "-m", "reproducible.reproduce", "--inputs",
+                          str(tmp_path / "plain")], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert res.returncode == 2
+    assert "neither manifest.json" in res.stderr and "oci-layout" in res.stderr
+    assert "build a" not in res.stderr  # nothing was built
+
+
+def test_export_from_a_cache_without_the_inputs_fails_with_the_exports_code(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from reproducible.reproduce import ROOT, export_from
+
+    with pytest.raises(SystemExit) as e:
+        export_from(tmp_path / "empty-cache", ROOT, tmp_path / "inputs", Console(quiet=True))
+    assert e.value.code == 2  # offline: an empty cache cannot be exported, nothing is fetched

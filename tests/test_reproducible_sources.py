@@ -9,16 +9,23 @@ found by their sha256 in the next source, or the error names the input and its s
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import shutil
 import subprocess
-import threading
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_reproducible_fetch import _make_repo, _make_wheel
+from registry_support import (
+    make_deb,
+    make_repo,
+    make_wheel,
+    oci_inputs_layout,
+    serve_archive,
+    use_local_registries,
+    write_flat_repo,
+)
 
 from reproducible.cache import Cache
 from reproducible.errors import (
@@ -40,54 +47,25 @@ pytestmark = pytest.mark.skipif(
 
 def _old_deb(dest: Path) -> tuple[bytes, str]:
     """sentinel-test 0.9: the version the lock pins, no longer in the repository."""
-    pkg = dest / "pkg-0.9"
-    (pkg / "DEBIAN").mkdir(parents=True)
-    (pkg / "DEBIAN/control").write_text(
-        "Package: sentinel-test\nVersion: 0.9\nArchitecture: all\nMaintainer: t <t@example.invalid>\n"
-        "Description: old\n"
-    )
-    deb = dest / "old.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "-b", str(pkg), str(deb)],
-                   check=True, capture_output=True)
-    data = deb.read_bytes()
+    data = make_deb(dest, "sentinel-test", "0.9").read_bytes()
     return data, hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture
 def archive(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     """(directory served, base URL) of an HTTP server on loopback."""
-    root = tmp_path / "archive"
-    root.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw) -> None:
-            super().__init__(*a, directory=str(root), **kw)
-
-        def log_message(self, *a) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield root, f"http://127.0.0.1:{srv.server_address[1]}"
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with serve_archive(tmp_path / "archive") as a:
+        yield a.root, a.base
 
 
 @pytest.fixture
 def moved_on(tmp_path: Path, monkeypatch):
     """A lock pinning sentinel-test 0.9 while the repository only offers 1.0."""
-    _make_repo(tmp_path)  # 1.0
+    make_repo(tmp_path)  # 1.0
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    wheel_name, wheel_sha = _make_wheel(wheels)
-    sources = tmp_path / "local.sources"
-    sources.write_text(f"Types: deb\nURIs: file:{tmp_path / 'repo'}\nSuites: ./\nTrusted: yes\n")
-    monkeypatch.setenv("SENTINEL_APT_SOURCES", str(sources))
-    monkeypatch.setenv("PIP_NO_INDEX", "1")
-    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    wheel_name, wheel_sha = make_wheel(wheels)
+    use_local_registries(monkeypatch, tmp_path / "repo", wheels)
     monkeypatch.setenv(URLS_ENV, "")  # no archive from the user's own configuration
     old, old_sha = _old_deb(tmp_path)
     lock = load_lock().with_pins([DebPin("sentinel-test", "0.9", old_sha, "runtime")],
@@ -193,3 +171,117 @@ def test_url_templates_from_the_user_config(monkeypatch, tmp_path: Path) -> None
     (tmp_path / "sentinel").mkdir()
     (tmp_path / "sentinel" / "inputs.toml").write_text('urls = ["http://127.0.0.1:1/{sha256}"]\n')
     assert [t.template for t in url_templates()] == ["http://127.0.0.1:1/{sha256}"]
+
+
+# --- an OCI artifact of inputs, and where a release's inputs are ---------------------------------
+
+
+def test_oci_layout_of_inputs_serves_an_offline_build(moved_on, tmp_path: Path) -> None:
+    lock, _, old, old_sha = moved_on
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "sentinel-test_0.9_any.deb").write_bytes(old)
+    wheel = tmp_path / "wheels" / lock.wheels[0].filename
+    layout = oci_inputs_layout(tmp_path / "artifact",
+                               [tmp_path / "files" / "sentinel-test_0.9_any.deb", wheel])
+    got = fetch_all(lock, Cache(tmp_path / "fresh"), offline=True, inputs=layout)
+    assert got.debs["sentinel-test"].read_bytes() == old
+    assert got.wheels[lock.wheels[0].filename].read_bytes() == wheel.read_bytes()
+
+
+def test_oci_layout_blob_that_is_not_its_digest_is_refused(moved_on, tmp_path: Path) -> None:
+    lock, _, old, old_sha = moved_on
+    (tmp_path / "f.deb").write_bytes(old)
+    layout = oci_inputs_layout(tmp_path / "artifact",
+                               [tmp_path / "f.deb", tmp_path / "wheels" / lock.wheels[0].filename])
+    (layout / "blobs/sha256" / old_sha).write_bytes(old[:-1] + b"\0")  # tampered in place
+    fresh = Cache(tmp_path / "fresh")
+    with pytest.raises(OfflineMiss, match=r"deb sentinel-test=0\.9"):
+        fetch_all(lock, fresh, offline=True, inputs=layout)
+    assert not fresh.blob_path(old_sha).exists()
+
+
+def test_oci_layout_of_another_version_is_named(tmp_path: Path, moved_on) -> None:
+    lock, cache, _, _ = moved_on
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "oci-layout").write_text('{"imageLayoutVersion": "2.0.0"}')
+    with pytest.raises(FetchError, match="OCI layout version '2.0.0'"):
+        fetch_all(lock, cache, offline=True, inputs=tmp_path / "bad")
+
+
+def test_inputs_location_is_checked_and_recorded(moved_on, tmp_path: Path) -> None:
+    from reproducible.errors import BuildError
+    from reproducible.provenance import check_inputs_location, provenance_statement
+    from verify.measurements import PublishedMeasurements
+
+    lock, cache, old, _ = moved_on
+    (tmp_path / "f.deb").write_bytes(old)
+    layout = oci_inputs_layout(tmp_path / "artifact", [tmp_path / "f.deb"])
+    for ok in ("https://releases.example.invalid/0.3.0/inputs/", "oci://registry.invalid/x:1",
+               str(layout)):
+        assert check_inputs_location(ok) == ok
+    for bad, match in (("", "empty"), ("a b", "whitespace"), (str(tmp_path / "nowhere"),
+                                                               "not an inputs directory")):
+        with pytest.raises(BuildError, match=match):
+            check_inputs_location(bad)
+    sentinel = {"version": "9.9.9", "mode": "development", "source_date_epoch": 1,
+                "eif_sha256": "ab" * 32, "inputs": []}
+    m = PublishedMeasurements({0: bytes(48)}, "SHA384", sentinel, "m.json")
+    with_loc = provenance_statement(m, eif_name="sentinel.eif", builder_version="9.9.9",
+                                    source_commit=None, inputs_location="inputs/")
+    params = with_loc["predicate"]["buildDefinition"]["externalParameters"]
+    assert params == {"version": "9.9.9", "mode": "development", "inputsLocation": "inputs/"}
+    without = provenance_statement(m, eif_name="sentinel.eif", builder_version="9.9.9",
+                                   source_commit=None)
+    assert "inputsLocation" not in without["predicate"]["buildDefinition"]["externalParameters"]
+
+
+def test_cli_release_refuses_a_bad_inputs_location(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "reproducible", "release", "--build",
+                          str(tmp_path), "--inputs-location", str(tmp_path / "nowhere")],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert res.returncode == 2 and "--inputs-location" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+# --- a whole image from the second source -----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_full_image_from_a_loopback_archive_with_an_empty_cache(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """Every pinned .deb has moved on in the mirror (a newer version of each, and nothing else)
+    and the package index has no wheel at all: with an empty cache, the build finds every input
+    by sha256 in the archive on loopback and gives the same image as a build from the cache."""
+    import io
+
+    from rich.console import Console
+
+    from reproducible.build import BuildOptions, run_build
+
+    lock = load_lock()
+    user = Cache()
+    pins = [*lock.debs, *lock.wheels]
+    have = {p.sha256: user.get(p.label, p.sha256) for p in pins}
+    if any(v is None for v in have.values()):
+        pytest.skip("the pinned inputs are not in the cache (nox -s build-eif fetches them)")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    write_flat_repo(repo, [make_deb(repo, d.name, d.version + "+newer1") for d in lock.debs])
+    (tmp_path / "no-wheels").mkdir()
+    use_local_registries(monkeypatch, repo, tmp_path / "no-wheels")
+    with serve_archive(tmp_path / "archive") as archive:
+        for sha, path in have.items():
+            assert path is not None
+            shutil.copyfile(path, archive.root / sha)
+        monkeypatch.setenv(URLS_ENV, archive.base + "/{sha256}")
+        console = Console(file=io.StringIO(), width=200)
+        fresh = run_build(BuildOptions(out=tmp_path / "fresh", cache_root=tmp_path / "cache"),
+                          console)
+    log = console.file.getvalue()  # type: ignore[attr-defined]
+    assert f"archive {archive.base}/{{sha256}} ({len(pins)} inputs)" in log  # all from there
+    monkeypatch.delenv(URLS_ENV)
+    cached = run_build(BuildOptions(out=tmp_path / "cached", offline=True),
+                       Console(file=io.StringIO()))
+    assert fresh.pcrs == cached.pcrs and fresh.eif_sha256 == cached.eif_sha256
+    for sha in have:
+        assert (tmp_path / "cache" / "sha256" / sha[:2] / sha).is_file()
