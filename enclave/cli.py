@@ -55,7 +55,9 @@ EXTRA_MODULES: dict[str, str] = {
     "aiohttp": "router",
     "psycopg": "router",
     "psycopg_binary": "router",
+    "prometheus_client": "router",
     "docker": "build",
+    "zstandard": "build",
     "matplotlib": "jitter",
     "cffi": "jitter",
 }

@@ -256,9 +256,11 @@ def _decompressed(raw: io.BufferedReader[Any], where: str) -> IO[bytes]:
     try:
         import zstandard  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
+        from enclave.cli import install_hint
+
         raise MalformedArtifact(
-            f"{where}: zstd-compressed layer; install the `zstandard` package "
-            "(pip install 'sentinel[build]'), or save the image with gzip or uncompressed layers"
+            f"{where}: zstd-compressed layer needs the `zstandard` package ({install_hint('build')}"
+            "), or save the image with gzip or uncompressed layers"
         ) from None
     return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(
         raw, read_size=CHUNK, read_across_frames=True))
