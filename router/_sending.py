@@ -67,15 +67,18 @@ class Sender(RouterBase):
             # Published as it leaves, not on the answer: with automine the block holding it
             # can arrive (LANDED) before the node's answer does.
             self._emit(EventKind.BROADCAST, f, f.hash)
+        sent = [f.hash for f in todo]
         try:
             results = await self.broadcaster.send_batch([(f.raw, f.hash, f.nonce) for f in todo])
         except RouterError as e:
             results = [e] * len(todo)
         finally:
             self._sending.difference_update(keys)
-        for f, r in zip(todo, results, strict=True):
+        for f, r, h in zip(todo, results, sent, strict=True):
             if isinstance(r, Accepted):
                 f.broadcasts += 1
+                if f.hash != h and f.state is TxState.PENDING:
+                    await self._send(f)  # re-signed while the batch was out: send the new bytes
             elif f.state is TxState.PENDING:
                 await self._send(f)  # act on the refusal (and retry) one by one, in order
 
@@ -94,9 +97,14 @@ class Sender(RouterBase):
                 flight.last_sent_head = self.view.tip.number if self.view.tip else -1
                 flight.last_sent_time = time.monotonic()
                 try:
-                    self._emit(EventKind.BROADCAST, flight, flight.hash)
-                    await self.broadcaster.send(flight.raw, flight.hash, nonce=flight.nonce)
+                    sending = flight.hash
+                    self._emit(EventKind.BROADCAST, flight, sending)
+                    await self.broadcaster.send(flight.raw, sending, nonce=flight.nonce)
                     flight.broadcasts += 1
+                    if flight.hash != sending and flight.state is TxState.PENDING:
+                        # Re-signed meanwhile (a cancellation, a bump): its own _send found
+                        # this one running and returned, so the new bytes go out now.
+                        continue
                     return
                 except NonceTooLow:
                     too_low += 1

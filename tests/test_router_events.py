@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from anvil_support import ROOT, Anvil, start_anvil
 from router_support import running_router, transfers, wait_for
+from rpc_proxy import RpcProxy
 
 from router.api import ApiClient, ApiServer, decode_event, encode_event
 from router.core import Router
@@ -194,7 +195,9 @@ def test_cancel_publishes_the_cancellation_and_cancelled(paused_anvil: Anvil) ->
     intent = transfers(1, tag="cancel")[0]
 
     async def main() -> None:
-        async with running_router(paused_anvil) as router:
+        # no re-send by time: one in flight when cancel() runs would delay the cancellation's
+        # send past the evm_mine below (test_a_cancellation_signed_while_..., further down)
+        async with running_router(paused_anvil, rebroadcast_after_seconds=600.0) as router:
             col = Collector(router.events())
             handle = await router.submit(intent)
             first_hash = handle.flight.hash
@@ -395,5 +398,36 @@ def test_watch_refuses_a_malformed_id(anvil: Anvil, tmp_path: Path) -> None:
                 assert router.bus.subscribers == 0
             finally:
                 await server.close()
+
+    asyncio.run(main())
+
+
+def test_a_cancellation_signed_while_the_original_is_being_sent_still_goes_out(
+        paused_anvil: Anvil) -> None:
+    """Cancel while a (slow) send of the original is in flight: the cancellation's own send
+    finds the flight busy and returns, so the running send must send the new bytes when it
+    is done. Re-sends by time or heads are off here: nothing else would ever send them."""
+    intent = transfers(1, tag="busy-cancel")[0]
+
+    async def main() -> None:
+        async with RpcProxy(paused_anvil.rpc_url) as proxy, running_router(
+                paused_anvil, rpc_urls=(proxy.url,), rebroadcast_after_seconds=600.0,
+                rebroadcast_after_heads=10_000) as router:
+            handle = await router.submit(intent)
+            assert proxy.sent_nonces == [0]
+            proxy.delay = 1.0  # the next send stays in flight while the cancellation is signed
+            slow = asyncio.create_task(router._send(handle.flight))
+            await wait_for(lambda: proxy.sent_nonces == [0, 0], what="the slow re-send")
+            await router.cancel(intent.id)
+            cancel_hash = handle.flight.hash
+            await slow
+            proxy.delay = 0.0
+            await wait_for(lambda: len(proxy.sent_nonces) == 3, what="the cancellation sent")
+            pool = paused_anvil.rpc("txpool_content")
+            assert isinstance(pool, dict)
+            pooled = [tx["hash"] for txs in pool["pending"].values() for tx in txs.values()]
+            assert pooled == ["0x" + cancel_hash.hex()]
+            paused_anvil.rpc("evm_mine")
+            await wait_for(lambda: handle.state is TxState.CANCELLED, what="cancelled")
 
     asyncio.run(main())
