@@ -140,7 +140,8 @@ class RouterBase:
         self._handles: dict[str, Handle] = {}
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._sending: set[int] = set()
+        #: Flights being broadcast (by id) -> set when that send is done.
+        self._sending: dict[int, asyncio.Event] = {}
         self._alloc = asyncio.Lock()
         self._outbox: asyncio.Queue[tuple[InFlight, asyncio.Future[None]]] = asyncio.Queue()
         self._genesis: bytes | None = None

@@ -3,6 +3,7 @@ the intent (bump, move to a new nonce, fail and release the nonce, fill a gap)."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -58,8 +59,9 @@ class Sender(RouterBase):
         if len(todo) == 1:
             await self._send(todo[0])
             return
-        keys = [id(f) for f in todo]
-        self._sending.update(keys)
+        # Flights another task is sending keep that task's marker (it re-checks their bytes).
+        mine = {id(f): asyncio.Event() for f in todo if id(f) not in self._sending}
+        self._sending.update(mine)
         tip = self.view.tip.number if self.view.tip else -1
         now = time.monotonic()
         for f in todo:
@@ -73,7 +75,9 @@ class Sender(RouterBase):
         except RouterError as e:
             results = [e] * len(todo)
         finally:
-            self._sending.difference_update(keys)
+            for key, done in mine.items():
+                del self._sending[key]
+                done.set()
         for f, r, h in zip(todo, results, sent, strict=True):
             if isinstance(r, Accepted):
                 f.broadcasts += 1
@@ -86,9 +90,15 @@ class Sender(RouterBase):
         """Broadcast the flight's current bytes and act on the classified outcome. Never raises
         for chain-side trouble: the flight stays pending (re-sent later) or ends terminal."""
         key = id(flight)  # not the nonce: a flight may move to another nonce while being sent
-        if key in self._sending or self._fenced is not None:
+        if self._fenced is not None:
             return
-        self._sending.add(key)
+        busy = self._sending.get(key)
+        if busy is not None:
+            # Another task is sending it; it sends the current bytes before it returns (below),
+            # so waiting for it is enough (and a caller such as submit returns only once sent).
+            await busy.wait()
+            return
+        done = self._sending[key] = asyncio.Event()
         try:
             too_low = 0
             for _ in range(self.config.max_resigns):
@@ -136,7 +146,8 @@ class Sender(RouterBase):
                                 extra={"nonce": flight.nonce, "error": e.diagnostics()})
                     return
         finally:
-            self._sending.discard(key)
+            del self._sending[key]
+            done.set()
 
     async def _send_in_order(self, flights: list[InFlight]) -> None:
         await self._broadcast_in_order(flights)
