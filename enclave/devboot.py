@@ -31,6 +31,7 @@ from pathlib import Path
 
 from enclave import wire
 from enclave.errors import EnclaveError
+from enclave.nsm import Nsm
 from enclave.transport import connect, parse_address
 
 VIRTIO_PORTS = Path("/sys/class/virtio-ports")
@@ -177,63 +178,77 @@ def relay(port: Path, signer: str) -> None:
 
 
 def nsm_check(nonce: bytes, device_path: str = "/dev/nsm") -> dict[str, object]:
-    """Every NSM operation once through `DeviceNsm` (never the emulator); the result says what each
-    answered. Extends and locks PCR16, so run it once per boot.
+    """`exercise_nsm` on the device at `device_path` (never the emulator)."""
+    from enclave.nsm import NsmError
+    from enclave.nsm.device import DeviceNsm
 
-    The attestation document goes back whole (hex) so the host checks it with its own decoder.
+    try:
+        nsm = DeviceNsm(device_path)
+    except NsmError as e:
+        return {"ok": False, "device": device_path, "error": str(e)}
+    with nsm:
+        result = exercise_nsm(nsm, nonce)
+    result["device"] = device_path
+    return result
+
+
+def exercise_nsm(nsm: Nsm, nonce: bytes) -> dict[str, object]:
+    """Every NSM operation once; the result says what each answered. Extends and locks PCR16, so
+    run it once per module (per boot).
+
+    The attestation document goes back whole (base64) so the host checks it with its own decoder;
+    the same function runs on the host against the emulator, to compare the two field by field.
     """
     import base64
     import hashlib
 
     from enclave.nsm import NsmError
-    from enclave.nsm.device import DeviceNsm
 
-    result: dict[str, object] = {"ok": False, "device": device_path}
-    try:
-        nsm = DeviceNsm(device_path)
-    except NsmError as e:
-        result["error"] = str(e)
-        return result
+    result: dict[str, object] = {"ok": False}
     step = "DescribeNSM"
     try:
-        with nsm:
-            d = nsm.describe_nsm()
-            result["describe_nsm"] = {
-                "version": [d.version_major, d.version_minor, d.version_patch],
-                "module_id": d.module_id, "max_pcrs": d.max_pcrs,
-                "locked_pcrs": sorted(d.locked_pcrs), "digest": d.digest,
-            }
-            pcrs: dict[str, object] = {}
-            for index in (0, 1, 2, 3, 4, 8, USER_PCR):
-                step = f"DescribePCR {index}"
-                state = nsm.describe_pcr(index)
-                pcrs[str(index)] = {"value": state.value.hex(), "locked": state.locked}
-            result["pcrs"] = pcrs
-            step = "GetRandom"
-            a, b = nsm.get_random(32), nsm.get_random(32)
-            result["get_random"] = {"bytes": len(a), "two_calls_differ": a != b}
-            step = f"ExtendPCR {USER_PCR}"
-            before = nsm.describe_pcr(USER_PCR).value
-            data = b"sentinel nsm-check"
-            extended = nsm.extend_pcr(USER_PCR, data)
-            step = f"LockPCR {USER_PCR}"
-            nsm.lock_pcr(USER_PCR)
-            after = nsm.describe_pcr(USER_PCR)
-            result["pcr16"] = {
-                "before": before.hex(),
-                "extended": extended.hex(),
-                "extend_is_sha384_of_old_and_data": extended == hashlib.sha384(before + data).digest(),
-                "locked_after_lock": after.locked,
-                "value_after_lock": after.value.hex(),
-                "extend_after_lock": _rejection(lambda: nsm.extend_pcr(USER_PCR, data)),
-                "lock_again": _rejection(lambda: nsm.lock_pcr(USER_PCR)),
-                "extend_locked_pcr0": _rejection(lambda: nsm.extend_pcr(0, data)),
-                "describe_pcr_32": _rejection(lambda: nsm.describe_pcr(32)),
-            }
-            step = "Attestation"
-            doc = nsm.attestation(nonce=nonce, user_data=b"sentinel nsm-check")
-            result["attestation"] = base64.b64encode(doc).decode()
-            result["ok"] = True
+        d = nsm.describe_nsm()
+        result["describe_nsm"] = {
+            "version": [d.version_major, d.version_minor, d.version_patch],
+            "module_id": d.module_id, "max_pcrs": d.max_pcrs,
+            "locked_pcrs": sorted(d.locked_pcrs), "digest": d.digest,
+        }
+        pcrs: dict[str, object] = {}
+        for index in (0, 1, 2, 3, 4, 8, USER_PCR):
+            step = f"DescribePCR {index}"
+            state = nsm.describe_pcr(index)
+            pcrs[str(index)] = {"value": state.value.hex(), "locked": state.locked}
+        result["pcrs"] = pcrs
+        step = "GetRandom"
+        a, b = nsm.get_random(32), nsm.get_random(32)
+        result["get_random"] = {"bytes": len(a), "two_calls_differ": a != b}
+        step = f"ExtendPCR {USER_PCR}"
+        before = nsm.describe_pcr(USER_PCR).value
+        data = b"sentinel nsm-check"
+        extended = nsm.extend_pcr(USER_PCR, data)
+        step = f"LockPCR {USER_PCR}"
+        nsm.lock_pcr(USER_PCR)
+        after = nsm.describe_pcr(USER_PCR)
+        result["pcr16"] = {
+            "before": before.hex(),
+            "extended": extended.hex(),
+            "extend_is_sha384_of_old_and_data": extended == hashlib.sha384(before + data).digest(),
+            "locked_after_lock": after.locked,
+            "value_after_lock": after.value.hex(),
+            "extend_after_lock": _rejection(lambda: nsm.extend_pcr(USER_PCR, data)),
+            "lock_again": _rejection(lambda: nsm.lock_pcr(USER_PCR)),
+            "extend_locked_pcr0": _rejection(lambda: nsm.extend_pcr(0, data)),
+            "describe_pcr_32": _rejection(lambda: nsm.describe_pcr(32)),
+        }
+        step = "Attestation limits"
+        result["attestation_limits"] = {
+            "empty_public_key": _rejection(lambda: nsm.attestation(public_key=b"")),
+            "user_data_1025": _rejection(lambda: nsm.attestation(user_data=bytes(1025))),
+        }
+        step = "Attestation"
+        doc = nsm.attestation(nonce=nonce, user_data=b"sentinel nsm-check")
+        result["attestation"] = base64.b64encode(doc).decode()
+        result["ok"] = True
     except (NsmError, OSError, ValueError) as e:
         result["error"] = f"{step}: {e}"
     return result
@@ -246,7 +261,7 @@ def _rejection(call: Callable[[], object]) -> str:
     try:
         call()
     except NsmRequestRejected as e:
-        return e.code
+        return e.nsm_code
     return "ok"
 
 

@@ -26,10 +26,6 @@ from reproducible.cache import default_root
 SUITE = "trixie"  # the first Debian release whose QEMU (>= 9.2) has the machine
 SOURCE_PACKAGE = "qemu"
 BINARY = "qemu-system-x86_64"
-BUILD_DEPENDS = [
-    "libcbor-dev", "libfdt-dev", "libgnutls28-dev", "libglib2.0-dev", "libpixman-1-dev",
-    "ninja-build", "flex", "bison", "pkg-config", "dpkg-dev", "gcc", "make",
-]
 # configure's own venv is offline, so these come from PyPI into the calling venv.
 PYTHON_DEPENDS = ["meson>=1.5", "pycotap"]
 CONFIGURE_FLAGS = [

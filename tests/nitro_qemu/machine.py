@@ -21,12 +21,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nitro_qemu import NitroQemuError
-from nitro_qemu.vhost_user import VhostUserVsock
-
 from enclave import wire
 from enclave.devboot import NSMCHECK_PREFIX, SELFCHECK_PREFIX
 from enclave.nsm import REQUIRE_DEVICE_FLAG
+from nitro_qemu import NitroQemuError
+from nitro_qemu.vhost_user import VhostUserVsock
 
 SIGNER_PORT_NAME = "sentinel.signer"
 CONTROL_PORT_NAME = "sentinel.control"
