@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from eif_support import CRC_AT, HEADER, build_raw, section_offsets
+from nitro_qemu import NitroQemuError
 from nitro_qemu.machine import NitroMachine, document_b64, load_only
 
 from enclave.devboot import exercise_nsm
@@ -70,6 +71,8 @@ class Boot:
     nonce: bytes
     signer_doc: bytes
     signer_nonce: bytes
+    vsock_doc: bytes | str  # the document over VSOCK, or why it could not be had
+    vsock_nonce: bytes
     clean_poweroff: bool
     console: str
 
@@ -82,10 +85,16 @@ def boot(qemu: Path, eif: Path, workdir: Path) -> Boot:
         nsm = m.nsm_check(nonce)
         signer_nonce = os.urandom(24)
         signer_doc = m.signer_attest(signer_nonce)
+        vsock_nonce = os.urandom(20)
+        try:
+            vsock_doc: bytes | str = m.signer_attest(vsock_nonce, over_vsock=True)
+        except (OSError, NitroQemuError) as e:
+            vsock_doc = f"{type(e).__name__}: {e}"
         clean = m.power_off()
         console = m.console()
     print(f"\n{eif.name}: booted to the signer's self-check in {boot_seconds:.1f} s (TCG)")
-    return Boot(eif, boot_seconds, selfcheck, nsm, nonce, signer_doc, signer_nonce, clean, console)
+    return Boot(eif, boot_seconds, selfcheck, nsm, nonce, signer_doc, signer_nonce, vsock_doc,
+                vsock_nonce, clean, console)
 
 
 @pytest.fixture(scope="module")
@@ -220,6 +229,14 @@ def test_signer_attests_through_the_device(unsigned: Boot, eif: Path) -> None:
     assert doc.module_id == QEMU_MODULE_ID  # the signer's NSM is QEMU's device, not the emulator
     assert doc.nonce == unsigned.signer_nonce
     assert doc.public_key is not None and len(doc.public_key) > 0  # the key binding
+    assert {i: doc.pcrs[i] for i in (0, 1, 2)} == {i: expected[i] for i in (0, 1, 2)}
+
+
+def test_signer_reached_over_vsock_data_plane(unsigned: Boot, eif: Path) -> None:
+    assert isinstance(unsigned.vsock_doc, bytes), unsigned.vsock_doc
+    doc = parse_document(unsigned.vsock_doc).document
+    assert doc.module_id == QEMU_MODULE_ID and doc.nonce == unsigned.vsock_nonce
+    expected = _verify_pcr(eif)
     assert {i: doc.pcrs[i] for i in (0, 1, 2)} == {i: expected[i] for i in (0, 1, 2)}
 
 

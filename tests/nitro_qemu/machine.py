@@ -29,6 +29,7 @@ from nitro_qemu.vhost_user import VhostUserVsock
 
 SIGNER_PORT_NAME = "sentinel.signer"
 CONTROL_PORT_NAME = "sentinel.control"
+SIGNER_VSOCK_PORT = 5000  # reproducible/rootfs.py: the signer listens on vsock:any:5000
 MACHINE_OPTIONS = "acpi=on,pit=on,pic=on,rtc=on"
 FIRMWARE_DIR = "/usr/share/qemu"  # Debian's qemu-system-data: the microvm BIOS (qboot)
 
@@ -75,7 +76,7 @@ class NitroMachine:
         self.vsock_socket = workdir / "vsock.sock"
         self.signer_socket = workdir / "signer.sock"
         self.control_socket = workdir / "control.sock"
-        self.backend = VhostUserVsock(self.vsock_socket, guest_cid)
+        self.backend = VhostUserVsock(self.vsock_socket, guest_cid, data_plane=True)
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self._control: socket.socket | None = None
@@ -192,15 +193,24 @@ class NitroMachine:
         self._control_send(f"nsm-check {nonce.hex()}")
         return self.wait_json(NSMCHECK_PREFIX, timeout)
 
-    def signer_attest(self, nonce: bytes, timeout: float = 60) -> bytes:
-        """ATTEST through the signer itself (relay port): the document its NSM produced.
+    def signer_attest(self, nonce: bytes, *, over_vsock: bool = False, timeout: float = 60) -> bytes:
+        """ATTEST through the signer itself: the document its NSM produced.
+
+        Args:
+            over_vsock: reach the signer as the parent does, over VSOCK (port 5000) through the
+                backend's data plane; otherwise through the devboot relay's virtio-serial port.
 
         Raises:
             MachineError: the signer answered with an error frame or not at all.
         """
-        with socket.socket(socket.AF_UNIX) as s:
+        if over_vsock:
+            s = self.backend.connect(SIGNER_VSOCK_PORT, timeout)
+        else:
+            s = socket.socket(socket.AF_UNIX)
             s.settimeout(timeout)
             s.connect(str(self.signer_socket))
+        with s:
+            s.settimeout(timeout)
             s.sendall(wire.pack_frame(wire.Op.ATTEST, 7, wire.encode_attest(nonce, None, None)))
             header = _recv_exact(s, wire.HEADER_SIZE)
             _magic, _version, op, _rid, n = wire.HEADER.unpack(header)

@@ -4,8 +4,8 @@ QEMU's machine always creates a `vhost-user-vsock` device and refuses to start w
 the chardev's Unix socket. This one implements the vhost-user control plane (the front end's
 messages: features, protocol features, owner, memory table — whose fds are mmapped — vring
 num/addr/base/kick/call/err, GET_VRING_BASE and GET_CONFIG answering the guest CID), enough for the
-guest's `vmw_vsock_virtio_transport` to bind the device. It does not move vsock packets (no data
-plane): the host reaches the signer over the virtio-serial relay instead.
+guest's `vmw_vsock_virtio_transport` to bind the device. With `data_plane=True` it also moves
+vsock packets (`vsock_plane`), so `connect(port)` reaches a listener in the guest (the signer).
 
 Wire format (QEMU docs/interop/vhost-user.rst): a 12-byte little-endian header
 `u32 request, u32 flags, u32 size`, then `size` payload bytes; fds travel as SCM_RIGHTS.
@@ -20,8 +20,12 @@ import struct
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nitro_qemu import NitroQemuError
+
+if TYPE_CHECKING:
+    from nitro_qemu.vsock_plane import VsockDataPlane
 
 HEADER = struct.Struct("<III")
 VERSION = 0x1
@@ -105,7 +109,7 @@ class VhostUserVsock:
         guest_cid: the CID GET_CONFIG reports (the enclave's CID; Nitro uses 4 upwards).
     """
 
-    def __init__(self, path: Path, guest_cid: int = 16) -> None:
+    def __init__(self, path: Path, guest_cid: int = 16, *, data_plane: bool = False) -> None:
         if guest_cid < 3 or guest_cid >= 0xFFFFFFFF:
             raise ValueError(f"guest CID {guest_cid} is reserved or out of range")
         self.path = path
@@ -118,6 +122,8 @@ class VhostUserVsock:
         self._listener.listen(1)
         self._thread = threading.Thread(target=self._serve, name="vhost-user-vsock", daemon=True)
         self._closed = False
+        self._want_plane = data_plane
+        self.plane: VsockDataPlane | None = None
 
     def __enter__(self) -> VhostUserVsock:
         self.start()
@@ -127,7 +133,23 @@ class VhostUserVsock:
         self.close()
 
     def start(self) -> None:
+        if self._want_plane:
+            from nitro_qemu.vsock_plane import VsockDataPlane
+
+            self.plane = VsockDataPlane(self.state, self.guest_cid)
         self._thread.start()
+
+    def connect(self, port: int, timeout: float = 30.0) -> socket.socket:
+        """A stream socket to the guest's vsock `port` through the data plane.
+
+        Raises:
+            VhostUserError: the backend was made without a data plane.
+            ConnectionRefusedError: nothing listens on `port` in the guest.
+            TimeoutError: the guest did not answer.
+        """
+        if self.plane is None:
+            raise VhostUserError("this backend has no data plane (data_plane=False)")
+        return self.plane.connect(port, timeout)
 
     def close(self) -> None:
         self._closed = True
@@ -137,6 +159,8 @@ class VhostUserVsock:
             pass
         self._listener.close()
         self._thread.join(5)
+        if self.plane is not None:
+            self.plane.close()
         self._release()
         self.path.unlink(missing_ok=True)
 
