@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from nitro_qemu import build as qbuild
 from nitro_qemu import vhost_user as vu
+from nitro_qemu import vsock_plane as vsock
 
 from enclave import devboot
 from enclave.nsm import NsmUnavailable, device_required, open_nsm
@@ -180,3 +181,130 @@ def test_kernel_flag_forbids_the_emulator(tmp_path: Path) -> None:
     assert not device_required(tmp_path / "missing")
     nsm = open_nsm(True, device_path=tmp_path / "nsm", cmdline_path=cmdline, fw_cfg_dir=tmp_path)
     assert nsm.describe_nsm().module_id.startswith("i-emulated")
+
+
+class MiniGuest:
+    """The guest's half of virtio-vsock, written here from the virtio spec: split rings in a memfd
+    that the backend maps, rx buffers posted, tx packets queued and kicked."""
+
+    NUM = 8
+    GPA = 0x40000000
+    UADDR = 0x7F1200000000  # the "QEMU user address" of the same memory
+    RINGS = {0: 0x0000, 1: 0x1000}  # per queue: desc at +0, avail at +0x200, used at +0x400
+    BUFS = 0x4000
+
+    def __init__(self, fe: FrontEnd, cid: int) -> None:
+        self.fe, self.cid = fe, cid
+        self.fd = os.memfd_create("guest")
+        os.ftruncate(self.fd, 0x20000)
+        self.mem = mmap.mmap(self.fd, 0x20000)
+        region = struct.pack("<QQQQ", self.GPA, 0x20000, self.UADDR, 0)
+        fe.send(vu.SET_MEM_TABLE, struct.pack("<II", 1, 0) + region, [self.fd])
+        self.kicks: dict[int, int] = {}
+        self.calls: dict[int, int] = {}
+        self.avail = {0: 0, 1: 0}
+        self.used_seen = {0: 0, 1: 0}
+        for q, base in self.RINGS.items():
+            fe.send(vu.SET_VRING_NUM, struct.pack("<II", q, self.NUM))
+            fe.send(vu.SET_VRING_BASE, struct.pack("<II", q, 0))
+            u = self.UADDR + base
+            fe.send(vu.SET_VRING_ADDR, struct.pack("<IIQQQQ", q, 0, u, u + 0x400, u + 0x200, 0))
+            self.kicks[q], self.calls[q] = os.eventfd(0), os.eventfd(0, os.EFD_NONBLOCK)
+            fe.send(vu.SET_VRING_CALL, struct.pack("<Q", q), [self.calls[q]])
+            fe.send(vu.SET_VRING_KICK, struct.pack("<Q", q), [self.kicks[q]])
+            fe.send(vu.SET_VRING_ENABLE, struct.pack("<II", q, 1))
+        for i in range(self.NUM):  # rx: 4 KiB device-writable buffers
+            self._post(0, i, self.BUFS + i * 0x1000, 0x1000, write=True)
+        self._kick(0)
+
+    def _post(self, q: int, i: int, off: int, n: int, *, write: bool) -> None:
+        base = self.RINGS[q]
+        struct.pack_into("<QIHH", self.mem, base + 16 * i, self.GPA + off, n, 2 if write else 0, 0)
+        struct.pack_into("<H", self.mem, base + 0x200 + 4 + 2 * (self.avail[q] % self.NUM), i)
+        self.avail[q] += 1
+        struct.pack_into("<H", self.mem, base + 0x200 + 2, self.avail[q])
+
+    def _kick(self, q: int) -> None:
+        os.eventfd_write(self.kicks[q], 1)
+
+    def receive(self, timeout: float = 5) -> tuple[tuple[int, ...], bytes]:
+        """The next packet the backend put in the rx ring (header fields, payload)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            (used,) = struct.unpack_from("<H", self.mem, self.RINGS[0] + 0x400 + 2)
+            if used != self.used_seen[0]:
+                slot = self.RINGS[0] + 0x400 + 4 + 8 * (self.used_seen[0] % self.NUM)
+                head, length = struct.unpack_from("<II", self.mem, slot)
+                self.used_seen[0] += 1
+                off = self.BUFS + head * 0x1000
+                data = bytes(self.mem[off : off + length])
+                self._post(0, head, off, 0x1000, write=True)  # recycle the buffer
+                self._kick(0)
+                return vsock.HDR.unpack_from(data), data[vsock.HDR.size :]
+            time.sleep(0.01)
+        raise TimeoutError("no rx packet")
+
+    def send(self, src_port: int, dst_port: int, op: int, payload: bytes = b"", flags: int = 0) -> None:
+        i = self.avail[1] % self.NUM
+        off = self.BUFS + 0x10000 + i * 0x1000
+        pkt = vsock.HDR.pack(self.cid, 2, src_port, dst_port, len(payload), 1, op, flags,
+                             65536, 0) + payload
+        self.mem[off : off + len(pkt)] = pkt
+        self._post(1, i, off, len(pkt), write=False)
+        self._kick(1)
+
+
+def test_data_plane_carries_a_stream_both_ways(tmp_path: Path) -> None:
+    import threading
+
+    with vu.VhostUserVsock(tmp_path / "v.sock", guest_cid=21, data_plane=True) as b:
+        guest = MiniGuest(FrontEnd(b.path), 21)
+        result: dict[str, socket.socket] = {}
+        t = threading.Thread(target=lambda: result.setdefault("s", b.connect(5000, timeout=5)))
+        t.start()
+        (src_cid, dst_cid, src_port, dst_port, _n, kind, op, *_rest), _ = guest.receive()
+        assert (src_cid, dst_cid, dst_port, kind, op) == (2, 21, 5000, 1, vsock.OP_REQUEST)
+        guest.send(5000, src_port, vsock.OP_RESPONSE)
+        t.join(5)
+        host = result["s"]
+        host.sendall(b"ping from host")
+        hdr, payload = guest.receive()
+        assert hdr[6] == vsock.OP_RW and payload == b"ping from host"
+        guest.send(5000, src_port, vsock.OP_RW, b"pong from guest")
+        host.settimeout(5)
+        assert host.recv(100) == b"pong from guest"
+        host.close()
+        hdr, _ = guest.receive()
+        assert hdr[6] == vsock.OP_SHUTDOWN and hdr[7] == vsock.SHUTDOWN_BOTH
+        assert b.error is None and b.plane is not None and b.plane.error is None
+
+
+def test_data_plane_refused_and_guest_initiated(tmp_path: Path) -> None:
+    import threading
+
+    with vu.VhostUserVsock(tmp_path / "v.sock", guest_cid=21, data_plane=True) as b:
+        guest = MiniGuest(FrontEnd(b.path), 21)
+        errors: list[BaseException] = []
+
+        def dial() -> None:
+            try:
+                b.connect(6000, timeout=5)
+            except ConnectionRefusedError as e:
+                errors.append(e)
+
+        t = threading.Thread(target=dial)
+        t.start()
+        hdr, _ = guest.receive()
+        guest.send(6000, hdr[2], vsock.OP_RST)
+        t.join(5)
+        assert len(errors) == 1 and "refused" in str(errors[0])
+        guest.send(1234, 9999, vsock.OP_REQUEST)  # the guest dials the host: not supported
+        hdr, _ = guest.receive()
+        assert hdr[6] == vsock.OP_RST and (hdr[2], hdr[3]) == (9999, 1234)
+
+
+def test_connect_without_data_plane_is_an_error(backend: vu.VhostUserVsock) -> None:
+    with pytest.raises(vu.VhostUserError, match="no data plane"):
+        backend.connect(5000)

@@ -123,6 +123,7 @@ class VhostUserVsock:
         self._thread = threading.Thread(target=self._serve, name="vhost-user-vsock", daemon=True)
         self._closed = False
         self._want_plane = data_plane
+        self._conn: socket.socket | None = None
         self.plane: VsockDataPlane | None = None
 
     def __enter__(self) -> VhostUserVsock:
@@ -158,6 +159,11 @@ class VhostUserVsock:
         except OSError:
             pass
         self._listener.close()
+        if self._conn is not None:
+            try:
+                self._conn.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in recvmsg
+            except OSError:
+                pass
         self._thread.join(5)
         if self.plane is not None:
             self.plane.close()
@@ -180,6 +186,7 @@ class VhostUserVsock:
                 conn, _ = self._listener.accept()
             except OSError:
                 return
+            self._conn = conn
             with conn:
                 try:
                     while self.handle_one(conn):
