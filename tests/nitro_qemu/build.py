@@ -37,6 +37,7 @@ CONFIGURE_FLAGS = [
     "--disable-libusb", "--disable-usb-redir", "--disable-smartcard", "--disable-seccomp",
     "--disable-xen", "--disable-guest-agent", "--disable-capstone", "--disable-plugins",
 ]
+LISTS_MAX_AGE = 24 * 3600  # seconds; a cached build then needs no network at all
 _EDK2_BLOCK = re.compile(r"^if unpack_edk2_blobs\b.*?^endif\n", re.S | re.M)
 
 
@@ -102,9 +103,12 @@ class SourceApt:
         return out
 
     def source_version(self) -> str:
-        """The newest version of the source package in the suite (refreshes the lists)."""
-        _run(["apt-get", *self._opts(), "-q", "update"])
-        text = _run(["apt-cache", *self._opts(), "showsrc", SOURCE_PACKAGE])
+        """The newest version of the source package in the suite (lists refreshed daily)."""
+        opts = self._opts()
+        lists = list((self.root / "state" / "lists").glob("*_Sources*"))
+        if not lists or time.time() - min(f.stat().st_mtime for f in lists) > LISTS_MAX_AGE:
+            _run(["apt-get", *opts, "-q", "update"])
+        text = _run(["apt-cache", *opts, "showsrc", SOURCE_PACKAGE])
         versions = [
             line.split(":", 1)[1].strip()
             for line in text.splitlines()

@@ -80,6 +80,8 @@ class NitroMachine:
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self._control: socket.socket | None = None
+        self.exit_code: int | None = None
+        self.output = ""  # QEMU's stdout and stderr, once it has exited
 
     def command(self) -> list[str]:
         cmd = [
@@ -119,9 +121,15 @@ class NitroMachine:
             stderr=subprocess.STDOUT,
         )
 
+    def _drain_output(self) -> str:
+        if self.process is None or self.process.stdout is None or self.process.stdout.closed:
+            return ""
+        out = self.process.stdout.read().decode(errors="replace")
+        self.process.stdout.close()
+        return out
+
     def stop(self) -> str:
-        """Stop QEMU (if still running) and the backend; QEMU's own output."""
-        out = ""
+        """Stop QEMU (if still running) and the backend; all of QEMU's own output."""
         if self._control is not None:
             self._control.close()
             self._control = None
@@ -133,12 +141,11 @@ class NitroMachine:
                 except subprocess.TimeoutExpired:
                     self.process.kill()
                     self.process.wait()
-            if self.process.stdout is not None:
-                out = self.process.stdout.read().decode(errors="replace")
-                self.process.stdout.close()
+            self.exit_code = self.process.returncode
+            self.output += self._drain_output()
             self.process = None
         self.backend.close()
-        return out
+        return self.output
 
     def console(self) -> str:
         try:
@@ -163,9 +170,11 @@ class NitroMachine:
                 if line.startswith(prefix):
                     return line
             if self.process is not None and self.process.poll() is not None:
+                self.exit_code = self.process.returncode
+                self.output += self._drain_output()
                 raise MachineError(
-                    f"QEMU exited with {self.process.returncode} before {prefix!r}: "
-                    f"{self.stop().strip()}\nconsole tail:\n{self.tail()}"
+                    f"QEMU exited with {self.exit_code} before {prefix!r}: "
+                    f"{self.output.strip()}\nconsole tail:\n{self.tail()}"
                 )
             time.sleep(0.1)
         raise MachineError(f"no {prefix!r} on the console in {timeout:.0f} s; tail:\n{self.tail()}")
@@ -246,9 +255,8 @@ def load_only(qemu: Path, eif: Path, workdir: Path, timeout: float = 60) -> Load
             m.wait_for_line("Linux version", timeout)
             return LoaderResult(True, None, "")
         except MachineError:
-            code = m.process.poll() if m.process is not None else None
-            out = m.stop()
-            return LoaderResult(False, code, out.strip())
+            m.stop()
+            return LoaderResult(False, m.exit_code, m.output.strip())
     finally:
         m.stop()
 

@@ -153,6 +153,8 @@ class VhostUserVsock:
         return self.plane.connect(port, timeout)
 
     def close(self) -> None:
+        if self._closed:
+            return
         self._closed = True
         try:
             self._listener.shutdown(socket.SHUT_RDWR)
@@ -164,7 +166,8 @@ class VhostUserVsock:
                 self._conn.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in recvmsg
             except OSError:
                 pass
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
         if self.plane is not None:
             self.plane.close()
         self._release()
