@@ -29,6 +29,7 @@ from nitro_qemu.vhost_user import VhostUserVsock
 
 SIGNER_PORT_NAME = "sentinel.signer"
 CONTROL_PORT_NAME = "sentinel.control"
+INIT_PREFIX = "sentinel-init: "  # reproducible/init/init.sh's first line
 SIGNER_VSOCK_PORT = 5000  # reproducible/rootfs.py: the signer listens on vsock:any:5000
 MACHINE_OPTIONS = "acpi=on,pit=on,pic=on,rtc=on"
 FIRMWARE_DIR = "/usr/share/qemu"  # Debian's qemu-system-data: the microvm BIOS (qboot)
@@ -247,14 +248,13 @@ def load_only(qemu: Path, eif: Path, workdir: Path, timeout: float = 60) -> Load
     """Start the machine on `eif` and see whether QEMU's loader accepts it.
 
     QEMU parses the whole EIF before the guest runs and exits with its error on a bad file; an
-    accepted file gets as far as running the guest, which is stopped as soon as the console shows
-    the kernel's first line.
+    accepted file boots, and the guest is stopped as soon as the image's init speaks.
     """
     m = NitroMachine(qemu, eif, workdir, require_device=False)
     m.start()
     try:
         try:
-            m.wait_for_line("Linux version", timeout)
+            m.wait_for_line(INIT_PREFIX, timeout)
             return LoaderResult(True, None, "")
         except MachineError:
             m.stop()
