@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,7 +148,9 @@ def has_nitro_machine(binary: Path) -> bool:
     return "nitro-enclave" in res.stdout and "virtio-nsm" in dev.stdout
 
 
-def build(python: str = sys.executable, jobs: int | None = None, log=print) -> QemuBuild:  # type: ignore[no-untyped-def]
+def build(
+    python: str = sys.executable, jobs: int | None = None, log: Callable[[str], None] = print
+) -> QemuBuild:
     """The cached binary for trixie's current QEMU source, building it when missing.
 
     Raises:
