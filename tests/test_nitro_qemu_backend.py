@@ -308,3 +308,27 @@ def test_data_plane_refused_and_guest_initiated(tmp_path: Path) -> None:
 def test_connect_without_data_plane_is_an_error(backend: vu.VhostUserVsock) -> None:
     with pytest.raises(vu.VhostUserError, match="no data plane"):
         backend.connect(5000)
+
+
+def test_exercise_nsm_on_the_emulator() -> None:
+    """The guest's nsm-check, run here on the emulator: what the QEMU test compares against."""
+    import base64
+
+    from enclave.nsm.emulator import EmulatedNsm
+    from verify.attestation.document import parse_document
+
+    nsm = EmulatedNsm(pcrs={0: b"\x01" * 48, 1: b"\x02" * 48, 2: b"\x03" * 48})
+    r = devboot.exercise_nsm(nsm, b"host nonce")
+    assert r["ok"] is True, r.get("error")
+    assert r["pcrs"]["0"] == {"value": "01" * 48, "locked": True}  # type: ignore[index]
+    p = r["pcr16"]
+    assert isinstance(p, dict)
+    assert p["extend_is_sha384_of_old_and_data"] is True and p["locked_after_lock"] is True
+    assert (p["extend_after_lock"], p["extend_locked_pcr0"], p["describe_pcr_32"]) == (
+        "ReadOnlyIndex", "ReadOnlyIndex", "InvalidIndex"
+    )
+    doc = parse_document(base64.b64decode(str(r["attestation"]))).document
+    assert doc.nonce == b"host nonce" and doc.pcrs[16] == bytes.fromhex(str(p["extended"]))
+    # A second run on the same module finds PCR16 locked: the report says where it stopped.
+    again = devboot.exercise_nsm(nsm, b"n")
+    assert again["ok"] is False and str(again["error"]).startswith("ExtendPCR 16")
