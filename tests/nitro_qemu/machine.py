@@ -89,8 +89,8 @@ class NitroMachine:
             str(self.qemu),
             "-M", f"nitro-enclave,vsock=vsock0,{MACHINE_OPTIONS}",
             "-L", FIRMWARE_DIR,
-            # QEMU's default CPU model: with `-cpu max` the kernel hangs right after marking the
-            # TSC unstable (no PIT calibration), measured with this machine under TCG.
+            # QEMU's default CPU model, as measured in ../shared/FACTS.md. (The one boot tried with
+            # `-cpu max` hung in TSC calibration, the intermittent hang `start_booted` retries.)
             "-accel", "tcg", "-smp", "1", "-m", str(self.memory_mib),
             "-display", "none", "-monitor", "none", "-no-reboot",
             "-serial", f"file:{self.console_log}",
@@ -242,6 +242,31 @@ class NitroMachine:
             return True
         except (OSError, subprocess.TimeoutExpired):
             return False
+
+
+def start_booted(
+    qemu: Path, eif: Path, workdir: Path, *, attempts: int = 3, init_timeout: float = 180
+) -> tuple[NitroMachine, int]:
+    """A started machine whose image's init has spoken, and how many boots it took.
+
+    Under TCG on a loaded host the guest kernel sometimes fails to calibrate the TSC against the PIT
+    ("tsc: Unable to calibrate against PIT" … "Marking TSC unstable") and then hangs before init;
+    such a boot is stopped and retried with a fresh QEMU (measured: 2 of about 10 boots here).
+
+    Raises:
+        MachineError: no attempt reached init.
+    """
+    errors = []
+    for attempt in range(1, attempts + 1):
+        m = NitroMachine(qemu, eif, workdir / f"boot{attempt}")
+        m.start()
+        try:
+            m.wait_for_line(INIT_PREFIX, init_timeout)
+            return m, attempt
+        except MachineError as e:
+            m.stop()
+            errors.append(str(e).splitlines()[-1])
+    raise MachineError(f"{attempts} boots never reached init; last console lines: {errors}")
 
 
 def load_only(qemu: Path, eif: Path, workdir: Path, timeout: float = 60) -> LoaderResult:
