@@ -108,7 +108,8 @@ class NitroMachine:
         return cmd
 
     def __enter__(self) -> NitroMachine:
-        self.start()
+        if self.process is None:  # `start_booted` hands over a machine already running
+            self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
