@@ -9,7 +9,9 @@ the signer runs exactly as it does on Nitro hardware. It does three things:
    AF_VSOCK connection to the signer for each host connection, byte for byte, so the host's router
    speaks the signer protocol unchanged;
 3. control: a line `poweroff` on the virtio-serial port `sentinel.control` ends this process, after
-   which the init powers the guest off cleanly.
+   which the init powers the guest off cleanly; a line `nsm-check <nonce hex>` runs `nsm_check` on
+   /dev/nsm and prints `SENTINEL-NSMCHECK {json}` (conformance against QEMU's virtio-nsm, whose
+   `nitro-enclave` machine has a real Nitro device model; tests/nitro_qemu/).
 
 On Nitro hardware there are no virtio-serial ports; then only the self-check runs.
 """
@@ -24,16 +26,21 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from enclave import wire
 from enclave.errors import EnclaveError
+from enclave.nsm import Nsm
 from enclave.transport import connect, parse_address
 
 VIRTIO_PORTS = Path("/sys/class/virtio-ports")
 SIGNER_PORT_NAME = "sentinel.signer"
 CONTROL_PORT_NAME = "sentinel.control"
 SELFCHECK_PREFIX = "SENTINEL-SELFCHECK "
+NSMCHECK_PREFIX = "SENTINEL-NSMCHECK "
+# The first PCR the enclave may extend and lock (0-15 are the hypervisor's, locked at boot).
+USER_PCR = 16
 _CHUNK = 64 * 1024
 
 
@@ -170,8 +177,100 @@ def relay(port: Path, signer: str) -> None:
                             open_ = False
 
 
-def wait_for_poweroff(port: Path) -> None:
-    """Block until the host writes a `poweroff` line on the control port."""
+def nsm_check(nonce: bytes, device_path: str = "/dev/nsm") -> dict[str, object]:
+    """`exercise_nsm` on the device at `device_path` (never the emulator)."""
+    from enclave.nsm import NsmError
+    from enclave.nsm.device import DeviceNsm
+
+    try:
+        nsm = DeviceNsm(device_path)
+    except NsmError as e:
+        return {"ok": False, "device": device_path, "error": str(e)}
+    with nsm:
+        result = exercise_nsm(nsm, nonce)
+    result["device"] = device_path
+    return result
+
+
+def exercise_nsm(nsm: Nsm, nonce: bytes) -> dict[str, object]:
+    """Every NSM operation once; the result says what each answered. Extends and locks PCR16, so
+    run it once per module (per boot).
+
+    The attestation document goes back whole (base64) so the host checks it with its own decoder;
+    the same function runs on the host against the emulator, to compare the two field by field.
+    """
+    import base64
+    import hashlib
+
+    from enclave.nsm import NsmError
+
+    result: dict[str, object] = {"ok": False}
+    step = "DescribeNSM"
+    try:
+        d = nsm.describe_nsm()
+        result["describe_nsm"] = {
+            "version": [d.version_major, d.version_minor, d.version_patch],
+            "module_id": d.module_id, "max_pcrs": d.max_pcrs,
+            "locked_pcrs": sorted(d.locked_pcrs), "digest": d.digest,
+        }
+        pcrs: dict[str, object] = {}
+        for index in (0, 1, 2, 3, 4, 8, USER_PCR):
+            step = f"DescribePCR {index}"
+            state = nsm.describe_pcr(index)
+            pcrs[str(index)] = {"value": state.value.hex(), "locked": state.locked}
+        result["pcrs"] = pcrs
+        step = "GetRandom"
+        a, b = nsm.get_random(32), nsm.get_random(32)
+        result["get_random"] = {"bytes": len(a), "two_calls_differ": a != b}
+        step = f"ExtendPCR {USER_PCR}"
+        before = nsm.describe_pcr(USER_PCR).value
+        data = b"sentinel nsm-check"
+        extended = nsm.extend_pcr(USER_PCR, data)
+        step = f"LockPCR {USER_PCR}"
+        nsm.lock_pcr(USER_PCR)
+        after = nsm.describe_pcr(USER_PCR)
+        result["pcr16"] = {
+            "before": before.hex(),
+            "extended": extended.hex(),
+            "extend_is_sha384_of_old_and_data": extended == hashlib.sha384(before + data).digest(),
+            "locked_after_lock": after.locked,
+            "value_after_lock": after.value.hex(),
+            "extend_after_lock": _rejection(lambda: nsm.extend_pcr(USER_PCR, data)),
+            "lock_again": _rejection(lambda: nsm.lock_pcr(USER_PCR)),
+            "extend_locked_pcr0": _rejection(lambda: nsm.extend_pcr(0, data)),
+            "describe_pcr_32": _rejection(lambda: nsm.describe_pcr(32)),
+        }
+        step = "Attestation limits"
+        result["attestation_limits"] = {
+            "empty_public_key": _rejection(lambda: nsm.attestation(public_key=b"")),
+            "user_data_1025": _rejection(lambda: nsm.attestation(user_data=bytes(1025))),
+        }
+        step = "Attestation"
+        doc = nsm.attestation(nonce=nonce, user_data=b"sentinel nsm-check")
+        result["attestation"] = base64.b64encode(doc).decode()
+        result["ok"] = True
+    except (NsmError, OSError, ValueError) as e:
+        result["error"] = f"{step}: {e}"
+    return result
+
+
+def _rejection(call: Callable[[], object]) -> str:
+    """'ok' if the call succeeded, else the NSM error code it was rejected with."""
+    from enclave.nsm import NsmRequestRejected
+
+    try:
+        call()
+    except NsmRequestRejected as e:
+        return e.nsm_code
+    return "ok"
+
+
+def serve_control(port: Path, device_path: str = "/dev/nsm") -> None:
+    """Obey the host's lines on the control port until `poweroff`.
+
+    `nsm-check <nonce hex>` prints `SENTINEL-NSMCHECK {json}` (see `nsm_check`); other lines are
+    answered on the console as unknown.
+    """
     with open(port, "rb", buffering=0) as f:
         line = b""
         while True:
@@ -179,11 +278,22 @@ def wait_for_poweroff(port: Path) -> None:
             if not chunk:
                 time.sleep(0.1)  # no host connected yet
                 continue
-            line += chunk
-            if chunk == b"\n":
-                if line.strip() == b"poweroff":
-                    return
-                line = b""
+            if chunk != b"\n":
+                line += chunk
+                continue
+            words, line = line.decode(errors="replace").split(), b""
+            if words == ["poweroff"]:
+                return
+            if len(words) == 2 and words[0] == "nsm-check":
+                try:
+                    nonce = bytes.fromhex(words[1])
+                except ValueError:
+                    print(f"sentinel-devboot: nsm-check needs a hex nonce, got {words[1]!r}", flush=True)
+                    continue
+                result = nsm_check(nonce, device_path)
+                print(NSMCHECK_PREFIX + json.dumps(result, sort_keys=True), flush=True)
+            elif words:
+                print(f"sentinel-devboot: unknown control command {words[0]!r}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     control = find_port(CONTROL_PORT_NAME)
     if control is None:
         return 0 if result["ok"] else 1
-    wait_for_poweroff(control)
+    serve_control(control)
     print("sentinel-devboot: power-off requested by the host", flush=True)
     return 0
 

@@ -2,7 +2,9 @@
 
 `open_nsm(allow_emulator)` is how the signer gets one: the device when /dev/nsm opens, otherwise the
 emulator only if the caller allows it (development images); a production image gets `NsmUnavailable`
-instead, never a silent fallback.
+instead, never a silent fallback. The kernel command line can only take that permission away:
+`sentinel.nsm=device` (see `REQUIRE_DEVICE_FLAG`) makes even a development image refuse the emulator,
+which is how a conformance boot under QEMU's `nitro-enclave` machine proves the device path ran.
 """
 
 from __future__ import annotations
@@ -34,10 +36,26 @@ __all__ = [
     "NsmTransportError",
     "NsmUnavailable",
     "PcrState",
+    "REQUIRE_DEVICE_FLAG",
+    "device_required",
     "open_nsm",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: On the kernel command line: the NSM must be the device, whatever the image allows. On Nitro the
+#: command line is part of the measured EIF; QEMU appends `-append` to it.
+REQUIRE_DEVICE_FLAG = "sentinel.nsm=device"
+KERNEL_CMDLINE = Path("/proc/cmdline")
+
+
+def device_required(cmdline_path: str | os.PathLike[str] = KERNEL_CMDLINE) -> bool:
+    """True when the kernel command line carries `REQUIRE_DEVICE_FLAG` (unreadable: False)."""
+    try:
+        words = Path(cmdline_path).read_text().split()
+    except OSError:
+        return False
+    return REQUIRE_DEVICE_FLAG in words
 
 
 @runtime_checkable
@@ -72,6 +90,7 @@ def open_nsm(
     emulator_pcrs: PcrSource | None = None,
     emulator_ca_dir: str | os.PathLike[str] | None = None,
     fw_cfg_dir: str | os.PathLike[str] | None = None,
+    cmdline_path: str | os.PathLike[str] = KERNEL_CMDLINE,
 ) -> Nsm:
     """The device at `device_path` (/dev/nsm), or the emulator when it is absent and allowed.
 
@@ -83,6 +102,7 @@ def open_nsm(
         emulator_ca_dir: a directory saved by `EmulatorCa.save` to pin the root; by default the PEM
             bundle QEMU passes through fw_cfg (`opt/sentinel/nsm-ca`) when present, else a new root.
         fw_cfg_dir: where the guest sees fw_cfg's `opt/sentinel` entries (tests point it elsewhere).
+        cmdline_path: the kernel command line; `sentinel.nsm=device` in it forbids the emulator.
 
     Raises:
         NsmUnavailable: no device, and the emulator is not allowed.
@@ -96,6 +116,10 @@ def open_nsm(
     except NsmUnavailable as e:
         if not allow_emulator:
             raise NsmUnavailable(f"{e}; the NSM emulator is not allowed in this image") from e
+        if device_required(cmdline_path):
+            raise NsmUnavailable(
+                f"{e}; the kernel command line requires the device ({REQUIRE_DEVICE_FLAG})"
+            ) from e
         reason = str(e)
 
     from enclave.nsm.ca import EmulatorCa
