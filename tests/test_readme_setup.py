@@ -120,7 +120,11 @@ def test_customer_install_then_every_verifying_command(tmp_path: Path) -> None:
                             str(work / "build")], cwd=ROOT, capture_output=True, text=True,
                            timeout=900)
     assert built.returncode == 0, built.stderr[-3000:]
-    published = _pcrs(work / "measurements" / "0.3.0.json")
+    commands = sh_block("Verifying")
+    # the release the README verifies against: the pcr line's --measurements file
+    published_file = re.search(r"--measurements (\S+)", commands[0])
+    assert published_file is not None and "verify pcr" in commands[0], commands[0]
+    published = _pcrs(work / published_file.group(1))
     ours = _pcrs(work / "build" / "measurements.json")
     same_image = 0 if ours == published else 1  # 1 until a release publishes this tree's PCRs
     (work / "describe.json").write_text(json.dumps([{
@@ -132,14 +136,13 @@ def test_customer_install_then_every_verifying_command(tmp_path: Path) -> None:
     shutil.copy(ATTESTATION_DOC, work / "doc.bin")
     expected = {
         "pcr": same_image,
-        "measurements": 0,  # the dev key that signed 0.3.0
+        "measurements": 0,  # signed by the dev key published beside it
         # a real AWS document from 2022: its chain has expired and its PCRs are not ours
         "attestation": 1,
         "enclave": same_image,
         "audit": None,  # depends on this host's tuning: checked against its own verdict
         "jitter": 0 if 1 in os.sched_getaffinity(0) else 2,  # --cpu 1 where there is one
     }
-    commands = sh_block("Verifying")
     assert [shlex.split(c)[3] for c in commands] == list(expected)
     for command in commands:
         name = shlex.split(command)[3]
