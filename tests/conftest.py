@@ -38,3 +38,13 @@ def anvil() -> Iterator[Anvil]:
         yield node
     finally:
         node.stop()
+
+
+@pytest.fixture
+def paused_anvil() -> Iterator[Anvil]:
+    """A fresh anvil that mines only on `evm_mine` (what is pending stays pending)."""
+    node = start_anvil(args=["--no-mining"])
+    try:
+        yield node
+    finally:
+        node.stop()

@@ -8,11 +8,10 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from anvil_support import ROOT, Anvil, start_anvil
+from anvil_support import ROOT, Anvil
 from router_support import running_router, transfers, wait_for
 from rpc_proxy import RpcProxy
 
@@ -56,15 +55,6 @@ class Collector:
 
     def close(self) -> None:
         self.sub.close()
-
-
-@pytest.fixture
-def paused_anvil() -> Iterator[Anvil]:
-    node = start_anvil(args=["--no-mining"])
-    try:
-        yield node
-    finally:
-        node.stop()
 
 
 def _dedupe_broadcasts(kinds: list[EventKind]) -> list[EventKind]:

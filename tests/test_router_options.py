@@ -9,11 +9,10 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from anvil_support import ROOT, Anvil, start_anvil
+from anvil_support import ROOT, Anvil
 from router_support import SENDER, config_for, running_router, signer_over_unix, wait_for
 
 from router.api import (
@@ -110,15 +109,6 @@ def signed_fields(raw: bytes) -> dict[str, int]:
     assert rest == b"" and isinstance(items, list)
     names = ("chain_id", "nonce", "priority", "max_fee", "gas")
     return {n: int.from_bytes(v, "big") for n, v in zip(names, items[:5], strict=True)}  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def paused_anvil() -> Iterator[Anvil]:
-    node = start_anvil(args=["--no-mining"])
-    try:
-        yield node
-    finally:
-        node.stop()
 
 
 # --- Intent, JSON and SUBMIT encodings ------------------------------------------------------------

@@ -32,6 +32,17 @@ CONTROL_PORT_NAME = "sentinel.control"
 FW_CFG_PREFIX = "opt/sentinel/"
 
 
+def first_console_line(console: str, prefix: str) -> str | None:
+    """The first whole line of a guest's console output that starts with `prefix` (stripped of
+    CR, NUL and spaces), or None. Only whole lines: the guest may be half-way through writing
+    the last one."""
+    for line in console.rpartition("\n")[0].splitlines():
+        line = line.strip("\r\x00 ")
+        if line.startswith(prefix):
+            return line
+    return None
+
+
 def kvm_usable() -> bool:
     """KVM only when /dev/kvm opens and the CPU advertises hardware virtualisation.
 
@@ -137,12 +148,9 @@ class Guest:
         """The first console line that starts with prefix; raises BootTimeout with the log tail."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            # Only whole lines: the guest may be half-way through writing the last one.
-            complete = self.console().rpartition("\n")[0]
-            for line in complete.splitlines():
-                line = line.strip("\r\x00 ")
-                if line.startswith(prefix):
-                    return line
+            line = first_console_line(self.console(), prefix)
+            if line is not None:
+                return line
             if self.process is not None and self.process.poll() is not None:
                 raise BootError(
                     f"QEMU exited with {self.process.returncode} before {prefix!r}; "

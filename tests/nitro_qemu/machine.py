@@ -26,6 +26,7 @@ from enclave.devboot import NSMCHECK_PREFIX, SELFCHECK_PREFIX
 from enclave.nsm import REQUIRE_DEVICE_FLAG
 from nitro_qemu import NitroQemuError
 from nitro_qemu.vhost_user import VhostUserVsock
+from reproducible.boot.qemu import first_console_line
 
 SIGNER_PORT_NAME = "sentinel.signer"
 CONTROL_PORT_NAME = "sentinel.control"
@@ -168,11 +169,9 @@ class NitroMachine:
         """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            complete = self.console().rpartition("\n")[0]
-            for line in complete.splitlines():
-                line = line.strip("\r\x00 ")
-                if line.startswith(prefix):
-                    return line
+            line = first_console_line(self.console(), prefix)
+            if line is not None:
+                return line
             if self.process is not None and self.process.poll() is not None:
                 self.exit_code = self.process.returncode
                 self.output += self._drain_output()
