@@ -251,23 +251,11 @@ class RouterBase:
             MalformedInput: an override above the policy's max_fee_cap, or a priority fee
                 override above the max fee override.
         """
-        fees = self.config.fees
-        mf, pf = intent.max_fee_per_gas, intent.max_priority_fee_per_gas
-        if mf is None and pf is None:
-            return fees.fresh(self._base_fee())
-        cap = fees.max_fee_cap
-        for name, v in (("max_fee_per_gas", mf), ("max_priority_fee_per_gas", pf)):
-            if v is not None and v > cap:
-                raise MalformedInput(f"intent {intent.id[:60]!r}: {name} {v} is above the fee "
-                                     f"policy's max_fee_cap {cap}")
-        tip = pf if pf is not None else fees.priority_fee
-        if mf is not None:
-            if tip > mf:
-                raise MalformedInput(
-                    f"intent {intent.id[:60]!r}: priority fee {tip} is above max_fee_per_gas {mf}")
-            return Fees(mf, tip)
-        max_fee = self._base_fee() * fees.base_fee_multiplier_percent // 100 + tip
-        return Fees(max(min(max_fee, cap), tip), tip)
+        try:
+            return self.config.fees.fresh(self._base_fee(), max_fee=intent.max_fee_per_gas,
+                                          priority_fee=intent.max_priority_fee_per_gas)
+        except ValueError as e:
+            raise MalformedInput(f"intent {intent.id[:60]!r}: {e}") from None
 
     async def _sign(self, tx: UnsignedTx) -> SignedLike:
         """Every signature the router makes goes through here: refused once the lease is lost

@@ -49,10 +49,26 @@ class FeePolicy:
         if self.priority_fee > self.max_fee_cap:
             raise ValueError("priority_fee is above max_fee_cap")
 
-    def fresh(self, base_fee: int) -> Fees:
-        """Fees for a first signature against a block with `base_fee`."""
-        max_fee = base_fee * self.base_fee_multiplier_percent // 100 + self.priority_fee
-        return Fees(min(max_fee, self.max_fee_cap), self.priority_fee)
+    def fresh(self, base_fee: int, *, max_fee: int | None = None,
+              priority_fee: int | None = None) -> Fees:
+        """Fees for a first signature against a block with `base_fee`; `max_fee` /
+        `priority_fee` are an intent's overrides, used in place of the computed ones.
+
+        Raises:
+            ValueError: an override above max_fee_cap, or a priority fee above the max fee
+                override (the message names them).
+        """
+        for name, v in (("max_fee_per_gas", max_fee), ("max_priority_fee_per_gas", priority_fee)):
+            if v is not None and v > self.max_fee_cap:
+                raise ValueError(f"{name} {v} is above the fee policy's max_fee_cap "
+                                 f"{self.max_fee_cap}")
+        tip = self.priority_fee if priority_fee is None else priority_fee
+        if max_fee is not None:
+            if tip > max_fee:
+                raise ValueError(f"priority fee {tip} is above max_fee_per_gas {max_fee}")
+            return Fees(max_fee, tip)
+        computed = base_fee * self.base_fee_multiplier_percent // 100 + tip
+        return Fees(max(min(computed, self.max_fee_cap), tip), tip)
 
     def bump(self, old: Fees) -> Fees | None:
         """The smallest fees that replace `old`, or None when that would exceed the cap."""

@@ -379,3 +379,21 @@ def test_submit_cli_options(anvil: Anvil, tmp_path: Path) -> None:
                 await server.close()
 
     asyncio.run(main())
+
+
+def test_fee_policy_fresh_with_overrides() -> None:
+    """The one place first-signature fees are computed: the policy's, or an intent's overrides
+    (checked against the cap) in their place."""
+    policy = FeePolicy(priority_fee=2 * GWEI, base_fee_multiplier_percent=200,
+                       max_fee_cap=100 * GWEI)
+    assert policy.fresh(10 * GWEI) == (22 * GWEI, 2 * GWEI)
+    assert policy.fresh(80 * GWEI) == (100 * GWEI, 2 * GWEI)  # capped
+    assert policy.fresh(10 * GWEI, priority_fee=5 * GWEI) == (25 * GWEI, 5 * GWEI)
+    assert policy.fresh(10 * GWEI, max_fee=7 * GWEI) == (7 * GWEI, 2 * GWEI)
+    assert policy.fresh(10 * GWEI, max_fee=7 * GWEI, priority_fee=7 * GWEI) == (7 * GWEI, 7 * GWEI)
+    with pytest.raises(ValueError, match="max_fee_per_gas .* above the fee policy's max_fee_cap"):
+        policy.fresh(10 * GWEI, max_fee=101 * GWEI)
+    with pytest.raises(ValueError, match="max_priority_fee_per_gas .* above"):
+        policy.fresh(10 * GWEI, priority_fee=101 * GWEI)
+    with pytest.raises(ValueError, match="priority fee .* above max_fee_per_gas"):
+        policy.fresh(10 * GWEI, max_fee=3 * GWEI, priority_fee=4 * GWEI)
