@@ -328,6 +328,13 @@ class ApiServer:
             with contextlib.suppress(FileNotFoundError):
                 Path(self.path).unlink()
 
+    async def __aenter__(self) -> ApiServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None

@@ -251,12 +251,8 @@ def test_watch_streams_events_over_the_unix_socket(anvil: Anvil, tmp_path: Path)
 
     async def main() -> None:
         async with running_router(anvil) as router:
-            server = ApiServer(router, sock)
-            await server.start()
-            try:
+            async with ApiServer(router, sock):
                 await _watch_session(router, sock, a, b)
-            finally:
-                await server.close()
 
     asyncio.run(main())
 
@@ -332,9 +328,7 @@ def test_watch_overflow_ends_the_stream_with_events_lost(anvil: Anvil, tmp_path:
     async def main() -> None:
         async with running_router(anvil) as router:
             router.bus.queue_size = 3
-            server = ApiServer(router, sock)
-            await server.start()
-            try:
+            async with ApiServer(router, sock):
                 client = ApiClient(sock)
                 watch = await asyncio.to_thread(client.watch, None, timeout=20)
                 # The server drains into the socket, so the overflow needs a reader that is
@@ -363,8 +357,6 @@ def test_watch_overflow_ends_the_stream_with_events_lost(anvil: Anvil, tmp_path:
                 for i in intents:  # the router is unaffected
                     h = await router.submit(i)
                     await h.receipt(timeout=20)
-            finally:
-                await server.close()
 
     asyncio.run(main())
 
@@ -374,9 +366,7 @@ def test_watch_refuses_a_malformed_id(anvil: Anvil, tmp_path: Path) -> None:
 
     async def main() -> None:
         async with running_router(anvil) as router:
-            server = ApiServer(router, sock)
-            await server.start()
-            try:
+            async with ApiServer(router, sock):
                 def bad() -> None:
                     with ApiClient(sock) as api:
                         api.watch("x" * 129)
@@ -386,8 +376,6 @@ def test_watch_refuses_a_malformed_id(anvil: Anvil, tmp_path: Path) -> None:
                     await asyncio.to_thread(bad)
                 assert e.value.code == 7
                 assert router.bus.subscribers == 0
-            finally:
-                await server.close()
 
     asyncio.run(main())
 

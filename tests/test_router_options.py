@@ -217,9 +217,7 @@ def test_failed_estimation_is_refused_with_the_revert_reason(anvil: Anvil, tmp_p
                 await router.submit(Intent(to=contract, data=word(0), gas=None, id="rev"))
             assert e.value.reason.endswith("zero") and e.value.code == 3
             assert router.nonces.next_nonce == before and router.handle("rev") is None
-            server = ApiServer(router, sock)
-            await server.start()
-            try:
+            async with ApiServer(router, sock):
                 def over_api() -> ApiError:
                     with ApiClient(sock) as api, pytest.raises(ApiError) as err:
                         api.submit(Intent(to=contract, data=word(0), gas=None, id="rev2"))
@@ -227,8 +225,6 @@ def test_failed_estimation_is_refused_with_the_revert_reason(anvil: Anvil, tmp_p
 
                 err = await asyncio.to_thread(over_api)
                 assert err.code == E_GAS_ESTIMATE and "reverted: zero" in str(err)
-            finally:
-                await server.close()
 
     asyncio.run(main())
 
@@ -353,9 +349,7 @@ def test_submit_cli_options(anvil: Anvil, tmp_path: Path) -> None:
 
     async def main() -> None:
         async with running_router(anvil) as router:
-            server = ApiServer(router, sock)
-            await server.start()
-            try:
+            async with ApiServer(router, sock):
                 proc = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "router", "submit", "--router", f"unix:{sock}",
                     "--to", "0x" + contract.hex(), "--data", "0x" + word(9).hex(),
@@ -375,8 +369,6 @@ def test_submit_cli_options(anvil: Anvil, tmp_path: Path) -> None:
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                 _, err = await asyncio.wait_for(proc.communicate(), 60)
                 assert proc.returncode == 2 and b"--deadline" in err
-            finally:
-                await server.close()
 
     asyncio.run(main())
 
