@@ -11,6 +11,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reproducible.boot.qemu import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BINARY = (
     ROOT / "tests" / "node" / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
@@ -74,13 +76,8 @@ class Anvil:
         raise RuntimeError("anvil did not answer within 20 s")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process:
+            stop_process(self.process)
 
     def rpc(self, method: str, *params: object) -> object:
         self._id += 1

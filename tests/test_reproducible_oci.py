@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from oci_support import docker_save_tar, layer_tar, oci_layout
 
+from reproducible.boot.qemu import stop_process
 from reproducible.errors import ImageSourceError, MalformedArtifact, UnsafePath
 from reproducible.oci import load_from_docker, load_oci
 
@@ -216,11 +217,7 @@ def podman_api(tmp_path_factory):
             pytest.fail("podman system service did not open its socket in 30 s")
         yield f"unix://{sock}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 def test_from_image_through_docker_sdk_and_podman(tmp_path: Path, podman_api: str) -> None:

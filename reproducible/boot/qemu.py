@@ -22,6 +22,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from reproducible.boot.errors import BootError, BootTimeout
 
@@ -30,6 +31,17 @@ logger = logging.getLogger(__name__)
 SIGNER_PORT_NAME = "sentinel.signer"
 CONTROL_PORT_NAME = "sentinel.control"
 FW_CFG_PREFIX = "opt/sentinel/"
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout` seconds; returns once the process is reaped."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def first_console_line(console: str, prefix: str) -> str | None:
@@ -180,13 +192,7 @@ class Guest:
     def stop(self) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         if self.process.stdout is not None:
             out = self.process.stdout.read().decode(errors="replace").strip()
             if out:

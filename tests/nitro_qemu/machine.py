@@ -26,7 +26,7 @@ from enclave.devboot import NSMCHECK_PREFIX, SELFCHECK_PREFIX
 from enclave.nsm import REQUIRE_DEVICE_FLAG
 from nitro_qemu import NitroQemuError
 from nitro_qemu.vhost_user import VhostUserVsock
-from reproducible.boot.qemu import first_console_line
+from reproducible.boot.qemu import first_console_line, stop_process
 
 SIGNER_PORT_NAME = "sentinel.signer"
 CONTROL_PORT_NAME = "sentinel.control"
@@ -139,13 +139,7 @@ class NitroMachine:
             self._control.close()
             self._control = None
         if self.process is not None:
-            if self.process.poll() is None:
-                self.process.terminate()
-                try:
-                    self.process.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
+            stop_process(self.process)
             self.exit_code = self.process.returncode
             self.output += self._drain_output()
             self.process = None
