@@ -14,7 +14,6 @@ import shutil
 import time
 import tomllib
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,11 +26,13 @@ from rich.table import Table
 
 from reproducible import rootfs as rootfs_mod
 from reproducible.cache import Cache, sha256_file
-from reproducible.cpio import write_cpio
+from reproducible.cpio import cpio_size, stream_cpio, write_cpio
 from reproducible.errors import BuildError, LockError, MeasurementsDiffer
 from reproducible.fetch import Fetched, fetch_all
+from reproducible.layers import Verifier
 from reproducible.lock import LOCK_PATH, Lock, load_lock
 from reproducible.tree import Tree
+from verify.eif import ByteSink, StreamedSection
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,26 @@ def _write_ramdisk(tree: Tree, dest: Path, epoch: int, console: Console, label: 
     return {"file": dest.name, "size": stats.size, "entries": stats.entries, "sha256": stats.sha256}
 
 
+def _streamed_ramdisk(tree: Tree, epoch: int, console: Console, verifier: Verifier,
+                     ramdisks: list[dict[str, Any]]) -> StreamedSection:
+    """The customer ramdisk as an EIF section written while the EIF is. The layers' digests
+    are checked once their bytes are in, before the EIF is renamed into place: a mismatch leaves
+    no image behind."""
+    size = cpio_size(tree)
+    info: dict[str, Any] = {"file": "customer.cpio", "size": size}
+    ramdisks.append(info)
+
+    def produce(sink: ByteSink) -> None:
+        with Progress(TextColumn("cpio customer"), BarColumn(), DownloadColumn(),
+                      TransferSpeedColumn(), console=console, transient=True) as prog:
+            task = prog.add_task("customer", total=tree.total_size())
+            info["entries"] = stream_cpio(tree, sink, mtime=epoch,
+                                          progress=lambda done: prog.update(task, completed=done))
+        verifier.verify()
+
+    return StreamedSection(size, produce)
+
+
 def _inputs(lock: Lock, fetched: Fetched | None, extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     for d in lock.debs:
@@ -165,9 +186,8 @@ def run_build(opts: BuildOptions, console: Console) -> BuildResult:
 
 
 def _run_build(opts: BuildOptions, console: Console, stack: ExitStack) -> BuildResult:
-    from verify.eif import default_identity, write_eif
+    from verify.eif import default_identity, write_measured_eif
     from verify.measurements import dump_measurements, measurements_document
-    from verify.pcr import measure_eif
 
     st = _Stages(console)
     t_start = time.perf_counter()
@@ -201,6 +221,7 @@ def _run_build(opts: BuildOptions, console: Console, stack: ExitStack) -> BuildR
     mode = image_mode(kernel_kind, opts.payload)
     version = project_version()
     extra_inputs: list[dict[str, Any]] = []
+    verifier: Verifier | None = None  # checks an imported image's layer digests
 
     with st.stage("fetch", "fetching pinned inputs (cache first)"):
         fetched = fetch_all(lock, cache, offline=opts.offline, inputs=opts.inputs,
@@ -224,7 +245,6 @@ def _run_build(opts: BuildOptions, console: Console, stack: ExitStack) -> BuildR
     with st.stage("rootfs", "assembling the payload root filesystem"):
         if opts.from_oci or opts.from_image:
             from reproducible import oci
-            from reproducible.layers import Verifier
 
             # File contents are spooled next to the cache, not in `out`: the output directory
             # holds the EIF and no second copy of the image.
@@ -262,21 +282,24 @@ def _run_build(opts: BuildOptions, console: Console, stack: ExitStack) -> BuildR
                                  "sha256": payload_digest(enclave_dir)})
         customer = rootfs_mod.customer_ramdisk(rootfs, cmd, env)
 
-    customer_cpio = out / "customer.cpio"
-    if imported and not opts.keep_cpio:
-        customer_cpio = stack.enter_context(cache.scratch("cpio-")) / "customer.cpio"
+    # An imported image's cpio is streamed straight into the EIF: no copy of it in `out`
+    # (unless asked) and no second write of its bytes. Sentinel's own payload is small and
+    # customers inspect its customer.cpio, so that one is kept.
+    stream_customer = imported and not opts.keep_cpio
     with st.stage("cpio", "writing ramdisks"):
-        ramdisks = [
-            _write_ramdisk(bootstrap, out / "bootstrap.cpio", epoch, console, "bootstrap"),
-            _write_ramdisk(customer, customer_cpio, epoch, console, "customer"),
-        ]
-    if imported:
-        with st.stage("verify", "checking layer digests"):
-            verifier.verify()
-        shutil.rmtree(spool, ignore_errors=True)  # the cpio now holds the contents
+        ramdisks = [_write_ramdisk(bootstrap, out / "bootstrap.cpio", epoch, console, "bootstrap")]
+        customer_source: Path | StreamedSection
+        if stream_customer:
+            assert verifier is not None
+            customer_source = _streamed_ramdisk(customer, epoch, console, verifier, ramdisks)
+        else:
+            customer_source = out / "customer.cpio"
+            ramdisks.append(_write_ramdisk(customer, customer_source, epoch, console, "customer"))
+            if verifier is not None:
+                verifier.verify()
 
     eif_path = out / EIF_NAME
-    with st.stage("eif", "writing the EIF"):
+    with st.stage("eif", "writing and measuring the EIF"):
         identity = default_identity(
             image_name="sentinel", image_version=version, build_time=iso_time(epoch),
             build_tool="sentinel-reproducible", build_tool_version=version,
@@ -284,19 +307,20 @@ def _run_build(opts: BuildOptions, console: Console, stack: ExitStack) -> BuildR
             custom_metadata={"mode": mode, "source_date_epoch": epoch,
                              "lock_sha256": sha256_file(lock_path)},
         )
-        image_struct = write_eif(eif_path, kernel=kernel_path, cmdline=cmdline,
-                                 ramdisks=[out / "bootstrap.cpio", customer_cpio],
-                                 metadata=identity)
-
-    with st.stage("measure", "measuring PCRs"), ThreadPoolExecutor(1) as pool:
-        # The EIF's sha256 on a third thread: measuring keeps two cores busy only while both
-        # its lanes have work, and the two passes share the page cache.
-        sha = pool.submit(sha256_file, eif_path)
-        m = measure_eif(eif_path)
-        eif_sha = sha.result()
+        written = write_measured_eif(eif_path, kernel=kernel_path, cmdline=cmdline,
+                                     ramdisks=[out / "bootstrap.cpio", customer_source],
+                                     metadata=identity)
+    if imported:
+        shutil.rmtree(spool, ignore_errors=True)  # the EIF now holds the contents
+    for info, digest in zip(ramdisks, written.ramdisk_sha256, strict=True):
+        if info.setdefault("sha256", digest) != digest:  # a file changed before it was copied
+            eif_path.unlink(missing_ok=True)
+            raise BuildError(f"{info['file']} changed while the EIF was written")
+    image_struct = written.image
+    eif_sha = written.sha256
     sections = [{"type": s.type.label, "offset": s.offset, "size": s.size}
                 for s in image_struct.sections]
-    doc = measurements_document(m.pcrs, sentinel={
+    doc = measurements_document(written.pcrs, sentinel={
         "version": version, "mode": mode, "kernel": kernel_kind,
         "payload": "image" if imported else opts.payload,
         "source_date_epoch": epoch, "eif_sha256": eif_sha,
@@ -307,7 +331,7 @@ def _run_build(opts: BuildOptions, console: Console, stack: ExitStack) -> BuildR
     meas_path = out / MEASUREMENTS_NAME
     dump_measurements(doc, meas_path)
     st.times["total"] = time.perf_counter() - t_start
-    result = BuildResult(eif_path, meas_path, dict(m.pcrs), eif_sha, mode, sections, st.times,
+    result = BuildResult(eif_path, meas_path, dict(written.pcrs), eif_sha, mode, sections, st.times,
                          kernel=kernel_kind, payload="image" if imported else opts.payload)
     report(result, console)
     if opts.publish:

@@ -12,18 +12,16 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from reproducible.tree import CHARDEV, DIR, FILE, SYMLINK, Tree
+from reproducible.tree import CHARDEV, DIR, FILE, SYMLINK, Entry, Tree
+from verify.eif.sink import ByteSink, HashingSink
 
 MAGIC = b"070701"
 TRAILER = "TRAILER!!!"
-CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -53,158 +51,94 @@ def _pad(n: int) -> bytes:
     return b"\0" * (-n % 4)
 
 
-BATCH = 256 << 10  # headers and small bodies are gathered up to this size before a write
-DEPTH = 4  # big-body buffers in flight between the reading thread and the hashing thread
+def _entry_body(e: Entry) -> tuple[bytes | None, int]:
+    """(in-memory body or None for a file source, size) of one entry."""
+    if e.kind == SYMLINK:
+        target = e.target.encode()
+        return target, len(target)
+    if e.kind == FILE:
+        return e.data, e.size
+    return b"", 0
 
 
-class _Out:
-    """The archive's sink: writes on the calling thread, SHA-256 on a worker thread.
-
-    hashlib releases the GIL on big buffers, so copying file bodies and hashing them overlap on
-    two cores; small pieces (headers, names, small files) are gathered into one buffer first so
-    the worker sees few, large updates, always in file order.
-    """
-
-    def __init__(self, f: BinaryIO) -> None:
-        self.f = f
-        self.n = 0
-        self.h = hashlib.sha256()
-        self._small = bytearray()
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="cpio-sha256")
-        self._free = [bytearray(CHUNK) for _ in range(DEPTH)]
-        self._inflight: deque[tuple[bytearray | bytes, Future[None]]] = deque()
-        self._fds: dict[Path, int] = {}
-
-    def write(self, b: bytes) -> None:
-        self._small += b
-        self.n += len(b)
-        if len(self._small) >= BATCH:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._small:
-            data = bytes(self._small)
-            self._small.clear()
-            self.f.write(data)
-            self._inflight.append((data, self._worker.submit(self.h.update, data)))
-            self._retire(2 * DEPTH)  # bounded: the hashing thread never lags far behind
-
-    def _retire(self, keep: int) -> None:
-        while len(self._inflight) > keep:
-            buf, fut = self._inflight.popleft()
-            fut.result()
-            if isinstance(buf, bytearray):
-                self._free.append(buf)
-
-    def _buffer(self) -> bytearray:
-        while not self._free:
-            self._retire(len(self._inflight) - 1)
-        return self._free.pop()
-
-    def copy_from(self, path: Path, offset: int, size: int) -> int:
-        """Append `size` bytes of `path` from `offset`; returns how many there were."""
-        if size <= BATCH:
-            fd = self._fd(path)
-            data = os.pread(fd, size, offset)
-            self.write(data)
-            return len(data)
-        self._flush()
-        fd = self._fd(path)
-        done = 0
-        while done < size:
-            buf = self._buffer()
-            view = memoryview(buf)[: min(CHUNK, size - done)]
-            n = os.preadv(fd, [view], offset + done)
-            if n <= 0:
-                self._free.append(buf)
-                break
-            self.f.write(view[:n])
-            self._inflight.append((buf, self._worker.submit(self.h.update, view[:n])))
-            done += n
-        self.n += done
-        return done
-
-    def _fd(self, path: Path) -> int:
-        fd = self._fds.get(path)
-        if fd is None:
-            fd = self._fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        return fd
-
-    def file_size(self, path: Path) -> int:
-        return os.fstat(self._fd(path)).st_size
-
-    def finish(self) -> str:
-        self._flush()
-        self.close()
-        return self.h.hexdigest()
-
-    def close(self) -> None:
-        try:
-            while self._inflight:
-                self._inflight.popleft()[1].result()
-        finally:
-            self._worker.shutdown(wait=True)
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
+def cpio_size(tree: Tree) -> int:
+    """The size `write_cpio` will give `tree`, without reading any file (an EIF section's size
+    goes into its header before the body is written)."""
+    total = 0
+    for path, e in tree.items():
+        namesize = len(path.encode()) + 1
+        _, size = _entry_body(e)
+        total += 110 + namesize + (-(110 + namesize) % 4) + size + (-size % 4)
+    namesize = len(TRAILER) + 1
+    return total + 110 + namesize + (-(110 + namesize) % 4)
 
 
-def write_cpio(
-    tree: Tree, dest: BinaryIO, *, mtime: int, progress: Callable[[int], None] | None = None
-) -> CpioStats:
-    """Serialise `tree` as a newc archive into `dest`.
+def stream_cpio(
+    tree: Tree, sink: ByteSink, *, mtime: int, progress: Callable[[int], None] | None = None
+) -> int:
+    """Serialise `tree` as a newc archive into `sink` (which may be an EIF section being
+    written); returns the number of entries.
 
     Args:
         progress: called with the number of payload bytes written so far (for rich progress).
 
     Raises:
-        OSError: reading a file source or writing `dest` failed.
+        OSError: reading a file source failed.
         ValueError: a file source changed size since it was added.
     """
     if not 0 <= mtime <= 0xFFFFFFFF:
         raise ValueError(f"mtime {mtime} does not fit newc's 32-bit field")
-    out = _Out(dest)
+    fds: dict[Path, int] = {}
     try:
         count = 0
         done = 0
         for ino, (path, e) in enumerate(tree.items(), start=1):
             name = path.encode() + b"\0"
+            body, size = _entry_body(e)
             mode = normalized_mode(e.kind, e.mode)
-            if e.kind == SYMLINK:
-                target = e.target.encode()
-                body: bytes | None = target
-                size = len(target)
-            elif e.kind == FILE:
-                body = e.data
-                size = e.size
-            else:
-                body, size = b"", 0
-            out.write(_header(ino, mode, 2 if e.kind == DIR else 1, mtime, size, e.rdev,
-                              len(name)))
-            out.write(name + _pad(110 + len(name)))
+            sink.write(_header(ino, mode, 2 if e.kind == DIR else 1, mtime, size, e.rdev,
+                               len(name)) + name + _pad(110 + len(name)))
             if body is not None:
-                out.write(body)
+                sink.write(body)
             else:
                 assert e.source is not None
-                written = out.copy_from(e.source, e.offset, size)
+                fd = fds.get(e.source)
+                if fd is None:
+                    fd = fds[e.source] = os.open(e.source, os.O_RDONLY | os.O_CLOEXEC)
+                written = sink.copy_range(fd, e.offset, size)
                 # A whole file (offset 0: a range inside a layer never starts at a tar header)
                 # must also not have grown.
-                if written != size or (e.offset == 0 and out.file_size(e.source) != size):
+                if written != size or (e.offset == 0 and os.fstat(fd).st_size != size):
                     raise ValueError(f"{path}: source {e.source} changed size "
                                      f"({written} != {size})")
-            out.write(_pad(size))
+            sink.write(_pad(size))
             done += size
             count += 1
             if progress is not None and e.kind == FILE:
                 progress(done)
         name = TRAILER.encode() + b"\0"
-        out.write(_header(0, 0, 1, 0, 0, (0, 0), len(name)))
-        out.write(name + _pad(110 + len(name)))
-        size_total = out.n
-        digest = out.finish()
+        sink.write(_header(0, 0, 1, 0, 0, (0, 0), len(name)) + name + _pad(110 + len(name)))
     finally:
-        out.close()
-    return CpioStats(size_total, count, digest)
+        for fd in fds.values():
+            os.close(fd)
+    return count
+
+
+def write_cpio(
+    tree: Tree, dest: BinaryIO, *, mtime: int, progress: Callable[[int], None] | None = None
+) -> CpioStats:
+    """Serialise `tree` as a newc archive into the file `dest`, hashing it on a worker thread.
+
+    Raises:
+        As `stream_cpio`; OSError also when writing `dest` fails.
+    """
+    h = hashlib.sha256()
+    with HashingSink(dest, lanes=1) as sink:
+        sink.route([h.update])
+        count = stream_cpio(tree, sink, mtime=mtime, progress=progress)
+        sink.drain()
+        size = sink.position
+    return CpioStats(size, count, h.hexdigest())
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,22 @@ from verify.eif._reader import (
     read_eif,
     read_section_bytes,
 )
-from verify.eif._writer import DEFAULT_CPUS, DEFAULT_MEM, DEFAULT_METADATA, sign_eif, write_eif
+from verify.eif._writer import (
+    DEFAULT_CPUS,
+    DEFAULT_MEM,
+    DEFAULT_METADATA,
+    StreamedSection,
+    WrittenEif,
+    sign_eif,
+    write_eif,
+    write_measured_eif,
+)
+from verify.eif.sink import ByteSink, HashingSink
 from verify.eif_sign import EifSigner, LocalEifSigner
 
 __all__ = [
     "CRC_OFFSET",
+    "ByteSink",
     "CURRENT_VERSION",
     "DEFAULT_CPUS",
     "DEFAULT_MEM",
@@ -49,8 +60,11 @@ __all__ = [
     "EifReader",
     "EifSection",
     "EifSigner",
+    "HashingSink",
     "LocalEifSigner",
     "SectionType",
+    "StreamedSection",
+    "WrittenEif",
     "copy_section",
     "decode_metadata",
     "default_identity",
@@ -61,4 +75,5 @@ __all__ = [
     "read_section_bytes",
     "sign_eif",
     "write_eif",
+    "write_measured_eif",
 ]

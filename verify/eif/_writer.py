@@ -1,12 +1,14 @@
 """Deterministic EIF writer, laid out exactly as nitro-cli does.
 
-Section order: kernel, cmdline, [metadata (v4)], ramdisks..., [signature]. Path sources are
-streamed in chunks, so a ramdisk of any size never sits in memory. Identical inputs give identical
-bytes: no timestamps, fixed metadata encoding, RFC 6979 signatures from `LocalEifSigner`.
+Section order: kernel, cmdline, [metadata (v4)], ramdisks..., [signature]. Every byte is written
+once, through a `HashingSink`: the CRC (and, for `write_measured_eif`, the PCR streams and each
+ramdisk's SHA-256) are taken on worker threads as the bytes go out, so a ramdisk of any size never
+sits in memory and is never read back to be hashed. A ramdisk may even be produced while it is
+written (`StreamedSection`): an image builder streams its cpio straight into the EIF.
 
-The CRC covers the header, which holds the signature section's size, which depends on PCR0; so
-bodies are written first, the header last, and the CRC is taken in one read-back pass (zlib.crc32
-runs at several GiB/s, far faster than the SHA-384 the sections already cost).
+Identical inputs give identical bytes: no timestamps, fixed metadata encoding, RFC 6979
+signatures from `LocalEifSigner`. The header, which holds the signature section's size (it depends
+on PCR0), is written last; its CRC is joined to the streamed one with `crc32_combine`.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from verify._crc import crc32  # ISA-L when installed: same values as zlib, several times faster
+from verify._crc import crc32, crc32_combine
 from verify.eif._format import (
     CRC_OFFSET,
     CURRENT_VERSION,
@@ -32,10 +34,12 @@ from verify.eif._format import (
 )
 from verify.eif._metadata import default_identity, encode_metadata
 from verify.eif._reader import read_eif
+from verify.eif.sink import ByteSink, HashingSink
 from verify.eif_sign import EifSigner, build_signature_section
 from verify.errors import MalformedEif
 
-__all__ = ["DEFAULT_CPUS", "DEFAULT_MEM", "DEFAULT_METADATA", "sign_eif", "write_eif"]
+__all__ = ["DEFAULT_CPUS", "DEFAULT_MEM", "DEFAULT_METADATA", "StreamedSection", "WrittenEif",
+           "sign_eif", "write_eif", "write_measured_eif"]
 
 CHUNK_SIZE = 1 << 20
 # nitro-cli's `EifBuilder::new` (aws-nitro-enclaves-image-format, src/utils/mod.rs) writes these
@@ -58,6 +62,26 @@ DEFAULT_METADATA: Any = _DefaultMetadata()
 
 
 @dataclass(frozen=True)
+class StreamedSection:
+    """A section body produced while the EIF is written: `produce(sink)` writes exactly `size`
+    bytes into the sink (the size goes into the section header before the body)."""
+
+    size: int
+    produce: Callable[[ByteSink], object] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class WrittenEif:
+    """What `write_measured_eif` wrote: the structure, the PCRs (0, 1, 2, and 8 when signed)
+    computed from the bytes as they were written, each ramdisk's SHA-256, the file's SHA-256."""
+
+    image: EifImage
+    pcrs: dict[int, bytes]
+    ramdisk_sha256: tuple[str, ...]
+    sha256: str
+
+
+@dataclass(frozen=True)
 class _FileSlice:
     """A section body inside an existing file (used when re-signing an EIF)."""
 
@@ -66,44 +90,19 @@ class _FileSlice:
     size: int
 
 
-Source = bytes | bytearray | memoryview | Path | _FileSlice
-
-
-def _chunks(source: Source) -> Iterable[memoryview | bytes]:
-    if isinstance(source, _FileSlice):
-        with open(source.path, "rb") as f:
-            f.seek(source.offset)
-            remaining = source.size
-            while remaining:
-                chunk = f.read(min(CHUNK_SIZE, remaining))
-                if not chunk:
-                    raise MalformedEif(
-                        "file shrank while being copied",
-                        offset=source.offset + source.size - remaining,
-                    )
-                remaining -= len(chunk)
-                yield chunk
-        if not source.size:
-            yield b""
-    elif isinstance(source, Path):
-        with open(source, "rb") as f:
-            while chunk := f.read(CHUNK_SIZE):
-                yield chunk
-    else:
-        view = memoryview(source)
-        for start in range(0, len(view), CHUNK_SIZE):
-            yield view[start : start + CHUNK_SIZE]
-        if not view:
-            yield b""
+Source = bytes | bytearray | memoryview | Path | _FileSlice | StreamedSection
 
 
 def _check_source(name: str, source: object) -> None:
     if isinstance(source, str):
         raise TypeError(f"{name}: pass bytes or a pathlib.Path, not str (ambiguous)")
-    if not isinstance(source, bytes | bytearray | memoryview | Path):
-        raise TypeError(f"{name}: expected bytes or pathlib.Path, got {type(source).__name__}")
+    if not isinstance(source, bytes | bytearray | memoryview | Path | StreamedSection):
+        raise TypeError(f"{name}: expected bytes, pathlib.Path or StreamedSection, "
+                        f"got {type(source).__name__}")
     if isinstance(source, Path) and not source.is_file():
         raise FileNotFoundError(f"{name}: no such file: {source}")
+    if isinstance(source, StreamedSection) and not 0 <= source.size < 1 << 64:
+        raise ValueError(f"{name}: size must fit in u64, got {source.size}")
 
 
 def write_eif(
@@ -111,7 +110,7 @@ def write_eif(
     *,
     kernel: bytes | Path,
     cmdline: bytes,
-    ramdisks: Sequence[bytes | Path],
+    ramdisks: Sequence[bytes | Path | StreamedSection],
     metadata: dict[str, Any] | None = DEFAULT_METADATA,
     version: int = CURRENT_VERSION,
     signer: EifSigner | None = None,
@@ -124,7 +123,8 @@ def write_eif(
     Args:
         kernel: the kernel image (bzImage / Image), as bytes or a Path streamed from disk.
         cmdline: kernel command line bytes, stored as-is (no terminating NUL, like nitro-cli).
-        ramdisks: one or more initramfs images; the first is measured into PCR1, the rest PCR2.
+        ramdisks: one or more initramfs images (bytes, a Path, or a `StreamedSection` produced
+            during the write); the first is measured into PCR1, the rest PCR2.
         metadata: identity JSON for the v4 metadata section; default `default_identity()`;
             None writes no metadata section.
         version: EIF format version 1..4; metadata needs 4, a signature needs 3.
@@ -136,10 +136,58 @@ def write_eif(
         The written image's structure, read back from `dest`.
 
     Raises:
-        ValueError: inconsistent arguments (no ramdisk, version too old for the sections...).
-        TypeError: a source is neither bytes nor a Path.
+        ValueError: inconsistent arguments (no ramdisk, version too old for the sections...), or
+            a source that gave another number of bytes than its size (nothing is left at `dest`).
+        TypeError: a source is neither bytes, a Path nor a StreamedSection.
         FileNotFoundError: a Path source does not exist.
+        Exception: whatever a `StreamedSection.produce` raises (nothing is left at `dest`).
     """
+    sections = _plan(kernel, cmdline, ramdisks, metadata, version, signer, default_mem,
+                     default_cpus, flags)
+    return _write_atomically(Path(dest), sections, signer, version, default_mem, default_cpus,
+                             flags, measure=False).image
+
+
+def write_measured_eif(
+    dest: str | os.PathLike[str],
+    *,
+    kernel: bytes | Path,
+    cmdline: bytes,
+    ramdisks: Sequence[bytes | Path | StreamedSection],
+    metadata: dict[str, Any] | None = DEFAULT_METADATA,
+    version: int = CURRENT_VERSION,
+    signer: EifSigner | None = None,
+    default_mem: int = DEFAULT_MEM,
+    default_cpus: int = DEFAULT_CPUS,
+    flags: int = 0,
+) -> WrittenEif:
+    """`write_eif`, and the image's PCRs, ramdisk SHA-256s and file SHA-256 with it.
+
+    The PCR streams are hashed from the bytes as they are written, on worker threads, so a big
+    image costs no second read to measure; the file's SHA-256 needs the finished header and so
+    reads the file back once (from the page cache, just written). The values are those
+    `verify.pcr.measure_eif` gives for the written file.
+
+    Raises:
+        As `write_eif`.
+    """
+    sections = _plan(kernel, cmdline, ramdisks, metadata, version, signer, default_mem,
+                     default_cpus, flags)
+    return _write_atomically(Path(dest), sections, signer, version, default_mem, default_cpus,
+                             flags, measure=True)
+
+
+def _plan(
+    kernel: bytes | Path,
+    cmdline: bytes,
+    ramdisks: Sequence[bytes | Path | StreamedSection],
+    metadata: dict[str, Any] | None,
+    version: int,
+    signer: EifSigner | None,
+    default_mem: int,
+    default_cpus: int,
+    flags: int,
+) -> list[tuple[SectionType, Source]]:
     if not 1 <= version <= CURRENT_VERSION:
         raise ValueError(f"version must be 1..{CURRENT_VERSION}, got {version}")
     if not ramdisks:
@@ -172,10 +220,7 @@ def write_eif(
     sections += [(SectionType.RAMDISK, r) for r in ramdisks]
     if len(sections) + (signer is not None) > MAX_SECTIONS:
         raise ValueError(f"too many sections (at most {MAX_SECTIONS})")
-
-    return _write_atomically(
-        Path(dest), sections, signer, version, default_mem, default_cpus, flags
-    )
+    return sections
 
 
 def sign_eif(
@@ -207,8 +252,9 @@ def sign_eif(
     ]
     h = image.header
     return _write_atomically(
-        Path(dest), sections, signer, h.version, h.default_mem, h.default_cpus, h.flags
-    )
+        Path(dest), sections, signer, h.version, h.default_mem, h.default_cpus, h.flags,
+        measure=False,
+    ).image
 
 
 def _write_atomically(
@@ -219,11 +265,15 @@ def _write_atomically(
     default_mem: int,
     default_cpus: int,
     flags: int,
-) -> EifImage:
+    *,
+    measure: bool,
+) -> WrittenEif:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     try:
         with os.fdopen(fd, "w+b") as out:
-            _write_body(out, sections, signer, version, default_mem, default_cpus, flags)
+            pcrs, ramdisk_sha = _write_body(out, sections, signer, version, default_mem,
+                                            default_cpus, flags, measure=measure)
+            sha256 = _sha256_of(out) if measure else ""
         os.chmod(tmp_name, 0o644)  # mkstemp's 0600 would surprise whoever ships the image
         os.replace(tmp_name, dest)
     except BaseException:
@@ -232,7 +282,72 @@ def _write_atomically(
         except FileNotFoundError:
             pass
         raise
-    return read_eif(dest)
+    return WrittenEif(read_eif(dest), pcrs, ramdisk_sha, sha256)
+
+
+def _sha256_of(f: BinaryIO) -> str:
+    f.flush()
+    h = hashlib.sha256()
+    buf = bytearray(CHUNK_SIZE)
+    view = memoryview(buf)
+    pos = 0
+    fd = f.fileno()
+    while n := os.preadv(fd, [view], pos):
+        h.update(view[:n])
+        pos += n
+    return h.hexdigest()
+
+
+def _extend(digest: bytes) -> bytes:
+    return hashlib.sha384(ZERO48 + digest).digest()
+
+
+class _Crc:
+    """The running CRC of everything after the header; updated on one lane, so in order."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: memoryview) -> None:
+        self.value = crc32(data, self.value)
+
+
+def _source_size(source: Source) -> int:
+    if isinstance(source, _FileSlice | StreamedSection):
+        return source.size
+    if isinstance(source, Path):
+        return source.stat().st_size
+    return memoryview(source).nbytes
+
+
+def _copy_source(sink: HashingSink, source: Source, size: int) -> None:
+    """Write `source`'s body, which must be `size` bytes."""
+    start = sink.position
+    if isinstance(source, StreamedSection):
+        source.produce(sink)
+    elif isinstance(source, Path | _FileSlice):
+        path = source if isinstance(source, Path) else source.path
+        offset = 0 if isinstance(source, Path) else source.offset
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            got = sink.copy_range(fd, offset, size)
+            grown = isinstance(source, Path) and os.fstat(fd).st_size != size
+        finally:
+            os.close(fd)
+        if isinstance(source, _FileSlice) and got != size:
+            raise MalformedEif("file shrank while being copied", offset=offset + got)
+        if got != size or grown:
+            raise ValueError(f"{path} changed size while being copied ({size} bytes expected)")
+    else:
+        view = memoryview(source).cast("B")
+        for i in range(0, len(view), CHUNK_SIZE):
+            sink.write(bytes(view[i : i + CHUNK_SIZE]))
+    written = sink.position - start
+    if written != size:
+        raise ValueError(f"a section source gave {written} bytes, not the {size} it declared")
+
+
+_MEASURED = frozenset({SectionType.KERNEL, SectionType.CMDLINE, SectionType.RAMDISK})
 
 
 def _write_body(
@@ -243,33 +358,61 @@ def _write_body(
     default_mem: int,
     default_cpus: int,
     flags: int,
-) -> None:
+    *,
+    measure: bool,
+) -> tuple[dict[int, bytes], tuple[str, ...]]:
     out.write(bytes(HEADER_SIZE))
     offsets: list[int] = []
     sizes: list[int] = []
-    pcr0 = hashlib.sha384()  # only needed to sign; verify.pcr measures independently
-    for section_type, source in sections:
-        offsets.append(out.tell())
-        out.write(pack_section_header(section_type, 0))  # size patched once known
-        size = 0
-        measured = section_type in (SectionType.KERNEL, SectionType.CMDLINE, SectionType.RAMDISK)
-        for chunk in _chunks(source):
-            out.write(chunk)
-            size += len(chunk)
-            if measured and signer is not None:
-                pcr0.update(chunk)
-        sizes.append(size)
-        end = out.tell()
-        out.seek(offsets[-1])
-        out.write(pack_section_header(section_type, size))
-        out.seek(end)
-    if signer is not None:
-        pcr0_value = hashlib.sha384(ZERO48 + pcr0.digest()).digest()
-        body = build_signature_section(signer, pcr0_value)
-        offsets.append(out.tell())
-        out.write(pack_section_header(SectionType.SIGNATURE, len(body)))
-        out.write(body)
-        sizes.append(len(body))
+    crc = _Crc()
+    # PCR0 and PCR1 hash the same bytes until the second ramdisk (kernel, cmdline, first
+    # ramdisk), so one stream serves both until PCR1 forks off there, as in verify.pcr.
+    shared = hashlib.sha384()
+    pcr1: Any = None
+    pcr2 = hashlib.sha384()
+    ramdisk_sha: list[Any] = []
+    hash_pcrs = measure or signer is not None
+    with HashingSink(out, lanes=2) as sink:
+        for section_type, source in sections:
+            size = _source_size(source)
+            offsets.append(HEADER_SIZE + sink.position)
+            sizes.append(size)
+            sink.route([crc.update])
+            sink.write(pack_section_header(section_type, size))
+            lane_a: list[Any] = [crc.update]
+            lane_b: list[Any] = []
+            if hash_pcrs and section_type in _MEASURED:
+                is_ramdisk = section_type is SectionType.RAMDISK
+                to_pcr2 = is_ramdisk and len(ramdisk_sha) > 0
+                if to_pcr2 and pcr1 is None:
+                    sink.drain()
+                    pcr1 = shared.copy()
+                lane_a.insert(0, shared.update)
+                if to_pcr2:
+                    lane_b.append(pcr2.update)
+                elif pcr1 is not None:  # kernel or cmdline after the fork: unusual, but measured
+                    lane_b.append(pcr1.update)
+            if section_type is SectionType.RAMDISK:
+                ramdisk_sha.append(hashlib.sha256())
+                if measure:
+                    lane_b.append(ramdisk_sha[-1].update)
+            sink.route(lane_a, lane_b)
+            _copy_source(sink, source, size)
+        sink.drain()
+        pcrs: dict[int, bytes] = {}
+        if hash_pcrs:
+            pcrs = {0: _extend(shared.digest()), 1: _extend((pcr1 or shared).digest()),
+                    2: _extend(pcr2.digest())}
+        if signer is not None:
+            body = build_signature_section(signer, pcrs[0])
+            offsets.append(HEADER_SIZE + sink.position)
+            sizes.append(len(body))
+            sink.route([crc.update])
+            sink.write(pack_section_header(SectionType.SIGNATURE, len(body)))
+            sink.write(body)
+            sink.drain()
+            pcrs[8] = _extend(hashlib.sha384(_certificate_der(signer)).digest())
+        body_size = sink.position
 
     pad = MAX_SECTIONS - len(offsets)
     header = EifHeader(
@@ -283,10 +426,15 @@ def _write_body(
         crc32=0,
     )
     raw = header.to_bytes()
-    crc = crc32(raw[:CRC_OFFSET])
-    out.flush()
-    out.seek(HEADER_SIZE)
-    while chunk := out.read(CHUNK_SIZE):
-        crc = crc32(chunk, crc)
+    value = crc32_combine(crc32(raw[:CRC_OFFSET]), crc.value, body_size)
     out.seek(0)
-    out.write(raw[:CRC_OFFSET] + crc.to_bytes(4, "big"))
+    out.write(raw[:CRC_OFFSET] + value.to_bytes(4, "big"))
+    out.flush()
+    return pcrs, tuple(h.hexdigest() for h in ramdisk_sha) if measure else ()
+
+
+def _certificate_der(signer: EifSigner) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return x509.load_pem_x509_certificate(signer.certificate_pem).public_bytes(Encoding.DER)
