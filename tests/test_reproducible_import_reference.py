@@ -285,6 +285,23 @@ def test_every_compression_including_concatenated_streams(tmp_path: Path, how: s
     assert len(load_reference(src).tree) == 61  # every member, not only the first stream's
 
 
+@pytest.mark.parametrize("how", ["gzip", "bzip2", "xz", "zstd"])
+@pytest.mark.parametrize("kind", ["oci-dir", "docker-save"])
+def test_second_stream_starting_at_a_member_is_not_dropped(tmp_path: Path, how: str,
+                                                           kind: str) -> None:
+    """The failing case found by this module: a gzip (bzip2, xz) layer in two members split
+    between tar entries imported only the first member's files, silently, digest and all."""
+    raw = _tar([(f"f{i}", "file", bytes([i]) * 1000, 0o644) for i in range(4)],
+               tarfile.GNU_FORMAT)
+    cut = 2 * (512 + 1024)  # after two entries: header block + data padded to 1024
+    blob = _pack(raw[:cut], how) + _pack(raw[cut:], how)
+    src = _write_image(tmp_path / "i", kind, [blob], ["/f0"], [])
+    img = load_oci(src, spool=tmp_path / "spool")
+    assert [p for p, _ in img.tree.items()] == ["f0", "f1", "f2", "f3"]
+    assert img.tree.get("f3").read() == bytes([3]) * 1000
+    assert_same_import(src, tmp_path / "spool2")
+
+
 @pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT],
                          ids=["gnu", "pax", "ustar"])
 @pytest.mark.parametrize("kind", ["oci-dir", "oci-tar", "oci-tar-gz", "docker-save"])
@@ -339,7 +356,9 @@ def _random_stack(rng: random.Random) -> list[list[tuple[str, str, Any, int]]]:
             path = posixpath.join(parent, rng.choice(pool))
             name = rng.choice([path, "./" + path])
             if op == "file":
-                layer.append((name, "file", rng.randbytes(rng.choice(SIZES)),
+                size = rng.choice(SIZES)  # distinct contents, cheap to bzip2 and xz
+                data = (rng.randbytes(997) * (size // 997 + 1))[:size]
+                layer.append((name, "file", data,
                               rng.choice([0o644, 0o755, 0o600, 0o4755, 0o444])))
                 files.append(path)
             elif op == "dir":
