@@ -187,14 +187,16 @@ def test_build_test_images(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_built_eif_has_the_references_pcr2(tmp_path: Path) -> None:
-    """The whole build (Verifier, layers read in place, cpio written from the tree) measures the
-    PCR2 the in-memory model's cpio gives."""
+@pytest.mark.parametrize(("kind", "compression"), [("oci-dir", None), ("docker-save", "gzip")])
+def test_built_eif_has_the_references_pcr2(tmp_path: Path, kind: str,
+                                           compression: str | None) -> None:
+    """The whole build (layers read in place and checked by the Verifier, or streamed and
+    spooled; the cpio written from the tree) measures the PCR2 the in-memory model's cpio gives."""
     from rich.console import Console
 
     from reproducible.build import BuildOptions, run_build
 
-    src = _image(tmp_path / "i", "oci-dir", _build_layers(), "gzip", cmd=["/bin/app"])
+    src = _image(tmp_path / "i", kind, _build_layers(), compression, cmd=["/bin/app"])
     ref = load_reference(src)
     built = run_build(BuildOptions(out=tmp_path / "out", from_oci=src),
                       Console(file=io.StringIO(), width=120))
