@@ -7,7 +7,8 @@ Two ways to read a layer, one way to apply it:
   headers are read; every regular file becomes an entry pointing at its bytes inside that file
   (`Entry.source` + `Entry.offset`), which the cpio writer copies once. The layer's digest is
   checked by a hashing thread that reads the range alongside (`Verifier`);
-- any other layer (gzip, bzip2, xz through `tarfile`'s stream mode, zstd through `zstandard`):
+- any other layer (gzip, bzip2, xz through the standard library's readers, zstd through
+  `zstandard`; concatenated members or frames all read):
   read once, hashed and decompressed on the fly, each regular file's contents copied into a spool
   directory (small files stay in memory up to a fixed budget).
 
@@ -18,13 +19,17 @@ read correctly.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
 import io
 import itertools
 import logging
+import lzma
 import os
 import posixpath
 import tarfile
+import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +44,7 @@ WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 CHUNK = 1 << 20
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-# Magic numbers of the compressions `tarfile` and `zstandard` read; anything else is a plain tar.
+# Magic numbers of the compressions `_decompressed` reads; anything else is a plain tar.
 COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", ZSTD_MAGIC)
 SMALL_FILE = 64 << 10  # spooled files up to this size stay in memory...
 SMALL_BUDGET = 32 << 20  # ...until this many bytes are held (keeps tiny files off the disk)
@@ -251,7 +256,17 @@ def _members_in_range(blob: ByteRange, fd: int, spool: Spool, where: str) -> lis
 
 
 def _decompressed(raw: io.BufferedReader[Any], where: str) -> IO[bytes]:
-    if raw.peek(4)[:4] != ZSTD_MAGIC:
+    """The layer's tar bytes. Every compressed stream may be several concatenated members
+    (parallel compressors, eStargz): all are read, as `gzip -d` would. `tarfile`'s own stream
+    mode stops after the first and would silently drop the files of the others."""
+    head = raw.peek(6)[:6]
+    if head.startswith(b"\x1f\x8b"):
+        return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
+    if head.startswith(b"BZh"):
+        return cast(IO[bytes], bz2.BZ2File(raw, mode="rb"))
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return cast(IO[bytes], lzma.LZMAFile(raw, mode="rb"))
+    if head[:4] != ZSTD_MAGIC:
         return raw
     try:
         import zstandard  # type: ignore[import-not-found,unused-ignore]
@@ -272,7 +287,7 @@ def _members_streamed(blob: BinaryIO, spool: Spool, where: str, digest: str | No
     raw = io.BufferedReader(hashing, CHUNK)
     members: list[_Member] = []
     stream = _decompressed(raw, where)
-    with tarfile.open(fileobj=stream, mode="r|*", bufsize=CHUNK) as tar:
+    with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK) as tar:
         for m in tar:
             path = clean_path(m.name, where=where)
             content = None
@@ -326,7 +341,7 @@ def apply_layer(tree: Tree, *, where: str, spool: Spool, verifier: Verifier,
             raise ValueError("give blob or stream")
     except MalformedArtifact:
         raise
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error, lzma.LZMAError) as e:
         raise MalformedArtifact(f"{where}: unreadable layer ({e})") from e
     except Exception as e:  # zstandard raises its own ZstdError
         if type(e).__module__.startswith("zstandard"):
