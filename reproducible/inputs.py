@@ -318,7 +318,7 @@ def export_oci(lock: Lock, lock_path: Path, cache: Cache, dest: Path, *, ref_nam
 def read_inputs_manifest(path: Path, *, ref_name: str | None = None) -> InputsManifest:
     """The identifying digest of exported inputs at `path`: a directory of `inputs export`
     (sha256 of its manifest.json) or an OCI layout of `inputs export --oci` (sha256 of the
-    artifact manifest tagged `ref_name`, or the only inputs artifact in it). The layout is checked
+    artifact manifest tagged `ref_name` if there is one, else of the only manifest in it). The layout is checked
     as a registry would: every blob it names is present with its size, the manifest and the
     inputs manifest hash to their digests (the inputs' bytes are re-hashed when a build takes them).
 
@@ -329,10 +329,10 @@ def read_inputs_manifest(path: Path, *, ref_name: str | None = None) -> InputsMa
         try:
             data = (path / MANIFEST).read_bytes()
             doc = json.loads(data)
-            files = {str(e["sha256"]): str(e["filename"]) for e in doc["inputs"]}
+            listed = {str(e["sha256"]): str(e["filename"]) for e in doc["inputs"]}
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise BuildError(f"{path / MANIFEST}: malformed ({e})") from e
-        return InputsManifest(hashlib.sha256(data).hexdigest(), "application/json", files)
+        return InputsManifest(hashlib.sha256(data).hexdigest(), "application/json", listed)
     if not (path / OCI_LAYOUT).is_file():
         raise BuildError(f"{path}: neither {MANIFEST} (inputs export) nor {OCI_LAYOUT} "
                          "(inputs export --oci)")
@@ -342,13 +342,15 @@ def read_inputs_manifest(path: Path, *, ref_name: str | None = None) -> InputsMa
                 or m.get("mediaType") == MANIFEST_MEDIA_TYPE]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise BuildError(f"{path}: unreadable index.json ({e})") from e
-    if ref_name is not None:
-        refs = [m for m in refs if m.get("annotations", {}).get(REF_NAME) == ref_name]
+    tagged = [m for m in refs if m.get("annotations", {}).get(REF_NAME) == ref_name]
+    if ref_name is not None and len(tagged) == 1:
+        refs = tagged
     if len(refs) != 1:
         names = sorted(str(m.get("annotations", {}).get(REF_NAME)) for m in refs)
-        raise BuildError(f"{path}: {len(refs)} inputs manifests"
-                         + (f" tagged {ref_name!r}" if ref_name else "")
-                         + (f" ({', '.join(names)})" if names else "") + "; expected one")
+        raise BuildError(f"{path}: {len(refs)} manifests"
+                         + (f" ({', '.join(names)})" if names else "")
+                         + (f", none tagged {ref_name!r}" if ref_name else "")
+                         + "; expected one inputs artifact")
     manifest_sha, manifest = _read_blob(path, refs[0], "the artifact manifest")
     try:
         doc = json.loads(manifest)
