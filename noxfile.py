@@ -177,7 +177,8 @@ def reproduce(session: nox.Session) -> None:
 
 @nox.session
 def vendor(session: nox.Session) -> None:
-    """Export every pinned input and a manifest into build/inputs (or `-- DIR`).
+    """Export every pinned input and a manifest into build/inputs (or `-- DIR`; `-- --oci DIR`
+    for an OCI artifact in an image layout, `-- --oci DIR.tar` for an oci-archive).
 
     Published with a release; `build --inputs DIR` rebuilds from it after the registries moved on.
     """
@@ -240,17 +241,19 @@ def release(session: nox.Session) -> None:
     """
     install_project(session, "build")
     session.run("python", "-m", "reproducible", "build", "--out", str(BUILD))
-    # The release's inputs, to publish next to it; SENTINEL_INPUTS_LOCATION names where they
-    # will be (a URL), else the provenance records the directory relative to the checkout (never
-    # an absolute path of this machine).
-    session.run("python", "-m", "reproducible", "inputs", "export", str(BUILD / "inputs"),
-                "--offline")
-    location = (os.environ.get("SENTINEL_INPUTS_LOCATION")
-                or (BUILD / "inputs").relative_to(ROOT).as_posix())
+    # The release's inputs, to publish next to it (SENTINEL_INPUTS_FORMAT=oci: as an OCI
+    # artifact, build/inputs-oci); SENTINEL_INPUTS_LOCATION names where they will be (a URL),
+    # else the provenance records the export relative to the checkout (never an absolute path of
+    # this machine). Either way the provenance records the export's manifest digest.
+    oci = os.environ.get("SENTINEL_INPUTS_FORMAT", "dir") == "oci"
+    inputs = BUILD / ("inputs-oci" if oci else "inputs")
+    session.run("python", "-m", "reproducible", "inputs", "export", str(inputs), "--offline",
+                *(["--oci"] if oci else []))
+    location = os.environ.get("SENTINEL_INPUTS_LOCATION") or inputs.relative_to(ROOT).as_posix()
     session.run(
         "python", "-m", "reproducible", "release", "--build", str(BUILD),
         *(session.posargs or ["--generate-dev-key"]), "--deploy", str(BUILD / "deploy"),
-        "--inputs-location", location,
+        "--inputs-location", location, "--inputs", str(inputs),
     )
 
 

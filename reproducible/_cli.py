@@ -47,11 +47,30 @@ def _cmd_inputs_export(args: argparse.Namespace, console: Console) -> int:
     from reproducible.lock import LOCK_PATH, load_lock
 
     lock_path = Path(args.lock or LOCK_PATH)
+    inputs = Path(args.inputs) if args.inputs else None
+    if args.oci:
+        from reproducible.build import project_version
+        from reproducible.inputs import export_oci
+
+        oci = export_oci(load_lock(lock_path), lock_path, Cache(), Path(args.dir),
+                         ref_name=args.ref or project_version(), offline=args.offline,
+                         inputs=inputs, progress=lambda msg: console.log(msg))
+        console.print(f"{oci.count} inputs ({oci.size:,} bytes), OCI artifact {oci.dest} "
+                      f"ref {oci.ref_name} manifest sha256:{oci.manifest_sha256}", highlight=False)
+        if args.json:
+            print(json.dumps({"dest": str(oci.dest), "ref": oci.ref_name, "count": oci.count,
+                              "size": oci.size, "manifest": f"sha256:{oci.manifest_sha256}"}))
+        return 0
+    if args.ref:
+        raise BuildError("--ref names the OCI artifact: it needs --oci")
     done = export_inputs(load_lock(lock_path), lock_path, Cache(), Path(args.dir),
-                         offline=args.offline, inputs=Path(args.inputs) if args.inputs else None,
+                         offline=args.offline, inputs=inputs,
                          progress=lambda msg: console.log(msg))
     console.print(f"{done.count} inputs ({done.size:,} bytes), manifest {done.manifest}",
                   highlight=False)
+    if args.json:
+        print(json.dumps({"dest": args.dir, "count": done.count, "size": done.size,
+                          "manifest": str(done.manifest)}))
     return 0
 
 
@@ -121,8 +140,15 @@ def _parser() -> argparse.ArgumentParser:
     lk.set_defaults(func=_cmd_lock)
     inp = sub.add_parser("inputs", help="pinned inputs").add_subparsers(dest="action",
                                                                           required=True)
-    ex = inp.add_parser("export", help="write every pinned input and manifest.json into DIR")
+    ex = inp.add_parser("export", help="write every pinned input and manifest.json into DIR "
+                        "(with --oci: an OCI artifact in the image layout DIR, or DIR.tar)")
     ex.add_argument("dir", metavar="DIR")
+    ex.add_argument("--oci", action="store_true",
+                    help="write an OCI image layout holding the inputs as one artifact (an "
+                    "oci-archive file if DIR ends in .tar) instead of a plain directory")
+    ex.add_argument("--ref", help="with --oci: the artifact's ref name in index.json (default: "
+                    "the project version)")
+    ex.add_argument("--json", action="store_true", help="what was written, as JSON on stdout")
     ex.add_argument("--lock", help="lock file (default: reproducible/lock.toml)")
     ex.add_argument("--offline", action="store_true", help="from the cache (and --inputs) only")
     ex.add_argument("--inputs", metavar="DIR", help="another exported inputs directory to read")

@@ -41,6 +41,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument("--inputs-location", metavar="URL-OR-PATH",
                    help="where this release's pinned inputs are published (`inputs export`, or "
                         "an OCI artifact of them): recorded in the provenance")
+    r.add_argument("--inputs", metavar="PATH",
+                   help="the exported inputs published at --inputs-location, as a local "
+                        "directory or OCI layout (default: --inputs-location when it is a "
+                        "path): checked to be this build's, their manifest digest recorded in "
+                        "the provenance")
     r.add_argument("--json", action="store_true", help="what was published, as JSON on stdout")
     r.set_defaults(func=_cmd_release)
 
@@ -73,6 +78,9 @@ def _cmd_release(args: argparse.Namespace, console: Console) -> int:
         from reproducible.provenance import check_inputs_location
 
         inputs_location = check_inputs_location(args.inputs_location)
+    inputs = Path(args.inputs) if args.inputs else None
+    if inputs is None and inputs_location is not None and Path(inputs_location).exists():
+        inputs = Path(inputs_location)  # check_inputs_location accepted it as a path
     signer = _signer(args, build)
     eif, measurements = build / EIF_NAME, build / MEASUREMENTS_NAME
     if args.sign_eif:
@@ -106,6 +114,7 @@ def _cmd_release(args: argparse.Namespace, console: Console) -> int:
         builder_version=project_version(),
         byproducts=byproducts,
         inputs_location=inputs_location,
+        inputs=inputs,
     )
     public_pem = signer.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     public_out = Path(args.public_key_out) if args.public_key_out else build / "release-key.pub.pem"

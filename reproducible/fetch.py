@@ -78,7 +78,10 @@ def fetch_all(
                 tried[pin.sha256].append(str(e))
     if offline and missing:
         where = f"the cache ({cache.root})" + (f" or --inputs {inputs}" if inputs else "")
-        raise OfflineMiss(f"--offline, but not in {where}: " + ", ".join(p.label for p in missing))
+        # Each input with its sha256 and, when --inputs had bytes for it, why they were refused.
+        raise OfflineMiss(f"--offline, but not in {where}: " + "; ".join(
+            f"{p.label} (sha256 {p.sha256})" + "".join(f": {t}" for t in tried[p.sha256][1:])
+            for p in missing))
     if archives is None:
         archives = url_templates()
     others = inputs is not None or bool(archives)

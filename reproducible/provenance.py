@@ -8,19 +8,25 @@ goes in, so rebuilding the same commit gives byte-identical provenance.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reproducible.errors import BuildError
 from verify.measurements import PublishedMeasurements
 from verify.signed_release import SLSA_PROVENANCE_TYPE, STATEMENT_TYPE
 
-__all__ = ["BUILD_TYPE", "BUILDER_ID", "dumps_provenance", "git_commit", "provenance_statement"]
+if TYPE_CHECKING:
+    from reproducible.inputs import InputsManifest
+
+__all__ = ["BUILD_TYPE", "BUILDER_ID", "INPUTS_MANIFEST_NAME", "check_inputs_location",
+           "dumps_provenance", "git_commit", "inputs_manifest_dependency", "provenance_statement"]
 
 BUILD_TYPE = "urn:sentinel:reproducible-build:v1"
 BUILDER_ID = "urn:sentinel:builder:python-m-reproducible"
+INPUTS_MANIFEST_NAME = "sentinel inputs manifest"
 
 
 def git_commit(repo: Path) -> str | None:
@@ -58,7 +64,6 @@ def check_inputs_location(location: str) -> str:
     Raises:
         BuildError: empty, contains whitespace or control characters, or a path that is neither.
     """
-    import re
     import urllib.parse
 
     from reproducible.errors import FetchError
@@ -67,7 +72,7 @@ def check_inputs_location(location: str) -> str:
     if not location or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in location):
         raise BuildError(f"--inputs-location {location!r}: empty, or has whitespace or control "
                          "characters")
-    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", location):
+    if _is_url(location):
         if not urllib.parse.urlsplit(location).scheme:
             raise BuildError(f"--inputs-location {location!r}: not a URL")
         return location
@@ -79,6 +84,23 @@ def check_inputs_location(location: str) -> str:
     return location
 
 
+def _is_url(location: str) -> bool:
+    return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", location) is not None
+
+
+def inputs_manifest_dependency(manifest: InputsManifest, location: str | None) -> dict[str, Any]:
+    """A SLSA v1 ResourceDescriptor for the exported inputs' manifest: its digest (sha256 of the
+    directory format's manifest.json, or of the OCI artifact manifest, which is what a registry
+    addresses as `@sha256:…`), its media type, and `uri` when the location is a URL. Whoever
+    fetches the inputs from wherever they were published checks them against this digest; the
+    manifest in turn names every input by sha256."""
+    entry: dict[str, Any] = {"name": INPUTS_MANIFEST_NAME, "digest": {"sha256": manifest.sha256},
+                             "mediaType": manifest.media_type}
+    if location is not None and _is_url(location):
+        entry["uri"] = location
+    return entry
+
+
 def provenance_statement(
     measurements: PublishedMeasurements,
     *,
@@ -87,11 +109,14 @@ def provenance_statement(
     source_commit: str | None,
     byproducts: Mapping[str, str] | None = None,
     inputs_location: str | None = None,
+    inputs_manifest: InputsManifest | None = None,
 ) -> dict[str, Any]:
     """The provenance of the EIF the measurements describe; `byproducts` (file name -> hex
     SHA-256, e.g. the deployment generated from the release) go into `runDetails.byproducts`;
     `inputs_location` (where the pinned inputs are published, so the build can be repeated after
-    the registries moved on) into `externalParameters.inputsLocation`.
+    the registries moved on) into `externalParameters.inputsLocation`, as given; and
+    `inputs_manifest` (the digest of those exported inputs) into `resolvedDependencies`, after
+    the source commit (see `inputs_manifest_dependency`).
 
     Raises:
         BuildError: the measurements file lacks the `Sentinel` build description.
@@ -103,6 +128,8 @@ def provenance_statement(
         if key not in sentinel:
             raise BuildError(f"{measurements.source}: Sentinel.{key} missing")
     dependencies = [_dependency(item) for item in sentinel["inputs"]]
+    if inputs_manifest is not None:
+        dependencies.insert(0, inputs_manifest_dependency(inputs_manifest, inputs_location))
     if source_commit is not None:
         dependencies.insert(0, {"name": "sentinel source", "digest": {"gitCommit": source_commit}})
     internal: dict[str, Any] = {

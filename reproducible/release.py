@@ -22,6 +22,7 @@ from pathlib import Path
 
 from reproducible.build import published_path
 from reproducible.errors import BuildError
+from reproducible.inputs import InputsManifest, read_inputs_manifest
 from reproducible.provenance import dumps_provenance, git_commit, provenance_statement
 from verify.dsse import EnvelopeSigner, key_id, sign_envelope
 from verify.errors import VerifyError
@@ -120,6 +121,29 @@ def _check_describes(published: PublishedMeasurements, eif: Path, eif_sha256: st
             raise ReleaseError(f"PCR{index} of {eif} differs from {published.source}")
 
 
+def _inputs_manifest(inputs: Path, sentinel: Mapping[str, object], version: str) -> InputsManifest:
+    """The exported inputs' manifest, checked to hold exactly the build's debs and wheels (the
+    provenance must not vouch for another lock's inputs)."""
+    try:
+        manifest = read_inputs_manifest(inputs, ref_name=version)
+    except BuildError as e:
+        raise ReleaseError(f"--inputs {inputs}: {e}") from e
+    items = sentinel.get("inputs")
+    pinned = {str(i["sha256"]): f"{i.get('kind')} {i.get('name')}={i.get('version')}"
+              for i in (items if isinstance(items, list) else [])
+              if isinstance(i, dict) and i.get("kind") in ("deb", "wheel")}
+    missing = sorted(f"{label} (sha256 {sha})" for sha, label in pinned.items()
+                     if sha not in manifest.inputs)
+    extra = sorted(f"{name} (sha256 {sha})" for sha, name in manifest.inputs.items()
+                   if sha not in pinned)
+    if missing or extra:
+        raise ReleaseError(
+            f"--inputs {inputs} is not this build's inputs: "
+            + "; ".join([*(["missing " + ", ".join(missing)] if missing else []),
+                         *(["not pinned by the build " + ", ".join(extra)] if extra else [])]))
+    return manifest
+
+
 def publish_release(
     *,
     eif: Path,
@@ -130,15 +154,20 @@ def publish_release(
     source_commit: str | None = None,
     byproducts: Mapping[str, str] | None = None,
     inputs_location: str | None = None,
+    inputs: Path | None = None,
 ) -> ReleaseArtifacts:
     """Publish the build's measurements, provenance and signature into `out_dir`; `byproducts`
     (name -> hex SHA-256 of files generated from the release) are named in the provenance, and so
     is `inputs_location`, where the release's pinned inputs are published (see
-    `provenance.check_inputs_location`).
+    `provenance.check_inputs_location`). `inputs` is a local copy of what is published there (a
+    directory of `inputs export`, or an OCI layout of `inputs export --oci`): it must hold exactly
+    the build's pinned debs and wheels, and its manifest's digest goes into the provenance, so
+    whoever fetches the inputs from the location can check them.
 
     Raises:
         ReleaseError: the measurements do not describe the EIF, the release already exists with
-            other content, or the fresh signature does not verify.
+            other content, `inputs` is unreadable or holds other inputs than the build's, or the
+            fresh signature does not verify.
         ReleaseKeyError: the signer failed (KMS, key file).
     """
     try:
@@ -161,10 +190,11 @@ def publish_release(
     # (2), (3) The files first: the signature names them by digest.
     dest = published_path(out_dir, version, mode)
     _write_once(dest, data)
+    inputs_manifest = _inputs_manifest(inputs, sentinel, version) if inputs is not None else None
     commit = source_commit if source_commit is not None else git_commit(out_dir)
     statement = provenance_statement(
         published, eif_name=eif.name, builder_version=builder_version, source_commit=commit,
-        byproducts=byproducts, inputs_location=inputs_location,
+        byproducts=byproducts, inputs_location=inputs_location, inputs_manifest=inputs_manifest,
     )
     provenance = dest.with_name(dest.stem + ".provenance.json")
     provenance.write_bytes(dumps_provenance(statement))
