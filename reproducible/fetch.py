@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -14,7 +15,13 @@ from reproducible import pypi
 from reproducible.cache import Cache
 from reproducible.errors import ArtifactMismatch, FetchError, InputUnavailable, OfflineMiss
 from reproducible.lock import DebPin, Lock, WheelPin
-from reproducible.sources import InputsDir, Pin, UrlTemplate, url_templates
+from reproducible.sources import (
+    InputsDir,
+    Pin,
+    UrlTemplate,
+    unpack_inputs_archive,
+    url_templates,
+)
 
 log = logging.getLogger(__name__)
 P = TypeVar("P", DebPin, WheelPin)
@@ -65,17 +72,23 @@ def fetch_all(
             got[pin.sha256] = p
     tried: dict[str, list[str]] = {pin.sha256: [f"cache {cache.root}: absent"] for pin in missing}
     if missing and inputs is not None:
-        files = InputsDir(inputs).files()
-        for pin in list(missing):
-            src = files.get(pin.sha256)
-            if src is None or not src.is_file():
-                tried[pin.sha256].append(f"--inputs {inputs}: absent")
-                continue
-            try:
-                got[pin.sha256] = cache.put(pin.label, pin.sha256, src, where=f"--inputs {inputs}")
-                missing.remove(pin)
-            except ArtifactMismatch as e:
-                tried[pin.sha256].append(str(e))
+        with ExitStack() as stack:
+            root = inputs
+            if inputs.is_file():  # an oci-archive: only the blobs still missing are unpacked
+                root = unpack_inputs_archive(inputs, {p.sha256 for p in missing},
+                                             stack.enter_context(cache.scratch("inputs-")))
+            files = InputsDir(root).files()
+            for pin in list(missing):
+                src = files.get(pin.sha256)
+                if src is None or not src.is_file():
+                    tried[pin.sha256].append(f"--inputs {inputs}: absent")
+                    continue
+                try:
+                    got[pin.sha256] = cache.put(pin.label, pin.sha256, src,
+                                                where=f"--inputs {inputs}")
+                    missing.remove(pin)
+                except ArtifactMismatch as e:
+                    tried[pin.sha256].append(str(e))
     if offline and missing:
         where = f"the cache ({cache.root})" + (f" or --inputs {inputs}" if inputs else "")
         # Each input with its sha256 and, when --inputs had bytes for it, why they were refused.

@@ -3,7 +3,8 @@
 An input is named by the lock's sha256; any source may serve it, and the bytes are accepted only if
 they hash to the pin (`Cache.put`). So a `.deb` that left Debian's main archive (Debian keeps only a
 suite's current version) is still found in a directory of exported inputs (`--inputs DIR`, written
-by `python -m reproducible inputs export`) or in a snapshot-style archive addressed by URL template.
+by `python -m reproducible inputs export`), an OCI image layout or oci-archive of them (`inputs
+export --oci`), or in a snapshot-style archive addressed by URL template.
 No archive host is written in the repository: templates come from `SENTINEL_INPUT_URLS`
 (whitespace-separated) or the user's `$XDG_CONFIG_HOME/sentinel/inputs.toml` (`urls = [...]`).
 
@@ -104,6 +105,48 @@ class InputsDir:
             raise FetchError(f"--inputs {self.root}: an OCI layout without blobs/sha256/")
         return {p.name: p for p in blobs.iterdir()
                 if len(p.name) == 64 and set(p.name) <= _HEX and p.is_file()}
+
+
+def unpack_inputs_archive(archive: Path, wanted: set[str], dest: Path) -> Path:
+    """Copy the blobs of an oci-archive of inputs (`inputs export --oci FILE.tar`) whose sha256
+    is `wanted` into `dest`, laid out as the OCI layout `InputsDir` reads; returns `dest`.
+
+    Only `oci-layout` and regular `blobs/sha256/<hex>` members are read; no other name reaches
+    the disk, so a crafted archive cannot write outside `dest`.
+
+    Raises:
+        FetchError: not a readable tar, or a tar that is not an OCI image layout.
+    """
+    import tarfile
+
+    blobs = dest / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+    seen_layout = False
+    try:
+        with tarfile.open(archive, "r:") as tar:
+            for m in tar:
+                name = m.name.removeprefix("./")
+                if not m.isfile():
+                    continue
+                digest = name.removeprefix("blobs/sha256/")
+                if name == OCI_LAYOUT:
+                    target = dest / OCI_LAYOUT
+                    seen_layout = True
+                elif digest != name and digest in wanted and len(digest) == 64:
+                    target = blobs / digest
+                else:
+                    continue
+                src = tar.extractfile(m)
+                assert src is not None  # a regular file
+                with src, open(target, "wb") as out:
+                    while chunk := src.read(CHUNK):
+                        out.write(chunk)
+    except (OSError, tarfile.TarError, EOFError) as e:
+        raise FetchError(f"--inputs {archive}: not a readable oci-archive ({e})") from e
+    if not seen_layout:
+        raise FetchError(f"--inputs {archive}: a tar without an {OCI_LAYOUT} file is not an "
+                         "oci-archive (an exported directory must be unpacked first)")
+    return dest
 
 
 @dataclass(frozen=True)
