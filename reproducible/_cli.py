@@ -129,8 +129,8 @@ def _parser() -> argparse.ArgumentParser:
                    "(default: measurements/)")
     b.add_argument("--keep-cpio", action="store_true", help="with --from-oci/--from-image, also "
                    "keep customer.cpio in --out (a second full copy of the image)")
-    b.add_argument("--inputs", metavar="DIR", help="a directory of pinned inputs (`inputs export`) "
-                   "tried after the cache, before any network source")
+    b.add_argument("--inputs", metavar="DIR", help="pinned inputs (`inputs export`: a directory, "
+                   "an OCI layout or its .tar) tried after the cache, before any network source")
     b.add_argument("--json", action="store_true", help="build summary as JSON on stdout")
     b.set_defaults(func=_cmd_build)
     lk = sub.add_parser("lock", help="refresh the lock's pins and print what changed")
@@ -151,7 +151,8 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--json", action="store_true", help="what was written, as JSON on stdout")
     ex.add_argument("--lock", help="lock file (default: reproducible/lock.toml)")
     ex.add_argument("--offline", action="store_true", help="from the cache (and --inputs) only")
-    ex.add_argument("--inputs", metavar="DIR", help="another exported inputs directory to read")
+    ex.add_argument("--inputs", metavar="DIR", help="other exported inputs to read (a directory, "
+                    "an OCI layout or its .tar)")
     ex.set_defaults(func=_cmd_inputs_export)
     _cmd_release.register(sub)
     _deploy_cli.register(sub)
