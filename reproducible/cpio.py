@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from reproducible.errors import RamdiskLimit
 from reproducible.tree import CHARDEV, DIR, FILE, SYMLINK, Entry, Tree
 from verify.eif.sink import ByteSink, HashingSink
 
 MAGIC = b"070701"
 TRAILER = "TRAILER!!!"
+MAX_FILE = 0xFFFFFFFF  # newc's c_filesize is 8 hex digits
 
 
 @dataclass(frozen=True)
@@ -61,13 +63,25 @@ def _entry_body(e: Entry) -> tuple[bytes | None, int]:
     return b"", 0
 
 
+def _check_size(path: str, size: int) -> None:
+    if size > MAX_FILE:
+        raise RamdiskLimit(f"{path}: {size:,} bytes; an initramfs (newc cpio, 32-bit sizes) "
+                           f"holds files of at most {MAX_FILE:,} bytes, so this image cannot "
+                           "boot as an enclave ramdisk")
+
+
 def cpio_size(tree: Tree) -> int:
     """The size `write_cpio` will give `tree`, without reading any file (an EIF section's size
-    goes into its header before the body is written)."""
+    goes into its header before the body is written).
+
+    Raises:
+        RamdiskLimit: a file of 4 GiB or more, which a newc header cannot describe.
+    """
     total = 0
     for path, e in tree.items():
         namesize = len(path.encode()) + 1
         _, size = _entry_body(e)
+        _check_size(path, size)
         total += 110 + namesize + (-(110 + namesize) % 4) + size + (-size % 4)
     namesize = len(TRAILER) + 1
     return total + 110 + namesize + (-(110 + namesize) % 4)
@@ -85,6 +99,7 @@ def stream_cpio(
     Raises:
         OSError: reading a file source failed.
         ValueError: a file source changed size since it was added.
+        RamdiskLimit: a file of 4 GiB or more.
     """
     if not 0 <= mtime <= 0xFFFFFFFF:
         raise ValueError(f"mtime {mtime} does not fit newc's 32-bit field")
@@ -95,6 +110,7 @@ def stream_cpio(
         for ino, (path, e) in enumerate(tree.items(), start=1):
             name = path.encode() + b"\0"
             body, size = _entry_body(e)
+            _check_size(path, size)
             mode = normalized_mode(e.kind, e.mode)
             sink.write(_header(ino, mode, 2 if e.kind == DIR else 1, mtime, size, e.rdev,
                                len(name)) + name + _pad(110 + len(name)))

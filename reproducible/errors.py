@@ -52,6 +52,10 @@ class UnsafePath(MalformedArtifact):
     """An archive member would land outside its root (`..`, absolute path, symlink escape)."""
 
 
+class RamdiskLimit(BuildError):
+    """The image holds something the initramfs format cannot: newc cpio sizes are 32-bit."""
+
+
 class ImageSourceError(BuildError):
     """The container image source (docker-compatible API) failed or has no such image."""
 

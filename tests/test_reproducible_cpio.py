@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from reproducible.cpio import TRAILER, read_cpio, write_cpio
-from reproducible.errors import UnsafePath
+from reproducible.cpio import MAX_FILE, TRAILER, cpio_size, read_cpio, write_cpio
+from reproducible.errors import RamdiskLimit, UnsafePath
 from reproducible.tree import Tree
 
 EPOCH = 1767225600
@@ -99,6 +99,33 @@ def test_source_that_changed_size_is_an_error(tmp_path: Path) -> None:
     src.write_bytes(b"abcdef")
     with pytest.raises(ValueError, match="changed size"):
         write_cpio(t, io.BytesIO(), mtime=0)
+
+
+def test_cpio_size_is_the_written_size(tmp_path: Path) -> None:
+    src = tmp_path / "f"
+    src.write_bytes(b"x" * 300_001)
+    t = Tree()
+    t.add_file("a/small", b"hello")
+    t.add_file("big", source=src)
+    t.add_symlink("ln", "a/small")
+    t.add_dir("d/e")
+    out = io.BytesIO()
+    stats = write_cpio(t, out, mtime=7)
+    assert cpio_size(t) == stats.size == len(out.getvalue())
+
+
+def test_file_of_4_gib_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    with open(big, "wb") as f:  # sparse: no 4 GiB on disk
+        f.truncate(MAX_FILE + 1)
+    t = Tree()
+    t.add_file("data/huge", source=big)
+    with pytest.raises(RamdiskLimit, match=r"data/huge: 4,294,967,296 bytes.*at most 4,294,967,295"):
+        cpio_size(t)
+    out = io.BytesIO()
+    with pytest.raises(RamdiskLimit):
+        write_cpio(t, out, mtime=0)
+    assert out.getvalue() == b""
 
 
 def test_mtime_must_fit() -> None:
