@@ -177,8 +177,9 @@ def reproduce(session: nox.Session) -> None:
 
 @nox.session
 def vendor(session: nox.Session) -> None:
-    """Export every pinned input and a manifest into build/inputs (or `-- DIR`; `-- --oci DIR`
-    for an OCI artifact in an image layout, `-- --oci DIR.tar` for an oci-archive).
+    """Export every pinned input and a manifest into build/inputs (or `-- DIR`).
+
+    `-- --oci DIR` writes an OCI artifact in an image layout, `-- --oci DIR.tar` an oci-archive.
 
     Published with a release; `build --inputs DIR` rebuilds from it after the registries moved on.
     """
