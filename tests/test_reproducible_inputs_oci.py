@@ -7,12 +7,12 @@ provenance by its manifest digest.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-import io
 import tarfile
 from pathlib import Path
 from typing import Any
