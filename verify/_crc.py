@@ -10,7 +10,9 @@ sections and only learns the header they follow (section sizes, the signature's)
 
 from __future__ import annotations
 
-__all__ = ["crc32", "crc32_combine"]
+from collections.abc import Callable
+
+__all__ = ["RunningCrc", "crc32", "crc32_combine"]
 
 try:
     from isal.isal_zlib import crc32, crc32_combine
@@ -57,3 +59,22 @@ def _combine(crc1: int, crc2: int, len2: int) -> int:
         if not len2:
             break
     return crc1 ^ crc2
+
+
+class RunningCrc:
+    """A CRC-32 kept across updates; callers update it from one thread, in stream order."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self.value = crc32(data, self.value)
+
+    def and_then(self, fn: Callable[[memoryview], None]) -> Callable[[memoryview], None]:
+        """`fn`, then this CRC's update, as one callable (one hop to a worker, not two)."""
+
+        def both(data: memoryview) -> None:
+            fn(data)
+            self.value = crc32(data, self.value)
+
+        return both

@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 
-from verify._crc import crc32
+from verify._crc import RunningCrc
 from verify.eif import (
     CRC_OFFSET,
     EifImage,
@@ -175,23 +175,6 @@ class _Lanes:
             self._worker.shutdown(wait=True)
 
 
-class _Crc:
-    """The running CRC; updated only on the worker lane, so always in file order."""
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def update(self, data: memoryview) -> None:
-        self.value = crc32(data, self.value)
-
-    def and_then(self, fn: Callable[[memoryview], None]) -> Callable[[memoryview], None]:
-        def both(data: memoryview) -> None:
-            fn(data)
-            self.value = crc32(data, self.value)
-
-        return both
-
-
 def _read_into(f: BinaryIO, view: memoryview, section: EifSection | None, pos: int) -> None:
     got = 0
     while got < len(view):
@@ -242,7 +225,7 @@ def _measure_open(f: BinaryIO, image: EifImage, chunk_size: int) -> EifMeasureme
         f.seek(0)
         head = bytearray(CRC_OFFSET + 4)
         _read_into(f, memoryview(head), None, 0)
-        crc = _Crc()
+        crc = RunningCrc()
         lanes.submit(None, memoryview(head)[:CRC_OFFSET], crc.update, None)
         ramdisk_seen = 0
         for section in image.sections:

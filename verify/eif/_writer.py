@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from verify._crc import crc32, crc32_combine
+from verify._crc import RunningCrc, crc32, crc32_combine
 from verify.eif._format import (
     CRC_OFFSET,
     CURRENT_VERSION,
@@ -302,16 +302,6 @@ def _extend(digest: bytes) -> bytes:
     return hashlib.sha384(ZERO48 + digest).digest()
 
 
-class _Crc:
-    """The running CRC of everything after the header; updated on one lane, so in order."""
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def update(self, data: memoryview) -> None:
-        self.value = crc32(data, self.value)
-
-
 def _source_size(source: Source) -> int:
     if isinstance(source, _FileSlice | StreamedSection):
         return source.size
@@ -364,7 +354,7 @@ def _write_body(
     out.write(bytes(HEADER_SIZE))
     offsets: list[int] = []
     sizes: list[int] = []
-    crc = _Crc()
+    crc = RunningCrc()
     # PCR0 and PCR1 hash the same bytes until the second ramdisk (kernel, cmdline, first
     # ramdisk), so one stream serves both until PCR1 forks off there, as in verify.pcr.
     shared = hashlib.sha384()
