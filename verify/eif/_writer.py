@@ -48,7 +48,6 @@ CHUNK_SIZE = 1 << 20
 # --memory/--cpu-count) and PCRs do not cover the header.
 DEFAULT_MEM = 1024 * 1024 * 1024  # bytes
 DEFAULT_CPUS = 2
-ZERO48 = bytes(48)
 
 
 class _DefaultMetadata:
@@ -298,10 +297,6 @@ def _sha256_of(f: BinaryIO) -> str:
     return h.hexdigest()
 
 
-def _extend(digest: bytes) -> bytes:
-    return hashlib.sha384(ZERO48 + digest).digest()
-
-
 def _source_size(source: Source) -> int:
     if isinstance(source, _FileSlice | StreamedSection):
         return source.size
@@ -351,6 +346,8 @@ def _write_body(
     *,
     measure: bool,
 ) -> tuple[dict[int, bytes], tuple[str, ...]]:
+    from verify.pcr import extend  # verify.pcr imports this package
+
     out.write(bytes(HEADER_SIZE))
     offsets: list[int] = []
     sizes: list[int] = []
@@ -391,8 +388,8 @@ def _write_body(
         sink.drain()
         pcrs: dict[int, bytes] = {}
         if hash_pcrs:
-            pcrs = {0: _extend(shared.digest()), 1: _extend((pcr1 or shared).digest()),
-                    2: _extend(pcr2.digest())}
+            pcrs = {0: extend(shared.digest()), 1: extend((pcr1 or shared).digest()),
+                    2: extend(pcr2.digest())}
         if signer is not None:
             body = build_signature_section(signer, pcrs[0])
             offsets.append(HEADER_SIZE + sink.position)
@@ -401,7 +398,7 @@ def _write_body(
             sink.write(pack_section_header(SectionType.SIGNATURE, len(body)))
             sink.write(body)
             sink.drain()
-            pcrs[8] = _extend(hashlib.sha384(_certificate_der(signer)).digest())
+            pcrs[8] = extend(hashlib.sha384(_certificate_der(signer)).digest())
         body_size = sink.position
 
     pad = MAX_SECTIONS - len(offsets)
