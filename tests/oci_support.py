@@ -127,6 +127,23 @@ def oci_layout(
     return dest
 
 
+def nest_in_platform_index(layout: Path) -> Path:
+    """Put the layout's single manifest (as linux/amd64) in a nested image index beside an
+    arm64 entry whose blob does not exist: an importer must pick amd64 without touching arm64."""
+    index = json.loads((layout / "index.json").read_text())
+    amd64 = dict(index["manifests"][0], platform={"architecture": "amd64", "os": "linux"})
+    arm64 = dict(amd64, digest="sha256:" + "0" * 64,
+                 platform={"architecture": "arm64", "os": "linux"})
+    nested = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                         "manifests": [arm64, amd64]}).encode()
+    ndig = hashlib.sha256(nested).hexdigest()
+    (layout / "blobs/sha256" / ndig).write_bytes(nested)
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": "sha256:" + ndig,
+        "size": len(nested)}]}))
+    return layout
+
+
 def _write_tar(dest: Path, files: list[tuple[str, bytes]]) -> None:
     with tarfile.open(dest, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, data in files:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from oci_support import compress, docker_save_tar, oci_layout
+from oci_support import compress, docker_save_tar, nest_in_platform_index, oci_layout
 from reference_import import load_reference
 from test_reproducible_oci import BASE, COMPRESSED, TOP, TRAVERSAL
 
@@ -129,17 +129,7 @@ def test_compressed_layers(tmp_path: Path, kind: str, compression: str) -> None:
 def test_multi_platform_index(tmp_path: Path) -> None:
     (tmp_path / "l").mkdir()
     layout = oci_layout(tmp_path / "l", [BASE, TOP])
-    index = json.loads((layout / "index.json").read_text())
-    amd64 = dict(index["manifests"][0], platform={"architecture": "amd64", "os": "linux"})
-    arm64 = dict(amd64, digest="sha256:" + "0" * 64,
-                 platform={"architecture": "arm64", "os": "linux"})
-    nested = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-                         "manifests": [arm64, amd64]}).encode()
-    ndig = hashlib.sha256(nested).hexdigest()
-    (layout / "blobs/sha256" / ndig).write_bytes(nested)
-    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": "sha256:" + ndig,
-        "size": len(nested)}]}))
+    nest_in_platform_index(layout)
     assert_same_import(layout, tmp_path / "spool")
 
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from oci_support import docker_save_tar, layer_tar, oci_layout
+from oci_support import docker_save_tar, layer_tar, nest_in_platform_index, oci_layout
 
 from reproducible.boot.qemu import stop_process
 from reproducible.errors import ImageSourceError, MalformedArtifact, UnsafePath
@@ -306,20 +306,9 @@ def test_gzip_layers_in_an_oci_layout(tmp_path: Path, load) -> None:
 
 
 def test_multi_platform_index_picks_linux_amd64(tmp_path: Path, load) -> None:
-    import hashlib
-
     (tmp_path / "l").mkdir()
     layout = oci_layout(tmp_path / "l", [BASE])
-    index = json.loads((layout / "index.json").read_text())
-    amd64 = dict(index["manifests"][0], platform={"architecture": "amd64", "os": "linux"})
-    arm64 = dict(amd64, digest="sha256:" + "0" * 64, platform={"architecture": "arm64", "os": "linux"})
-    nested = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-                         "manifests": [arm64, amd64]}).encode()
-    ndig = hashlib.sha256(nested).hexdigest()
-    (layout / "blobs/sha256" / ndig).write_bytes(nested)
-    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": "sha256:" + ndig,
-        "size": len(nested)}]}))
+    nest_in_platform_index(layout)
     assert "bin/app" in load(layout).tree
 
 
