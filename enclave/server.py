@@ -52,8 +52,10 @@ from enclave.transport import (
     peer_of,
     unlink_if_own,
 )
-from enclave.tx import sign_tx
+from enclave.tx import sign_tx_answer
 from enclave.wire import HEADER, HEADER_SIZE, MAGIC, MAX_PAYLOAD, RESPONSE_BIT, VERSION, Op, Stats
+
+_decode_sign_tx = wire.decode_sign_tx
 
 if TYPE_CHECKING:  # the NSM package is only needed by whoever builds the Nsm object
     from enclave.nsm import Nsm
@@ -137,6 +139,9 @@ class SignerServer:
         self._key = key
         self._policy = policy
         self._limiter = RateLimiter(policy.rate_per_second, policy.rate_burst)
+        # Bound once: the signing handlers run per request.
+        self._check_tx = policy.check_tx
+        self._take = self._limiter.take
         self._nsm = nsm
         self._cpu = cpu
         self._spin_ns = spin_us * 1000
@@ -565,12 +570,11 @@ class SignerServer:
         return sig
 
     def _op_sign_tx(self, p: memoryview, c: list[int]) -> bytes:
-        tx = wire.decode_sign_tx(p)
-        self._policy.check_tx(tx)
-        self._limiter.take()
-        signed = sign_tx(self._key, tx)
+        tx = _decode_sign_tx(p)
+        self._check_tx(tx)
+        self._take()
+        out = sign_tx_answer(self._key, tx)
         c[_TXS] += 1
-        out = signed.hash + signed.raw
         if len(out) > MAX_PAYLOAD:  # MAX_TX_DATA keeps this from happening; never send it
             raise EnclaveError(f"signed transaction of {len(out)} bytes exceeds the frame limit")
         return out
@@ -580,16 +584,18 @@ class SignerServer:
         # policy and rate limit per item, a refusal of one is its own result.
         items = wire.decode_sign_tx_batch(p)
         out = [wire.BATCH_COUNT.pack(len(items), 0)]
-        check_tx, take, key = self._policy.check_tx, self._limiter.take, self._key
+        check_tx, take, key = self._check_tx, self._take, self._key
+        pack_result = wire.BATCH_RESULT.pack
         try:
             for item in items:
                 try:
-                    tx = wire.decode_sign_tx(item)
+                    tx = _decode_sign_tx(item)
                     check_tx(tx)
                     take()
-                    signed = sign_tx(key, tx)
+                    answer = sign_tx_answer(key, tx)  # hash || raw, the item's body
                     c[_TXS] += 1
-                    out.append(wire.encode_batch_signed(signed.hash, signed.raw))
+                    out.append(pack_result(0, len(answer)))
+                    out.append(answer)
                 except EnclaveError as e:
                     c[_ERRORS] += 1
                     if isinstance(e, PolicyDenied):

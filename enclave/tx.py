@@ -32,6 +32,7 @@ __all__ = [
     "rlp_encode_int",
     "rlp_encode_list",
     "sign_tx",
+    "sign_tx_answer",
     "signing_hash",
 ]
 
@@ -112,66 +113,130 @@ def _rlp_scalar_bytes(b: bytes) -> bytes:
     return rlp_encode_bytes(b.lstrip(b"\x00"))
 
 
-def _body(tx: UnsignedTx) -> tuple[bytes, bytes]:
-    """(fields encoded once and shared by signing payload and signed tx, signing preimage)."""
-    enc_int = rlp_encode_int
-    to = (
-        _EMPTY
-        if tx.to is None
-        else _BYTE[0x94] + tx.to
-        if len(tx.to) == 20
-        else rlp_encode_bytes(tx.to)
-    )
-    if tx.tx_type == TX_EIP1559:
-        fields = b"".join(
-            (
-                enc_int(tx.chain_id),
-                enc_int(tx.nonce),
-                enc_int(tx.max_priority_fee_per_gas),
-                enc_int(tx.max_fee_per_gas),
-                enc_int(tx.gas),
-                to,
-                enc_int(tx.value),
-                rlp_encode_bytes(tx.data),
-                _EMPTY_LIST,
-            )
-        )
-        return fields, b"\x02" + rlp_encode_list(fields)
-    if tx.tx_type == TX_LEGACY:
-        fields = b"".join(
-            (
-                enc_int(tx.nonce),
-                enc_int(tx.max_fee_per_gas),
-                enc_int(tx.gas),
-                to,
-                enc_int(tx.value),
-                rlp_encode_bytes(tx.data),
-            )
-        )
-        return fields, rlp_encode_list(fields + enc_int(tx.chain_id) + _EMPTY + _EMPTY)
-    raise ValueError(f"unsupported transaction type {tx.tx_type} (expected 0 or 2)")
+# The hot path below is `rlp_encode_*` specialised for the two fixed transaction shapes: integers
+# and short strings take their one-byte prefix from a table, every encoding is built by one
+# `bytes.join`, the fields are encoded once for both the signing preimage and the raw transaction,
+# and nothing is built that the answer does not carry. tests/test_enclave_tx_fast.py checks it
+# byte for byte against the generic encoders above, the `rlp` package and eth-account.
+_SMALL_INT = (_EMPTY, *_BYTE[1:0x80])  # rlp(i) for 0 <= i < 0x80
+_SHORT_STR = _BYTE[0x80 : 0x80 + 56]  # prefix of a string of 0..55 bytes
+_SHORT_LIST = _BYTE[0xC0 : 0xC0 + 56]  # prefix of a list payload of 0..55 bytes
+_TYPE2 = b"\x02"
+_ADDRESS = b"\x94"  # prefix of a 20-byte string
+_SCALAR = b"\xa0"  # prefix of a 32-byte string
+_tuple_new = tuple.__new__
+
+
+def _uint(i: int) -> bytes:
+    """`rlp_encode_int`, common cases first."""
+    if i < 0x80:
+        if i < 0:
+            raise ValueError("RLP integers are non-negative")
+        return _SMALL_INT[i]
+    n = (i.bit_length() + 7) >> 3
+    if n <= 55:
+        return _SHORT_STR[n] + i.to_bytes(n, "big")
+    return rlp_encode_int(i)
+
+
+def _list_prefix(n: int) -> bytes:
+    return _SHORT_LIST[n] if n <= 55 else _length_prefix(n, 0xC0)
+
+
+def _to_and_data(to: bytes | None, data: bytes) -> tuple[bytes, bytes, bytes]:
+    """(rlp(to), prefix of rlp(data), data or its one-byte encoding): `data` is not copied."""
+    enc_to = _EMPTY if to is None else _ADDRESS + to if len(to) == 20 else rlp_encode_bytes(to)
+    n = len(data)
+    if n == 1 and data[0] < 0x80:
+        return enc_to, b"", bytes(data)
+    return enc_to, _SHORT_STR[n] if n <= 55 else _length_prefix(n, 0x80), data
+
+
+def _rs(sig: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """(prefix, r, prefix, s) of the RLP of r and s, whose leading zero bytes are dropped."""
+    if sig[0] and sig[32]:  # all but ~1 signature in 128: both scalars take 32 bytes
+        return _SCALAR, sig[0:32], _SCALAR, sig[32:64]
+    return b"", _rlp_scalar_bytes(sig[0:32]), b"", _rlp_scalar_bytes(sig[32:64])
+
+
+def _sign(key: _DigestSigner, tx: UnsignedTx) -> tuple[bytes, bytes]:
+    """(raw signed transaction, its hash)."""
+    tx_type, chain_id, nonce, gas, to, value, data, max_fee, prio = tx
+    enc_to, data_prefix, data = _to_and_data(to, data)
+    if tx_type == TX_EIP1559:
+        # Small integers inline (no call): chain id, nonce, value and fees are often one byte.
+        small = _SMALL_INT
+        fields = b"".join((
+            small[chain_id] if 0 <= chain_id < 0x80 else _uint(chain_id),
+            small[nonce] if 0 <= nonce < 0x80 else _uint(nonce),
+            small[prio] if 0 <= prio < 0x80 else _uint(prio),
+            small[max_fee] if 0 <= max_fee < 0x80 else _uint(max_fee),
+            small[gas] if 0 <= gas < 0x80 else _uint(gas),
+            enc_to,
+            small[value] if 0 <= value < 0x80 else _uint(value),
+            data_prefix, data, _EMPTY_LIST,
+        ))  # fmt: skip
+        n = len(fields)
+        sig = key.sign_digest(keccak256(b"".join((_TYPE2, _list_prefix(n), fields))))
+        pr, r, ps, s = _rs(sig)
+        v = _BYTE[sig[64]] if sig[64] else _EMPTY
+        n += 1 + len(pr) + len(r) + len(ps) + len(s)
+        raw = b"".join((_TYPE2, _list_prefix(n), fields, v, pr, r, ps, s))
+    elif tx_type == TX_LEGACY:
+        fields = b"".join((_uint(nonce), _uint(max_fee), _uint(gas), enc_to, _uint(value),
+                           data_prefix, data))  # fmt: skip
+        n = len(fields)
+        chain = _uint(chain_id)
+        sig = key.sign_digest(keccak256(b"".join(
+            (_list_prefix(n + len(chain) + 2), fields, chain, _EMPTY, _EMPTY)
+        )))  # fmt: skip
+        pr, r, ps, s = _rs(sig)
+        v = _uint(chain_id * 2 + 35 + sig[64])
+        n += len(v) + len(pr) + len(r) + len(ps) + len(s)
+        raw = b"".join((_list_prefix(n), fields, v, pr, r, ps, s))
+    else:
+        raise ValueError(f"unsupported transaction type {tx_type} (expected 0 or 2)")
+    return raw, keccak256(raw)
+
+
+def _preimage(tx: UnsignedTx) -> bytes:
+    tx_type, chain_id, nonce, gas, to, value, data, max_fee, prio = tx
+    enc_to, data_prefix, data = _to_and_data(to, data)
+    if tx_type == TX_EIP1559:
+        fields = b"".join((_uint(chain_id), _uint(nonce), _uint(prio), _uint(max_fee), _uint(gas),
+                           enc_to, _uint(value), data_prefix, data, _EMPTY_LIST))  # fmt: skip
+        return b"".join((_TYPE2, _list_prefix(len(fields)), fields))
+    if tx_type == TX_LEGACY:
+        fields = b"".join((_uint(nonce), _uint(max_fee), _uint(gas), enc_to, _uint(value),
+                           data_prefix, data, _uint(chain_id), _EMPTY, _EMPTY))  # fmt: skip
+        return _list_prefix(len(fields)) + fields
+    raise ValueError(f"unsupported transaction type {tx_type} (expected 0 or 2)")
 
 
 def signing_hash(tx: UnsignedTx) -> bytes:
-    """The 32-byte digest a signer signs for `tx`."""
-    return keccak256(_body(tx)[1])
+    """The 32-byte digest a signer signs for `tx`.
+
+    Raises:
+        ValueError: unsupported `tx_type`, or a negative integer field.
+    """
+    return keccak256(_preimage(tx))
 
 
 def sign_tx(key: _DigestSigner, tx: UnsignedTx) -> SignedTx:
     """Sign `tx` with `key` (anything with `sign_digest(d32) -> r||s||y_parity`).
 
     Raises:
-        ValueError: unsupported `tx_type` (the wire decoder rejects those before this point).
+        ValueError: unsupported `tx_type` (the wire decoder rejects those before this point), or
+            a negative integer field.
     """
-    fields, preimage = _body(tx)
-    sig = key.sign_digest(keccak256(preimage))
-    r = _rlp_scalar_bytes(sig[0:32])
-    s = _rlp_scalar_bytes(sig[32:64])
-    if tx.tx_type == TX_EIP1559:
-        raw = b"\x02" + rlp_encode_list(
-            b"".join((fields, _BYTE[sig[64]] if sig[64] else _EMPTY, r, s))
-        )
-    else:
-        v = rlp_encode_int(tx.chain_id * 2 + 35 + sig[64])
-        raw = rlp_encode_list(b"".join((fields, v, r, s)))
-    return SignedTx(raw, keccak256(raw))
+    return _tuple_new(SignedTx, _sign(key, tx))
+
+
+def sign_tx_answer(key: _DigestSigner, tx: UnsignedTx) -> bytes:
+    """`hash || raw` of `tx` signed with `key`: the SIGN_TX answer, built without a `SignedTx`.
+
+    Raises:
+        ValueError: as `sign_tx`.
+    """
+    raw, tx_hash = _sign(key, tx)
+    return tx_hash + raw

@@ -128,6 +128,7 @@ _pack_header = HEADER.pack
 _unpack_tx = TX_FIXED.unpack_from
 _pack_tx = TX_FIXED.pack
 _from_bytes = int.from_bytes
+_tuple_new = tuple.__new__
 
 
 def pack_frame(op: int, request_id: int, payload: bytes = b"") -> bytes:
@@ -193,29 +194,18 @@ def encode_sign_tx(tx: UnsignedTx) -> bytes:
     Raises:
         ValueError: a field out of its wire range, `to` not 20 bytes, data too large.
     """
-    to = tx.to
-    data = tx.data
     try:
         # Fast path (this is on the client's hot path): struct and int.to_bytes enforce the ranges.
-        if (tx.tx_type != TX_EIP1559 and tx.tx_type != TX_LEGACY) or (
-            to is not None and len(to) != 20
-        ):
+        tx_type, chain_id, nonce, gas, to, value, data, max_fee, prio = tx
+        if (tx_type != TX_EIP1559 and tx_type != TX_LEGACY) or (to is not None and len(to) != 20):
             raise ValueError
         if len(data) > MAX_TX_DATA:
             raise ValueError
-        return _pack_tx(
-            tx.tx_type,
-            TX_FLAG_HAS_TO if to is not None else 0,
-            0,
-            len(data),
-            tx.chain_id,
-            tx.nonce,
-            tx.gas,
-            tx.value.to_bytes(32, "little"),
-            tx.max_fee_per_gas.to_bytes(32, "little"),
-            tx.max_priority_fee_per_gas.to_bytes(32, "little"),
-            to if to is not None else _NO_TO,
-        ) + bytes(data)
+        return b"".join((_pack_tx(
+            tx_type, TX_FLAG_HAS_TO if to is not None else 0, 0, len(data), chain_id, nonce, gas,
+            value.to_bytes(32, "little"), max_fee.to_bytes(32, "little"),
+            prio.to_bytes(32, "little"), _NO_TO if to is None else to,
+        ), data))  # fmt: skip
     except (ValueError, OverflowError, struct.error, TypeError, AttributeError):
         _explain_sign_tx(tx)
         raise
@@ -284,17 +274,11 @@ def decode_sign_tx(payload: memoryview) -> UnsignedTx:
             raise _malformed("legacy transaction with a max_priority_fee_per_gas (must be 0)")
     elif prio > max_fee:
         raise _malformed(f"max_priority_fee_per_gas {prio} above max_fee_per_gas {max_fee}")
-    return UnsignedTx(
-        tx_type,
-        chain_id,
-        nonce,
-        gas,
-        to,
-        _from_bytes(value, "little"),
-        bytes(payload[TX_FIXED_SIZE:]),
-        max_fee,
-        prio,
-    )
+    # tuple.__new__: the NamedTuple's own __new__ is a Python function with defaults, slower.
+    return _tuple_new(UnsignedTx, (
+        tx_type, chain_id, nonce, gas, to, _from_bytes(value, "little"),
+        bytes(payload[TX_FIXED_SIZE:]), max_fee, prio,
+    ))  # fmt: skip
 
 
 # --- sign-tx batch ---------------------------------------------------------------------------------

@@ -67,6 +67,13 @@ DEFAULT_SPIN_US = 500
 #: a router whose signer stopped answering.
 DEFAULT_IO_TIMEOUT = 5.0
 _BUFFER_SIZE = HEADER_SIZE + MAX_PAYLOAD
+_encode_sign_tx = wire.encode_sign_tx
+_OP_SIGN_TX = int(Op.SIGN_TX)  # a plain int: IntEnum arithmetic and formatting are slower
+_tuple_new = tuple.__new__
+_pack_header = HEADER.pack
+_unpack_header = HEADER.unpack_from
+_monotonic_ns = time.monotonic_ns
+_DONTWAIT = socket.MSG_DONTWAIT
 
 
 @dataclass(frozen=True)
@@ -227,13 +234,14 @@ class SignerClient:
             sender = self.address().address_bytes if "from" in tx else None
             tx = parse_tx(tx, signer_address=sender)
         try:
-            payload = wire.encode_sign_tx(tx)
+            payload = _encode_sign_tx(tx)
         except ValueError as e:
             raise MalformedInput(f"transaction: {e}") from e
-        out = self._call(Op.SIGN_TX, payload)
+        out = self._call(_OP_SIGN_TX, payload)
         if len(out) <= 32:
             raise TransportError(f"sign-tx answer of {len(out)} bytes is too short")
-        return SignedTx(bytes(out[32:]), bytes(out[:32]))
+        answer = out.tobytes()  # one copy out of the receive buffer, then hash and raw from it
+        return _tuple_new(SignedTx, (answer[32:], answer[:32]))
 
     def sign_tx_batch(self, txs: Sequence[UnsignedTx]) -> list[SignedTx | SignerError]:
         """Sign up to `enclave.wire.MAX_BATCH` transactions in one round trip (SIGN_TX_BATCH).
@@ -260,7 +268,7 @@ class SignerClient:
         signed: list[SignedTx | SignerError] = []
         for status, body in results:
             if status == 0:
-                signed.append(SignedTx(body[32:], body[:32]))
+                signed.append(_tuple_new(SignedTx, (body[32:], body[:32])))
             else:
                 signed.append(SignerError(status, _code_name(status), body.decode("ascii", "replace")))
         return signed
@@ -334,12 +342,12 @@ class SignerClient:
         sock = self._sock
         if sock is None:
             raise _Broken("not connected")
-        deadline = time.monotonic_ns() + self._io_ns
+        deadline = _monotonic_ns() + self._io_ns
         rid = self._next_id
         self._next_id = rid + 1 if rid < 0xFFFFFFFF else 1
-        frame = HEADER.pack(MAGIC, VERSION, op, rid, len(payload)) + payload
+        frame = _pack_header(MAGIC, VERSION, op, rid, len(payload)) + payload
         try:
-            sent = sock.send(frame, socket.MSG_DONTWAIT)
+            sent = sock.send(frame, _DONTWAIT)
         except BlockingIOError:
             sent = 0
         except OSError as e:
@@ -350,7 +358,7 @@ class SignerClient:
         end = 0
         while end < HEADER_SIZE:
             end += self._fill(sock, mv, end, deadline, op)
-        magic, version, rop, rrid, n = HEADER.unpack_from(buf, 0)
+        magic, version, rop, rrid, n = _unpack_header(buf, 0)
         if magic != MAGIC or version != VERSION or n > MAX_PAYLOAD or rrid != rid:
             self.close()
             raise TransportError(
@@ -379,15 +387,16 @@ class SignerClient:
         room = mv[end:]
         try:
             try:
-                got = sock.recv_into(room, 0, socket.MSG_DONTWAIT)
+                got = sock.recv_into(room, 0, _DONTWAIT)
             except BlockingIOError:
                 got = -1
                 if self._spin_ns:
-                    clock = time.monotonic_ns
+                    clock = _monotonic_ns
+                    recv_into = sock.recv_into
                     spin_end = clock() + self._spin_ns
                     while True:
                         try:
-                            got = sock.recv_into(room, 0, socket.MSG_DONTWAIT)
+                            got = recv_into(room, 0, _DONTWAIT)
                             break
                         except BlockingIOError:
                             if clock() > spin_end:
