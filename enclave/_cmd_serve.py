@@ -287,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
     bound = server.bind(address)
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        server.close()
+        server.request_stop()  # serve_forever returns, and the `finally` below closes
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

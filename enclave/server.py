@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import select
+import signal
 import socket
 import threading
 import time
@@ -157,7 +158,10 @@ class SignerServer:
         self._address: Address | None = None
         self._closing = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)  # drained after a signal's wake-up; never waits
+        os.set_blocking(self._wake_w, False)  # signal.set_wakeup_fd requires it
         self._serving = False
+        self._stop_requested = False  # set by request_stop(), which must not take any lock
         self._released = False
         self._accept_thread: threading.Thread | None = None
         self._refilling = False
@@ -210,19 +214,33 @@ class SignerServer:
         poller.register(listener, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         listener.setblocking(False)
+        # Python runs signal handlers in the main thread only, and a signal the kernel hands to
+        # another thread (any thread may take a process-directed one) does not interrupt the main
+        # thread's poll(): without a wake-up fd a SIGTERM could wait for the next connection.
+        on_main = threading.current_thread() is threading.main_thread()
+        previous_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False) if on_main else -1
         self._start_refill()
         logger.info("serving %s for %s", addr, self._key.address)
         self._serving = True
         try:
             self._accept_loop(poller, listener, addr)
         finally:
+            if on_main:
+                signal.set_wakeup_fd(previous_wakeup)
             self._release_listener()
 
     def _accept_loop(self, poller: select.poll, listener: socket.socket, addr: Address) -> None:
-        while not self._closing.is_set():
-            poller.poll()
-            if self._closing.is_set():
+        wake_fd = self._wake_r
+        while not (self._closing.is_set() or self._stop_requested):
+            ready = poller.poll()
+            if self._closing.is_set() or self._stop_requested:
                 break
+            if any(fd == wake_fd for fd, _ in ready):
+                # A signal's byte (its handler, if any, runs before the loop's next check) or a
+                # request_stop racing the flag: drain, so poll blocks again.
+                with contextlib.suppress(OSError):
+                    os.read(wake_fd, 4096)
+                continue
             try:
                 conn = accept(listener, addr)
             except BlockingIOError:  # the peer went away between poll and accept
@@ -292,6 +310,16 @@ class SignerServer:
         t.start()
         self._accept_thread = t
         return t
+
+    def request_stop(self) -> None:
+        """Make `serve_forever` return soon; then call `close()`. For signal handlers: it takes no
+        lock and waits for nothing. (`close()` there could deadlock: the handler runs in the main
+        thread, between any two of its bytecodes, possibly while that thread holds the server's
+        lock in the accept loop.)"""
+        self._stop_requested = True
+        if not self._released:  # same thread as _release_listener: the flag is set before the close
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"x")
 
     def close(self) -> None:
         """Stop accepting, disconnect every client, remove a Unix socket file."""

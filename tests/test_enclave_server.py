@@ -411,3 +411,105 @@ def test_pipelined_large_frames_cross_buffer_compaction(tmp_path: Path) -> None:
             assert Account.recover_transaction(raw) == DEV_ADDR_0
             assert bytes([i + 1]) * len(tx.data) in raw
         sender.join(10)
+
+
+def test_request_stop_takes_no_lock_and_ends_serve_forever(tmp_path: Path) -> None:
+    """What a SIGTERM handler calls: it runs in the main thread between any two bytecodes, maybe
+    while that thread holds the server's lock in the accept loop, so it must not take the lock."""
+    server = SignerServer(dev_key(), load_policy(DEV_POLICY), spin_us=0)
+    server.bind(f"unix:{tmp_path / 's.sock'}")
+    serving = server.start()
+    done = threading.Event()
+
+    def stop_with_lock_held() -> None:
+        with server._lock:
+            server.request_stop()
+        done.set()
+
+    stopper = threading.Thread(target=stop_with_lock_held, daemon=True)
+    stopper.start()
+    assert done.wait(5), "request_stop blocked on the server lock"
+    serving.join(5)
+    assert not serving.is_alive()
+    server.close()
+    assert not (tmp_path / "s.sock").exists()
+    server.request_stop()  # after close: no write to a closed descriptor, no error
+
+
+def test_sigterm_while_clients_connect_exits_promptly(tmp_path: Path) -> None:
+    """The real process, stopped while connections keep arriving: every SIGTERM ends it."""
+    import signal
+    import subprocess
+    import sys
+
+    key_file = tmp_path / "key"
+    key_file.write_text(DEV_KEY_0.hex())
+    for round_ in range(3):
+        sock = tmp_path / f"s{round_}.sock"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "enclave", "serve", "--listen", f"unix:{sock}",
+             "--dev-key-file", str(key_file), "--policy", str(DEV_POLICY)],
+            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        stop = threading.Event()
+
+        def hammer(path: Path = sock, stop: threading.Event = stop) -> None:
+            while not stop.is_set():
+                try:
+                    s = socket.socket(socket.AF_UNIX)
+                    s.settimeout(1)
+                    s.connect(str(path))
+                    s.close()
+                except OSError:
+                    time.sleep(0.001)
+
+        try:
+            with SignerClient.connect(f"unix:{sock}", spin_us=0, connect_timeout=20) as client:
+                client.ping()
+            threads = [threading.Thread(target=hammer, daemon=True) for _ in range(2)]
+            for t in threads:
+                t.start()
+            time.sleep(0.2 * round_)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            stop.set()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, err.decode(errors="replace")
+        assert not sock.exists()
+
+
+def test_sigterm_taken_by_another_thread_still_stops_the_main_thread_accept_loop(
+    tmp_path: Path,
+) -> None:
+    """The kernel may hand a process-directed SIGTERM to any thread; Python runs the handler in the
+    main thread only, and a poll() blocked there is not interrupted. The server's wake-up fd is
+    the signal wake-up fd while it serves in the main thread, so the loop still sees it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, sys, threading, time\n"
+        "from enclave.keys import KeyOrigin, SigningKey\n"
+        "from enclave.policy import load_policy\n"
+        "from enclave.server import SignerServer\n"
+        f"server = SignerServer(SigningKey(bytes.fromhex('{DEV_KEY_0.hex()}'), "
+        f"origin=KeyOrigin.DEV), load_policy({str(DEV_POLICY)!r}), spin_us=0)\n"
+        f"server.bind('unix:{tmp_path / 's.sock'}')\n"
+        "signal.signal(signal.SIGTERM, lambda *a: server.request_stop())\n"
+        "def other():\n"
+        "    time.sleep(0.5)\n"  # the main thread is blocked in poll() by then
+        "    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)\n"  # this thread takes it
+        "threading.Thread(target=other, daemon=True).start()\n"
+        "server.serve_forever()\n"
+        "server.close()\n"
+        "print('stopped')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip() == "stopped", proc.stderr
