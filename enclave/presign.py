@@ -91,8 +91,10 @@ class _KernelRng:
             view.release()
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        fd, self._fd = self._fd, -1
+        if fd >= 0:  # once: a second os.close could hit a descriptor reopened since
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class NonceSource:
@@ -209,6 +211,8 @@ class PresignPool:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._idle: Callable[[], None] | None = None
+        self._discard_lock = threading.Lock()
+        self._discarded = False
         #: Signatures made from a presignature.
         self.presigned = 0
         #: Signatures that fell back to RFC 6979 (pool empty, or an edge case of the digest).
@@ -364,13 +368,34 @@ class PresignPool:
                         self._idle()
         except Exception as e:  # a failing RNG: stop refilling, signing falls back to RFC 6979
             logger.error("presignature refill stopped: %s", type(e).__name__)
+        finally:
+            if self._stop.is_set():  # close() may have given up waiting for this thread
+                self._discard()
 
-    def close(self) -> None:
-        """Stop the refill thread and wipe every unused entry."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the refill thread and wipe every unused entry.
+
+        A refill thread still busy after `timeout` seconds (it runs at nice 19, and a loaded host
+        can starve it) wipes the pool itself when it stops: the entries and the random source must
+        not be torn down under a thread that may still append to or read from them.
+        """
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout)
+            if t.is_alive():
+                logger.warning("presignature refill thread still busy after %g s; it wipes the "
+                               "pool when it stops", timeout)  # fmt: skip
+                return
+        self._discard()
+
+    def _discard(self) -> None:
+        """Wipe every unused entry and close the nonce source, once."""
+        with self._discard_lock:
+            if self._discarded:
+                return
+            self._discarded = True
         while True:
             try:
                 kinv, _, work, _, _, _ = self._entries.popleft()

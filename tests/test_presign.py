@@ -24,7 +24,7 @@ from signer_support import DEV_POLICY, dev_key, running_signer
 from enclave.errors import PolicyFileError
 from enclave.keys import KeyOrigin, SigningKey
 from enclave.policy import Policy
-from enclave.presign import CURVE_ORDER, MAX_POOL, NonceSource, PresignPool
+from enclave.presign import CURVE_ORDER, MAX_POOL, NonceSource, PresignError, PresignPool
 from enclave.tx import TX_EIP1559, TX_LEGACY, UnsignedTx, sign_tx
 from router.signer_client import SignerClient
 
@@ -332,3 +332,50 @@ def test_pool_size_is_validated() -> None:
             PresignPool(bad)
     with pytest.raises(ValueError, match="low_water"):
         PresignPool(10, low_water=11)
+
+
+def test_close_leaves_a_busy_refill_thread_to_wipe_the_pool_itself() -> None:
+    """A starved refill thread (nice 19 on a loaded host) outlives close()'s wait: close must not
+    wipe entries or close the random source under it; the thread does both when it stops."""
+    release = threading.Event()
+    started = threading.Event()
+    calls = 0
+
+    def slow_fill(buf: bytearray) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 8:  # the first entries fill at once; the refill thread then blocks here
+            started.set()
+            release.wait(30)
+        buf[:] = os.urandom(32)
+
+    nonces = NonceSource(fill=slow_fill)
+    pool = PresignPool(8, nonces=nonces, low_water=8)
+    pool.fill(4)  # 4 of 8: the refill thread starts preparing the 5th and blocks in the RNG
+    entries = list(pool._entries)
+    thread = pool.start_refill()
+    assert started.wait(10)
+    pool.close(timeout=0.2)
+    assert thread.is_alive()
+    assert len(pool) == 4 and all(any(e[0]) for e in entries)  # not torn down under the thread
+    release.set()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert len(pool) == 0
+    for e in entries:
+        assert e[0] == bytes(32) and e[2] == bytes(32)
+    pool.close()  # again: nothing left to do, and no error
+
+
+def test_kernel_rng_closes_its_descriptor_once() -> None:
+    """A second close must not close a descriptor number the process has reused since."""
+    src = NonceSource()
+    src.close()
+    reused = os.open(os.devnull, os.O_RDONLY)
+    try:
+        src.close()
+        os.fstat(reused)  # still open
+        with pytest.raises(PresignError, match="kernel RNG"):
+            src.scalar()
+    finally:
+        os.close(reused)
