@@ -38,7 +38,7 @@ signer_cooldown = 0.5                         # after a signer failure, fail fas
 event_confirmations = 12                      # LANDED events repeat per head up to this depth
 
 [attestation]                                 # optional: attest the signer before routing
-measurements = "measurements/0.4.0.json"      # the published PCRs the enclave must show
+measurements = "measurements/0.5.0.json"      # the published PCRs the enclave must show
 pcrs = [0, 1, 2]                              # optional: which of them (default: all)
 root = "emulator-root.pem"                    # optional: default is the AWS Nitro root
 max_age_seconds = 300
