@@ -4,8 +4,9 @@ An OCI layout of one uncompressed layer of incompressible files (size from SENTI
 default 512 MiB to keep `nox -s bench` short; the issue's cases are 1024 and 4096): an eighth of
 the bytes in 16 KiB files (many files), the rest in 4 MiB files. It is built by
 `python -m reproducible build --offline --from-oci` in a child process whose own peak RSS and CPU
-time come from `os.wait4` (in a small intermediate process: see `_RUSAGE_OF`). The baseline, in the same run, is what any importer must do with those
-bytes: `tar -x` of the layer and `sha384sum` of every file. The build hashes the image's bytes
+time come from `os.wait4` (taken in a small intermediate process: see `_RUSAGE_OF`). The baseline,
+in the same run, is what any importer must do with those bytes: `tar -x` of the layer and
+`sha384sum` of every file. The build hashes the image's bytes
 with SHA-384 twice (PCR0 and PCR2 both cover the customer ramdisk), the baseline once: on a
 2-core machine the two run in parallel, so the wall-time ratio is the figure to watch, and CPU
 seconds are recorded for when the machine is shared.

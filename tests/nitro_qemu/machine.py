@@ -18,8 +18,10 @@ import json
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from enclave import wire
 from enclave.devboot import NSMCHECK_PREFIX, SELFCHECK_PREFIX
@@ -36,6 +38,8 @@ KERNEL_LOADED_MARKERS = ("] Linux version ", "] RAMDISK: [mem ")
 SIGNER_VSOCK_PORT = 5000  # reproducible/rootfs.py: the signer listens on vsock:any:5000
 MACHINE_OPTIONS = "acpi=on,pit=on,pic=on,rtc=on"
 FIRMWARE_DIR = "/usr/share/qemu"  # Debian's qemu-system-data: the microvm BIOS (qboot)
+
+_T = TypeVar("_T")
 
 
 class MachineError(NitroQemuError):
@@ -163,20 +167,30 @@ class NitroMachine:
         Raises:
             MachineError: QEMU exited first, or no such line within timeout.
         """
+        return self.wait_for(lambda console: first_console_line(console, prefix), timeout,
+                             repr(prefix))  # fmt: skip
+
+    def wait_for(self, find: Callable[[str], _T | None], timeout: float, what: str) -> _T:
+        """The first non-None `find(console)`, polled every 100 ms.
+
+        Raises:
+            MachineError: QEMU exited first (`exit_code` and `output` are then set), or nothing
+                found within timeout.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            line = first_console_line(self.console(), prefix)
-            if line is not None:
-                return line
+            found = find(self.console())
+            if found is not None:
+                return found
             if self.process is not None and self.process.poll() is not None:
                 self.exit_code = self.process.returncode
                 self.output += self._drain_output()
                 raise MachineError(
-                    f"QEMU exited with {self.exit_code} before {prefix!r}: "
+                    f"QEMU exited with {self.exit_code} before {what}: "
                     f"{self.output.strip()}\nconsole tail:\n{self.tail()}"
                 )
             time.sleep(0.1)
-        raise MachineError(f"no {prefix!r} on the console in {timeout:.0f} s; tail:\n{self.tail()}")
+        raise MachineError(f"no {what} on the console in {timeout:.0f} s; tail:\n{self.tail()}")
 
     def wait_json(self, prefix: str, timeout: float) -> dict[str, object]:
         line = self.wait_for_line(prefix, timeout)
@@ -276,20 +290,16 @@ def load_only(qemu: Path, eif: Path, workdir: Path, timeout: float = 60) -> Load
     m = NitroMachine(qemu, eif, workdir, require_device=False)
     m.start()
     try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            console = m.console()
-            if all(marker in console for marker in KERNEL_LOADED_MARKERS):
-                return LoaderResult(True, None, "")
-            if m.process is not None and m.process.poll() is not None:
-                m.stop()
-                return LoaderResult(False, m.exit_code, m.output.strip())
-            time.sleep(0.1)
-        m.stop()
-        return LoaderResult(
-            False, m.exit_code,
-            f"no kernel banner in {timeout:.0f} s; QEMU: {m.output.strip()}; console:\n{m.tail()}",
-        )
+        try:
+            m.wait_for(
+                lambda console: all(marker in console for marker in KERNEL_LOADED_MARKERS) or None,
+                timeout, "kernel banner",
+            )  # fmt: skip
+            return LoaderResult(True, None, "")
+        except MachineError as e:
+            exited = m.exit_code is not None  # QEMU's loader refused the file: its output says why
+            m.stop()
+            return LoaderResult(False, m.exit_code, m.output.strip() if exited else str(e))
     finally:
         m.stop()
 
